@@ -1,0 +1,239 @@
+"""Command line: `registry COMMAND`. Every command that produces results takes --json."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from registry.catalog import CatalogError
+from registry.imaging import ImageError
+from registry.locking import RegistryInUseError
+from registry.manifest import ManifestError, count_rows
+from registry.service import Registry, RegistryNotInitialisedError
+from registry.settings import PROFILES, Settings
+from registry.weights import WeightsMismatchError, WeightsNotFoundError
+
+EXPECTED_ERRORS = (CatalogError, ImageError, ManifestError, RegistryInUseError, RegistryNotInitialisedError,
+                   WeightsNotFoundError, WeightsMismatchError, FileExistsError, ValueError)
+
+
+def _progress(label: str, total: int) -> tqdm:
+    """A bar with rate and ETA on a terminal; periodic plain lines (every 10 s) when output is a log."""
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=interactive,
+                mininterval=0.2 if interactive else 10.0, ascii=not interactive)
+
+
+def _emit(ctx: click.Context, data: Any, text: str) -> None:
+    click.echo(json.dumps(data, indent=2, default=str) if ctx.obj["json"] else text)
+
+
+def _open(ctx: click.Context) -> Registry:
+    return Registry(ctx.obj["settings"](), lock_wait=ctx.obj["wait"])
+
+
+class RegistryGroup(click.Group):
+    """Turns the errors a user can cause (bad input, missing weights, a busy registry) into clear messages."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=RegistryGroup)
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="REGISTRY_HOME", default="registry-data",
+              show_default=True, help="Registry folder: SQLite catalog, local Qdrant, feature cache, settings.")
+@click.option("--database-url", envvar="REGISTRY_DATABASE_URL", help="SQLAlchemy URL instead of SQLite.")
+@click.option("--qdrant-url", envvar="REGISTRY_QDRANT_URL", help="Qdrant server instead of embedded Qdrant.")
+@click.option("--qdrant-api-key", envvar="REGISTRY_QDRANT_API_KEY")
+@click.option("--wait", type=float, default=0.0, help="Seconds to wait for another process using the registry.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_url: str | None,
+         qdrant_api_key: str | None, wait: float, as_json: bool) -> None:
+    """Identity registry for individual animals: which animal is this photo, and where has it been seen?"""
+    ctx.ensure_object(dict)
+    ctx.obj["json"] = as_json
+    ctx.obj["wait"] = wait
+    ctx.obj["data_dir"] = data_dir
+    ctx.obj["settings"] = lambda: Settings.load(data_dir, database_url, qdrant_url, qdrant_api_key)
+
+
+@main.command()
+@click.option("--profile", type=click.Choice(PROFILES), default=None,
+              help="Pipeline profile, stored with the registry (default: offline for a new registry).")
+@click.pass_context
+def init(ctx: click.Context, profile: str | None) -> None:
+    """Create a registry, or upgrade an existing one's catalog to the current schema."""
+    settings: Settings = ctx.obj["settings"]()
+    if profile is not None:
+        if settings.exists and settings.profile != profile:
+            raise click.ClickException(
+                f"this registry uses profile {settings.profile!r}; its vectors cannot be mixed with {profile!r}")
+        settings.profile = profile
+    Registry.init(settings)
+    _emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
+                "database": settings.sqlalchemy_url if not settings.database_url else "(external)"},
+          f"Registry ready in {settings.data_dir} (profile {settings.profile}).")
+
+
+@main.command()
+@click.argument("manifest", type=click.Path(path_type=Path))
+@click.option("--survey", required=True, help="Survey (season) these photos belong to.")
+@click.option("--mode", type=click.Choice(["reference", "identify"]), default="reference", show_default=True,
+              help="reference: the manifest's identities are trusted; identify: each photo is identified.")
+@click.option("--species", default=None, help="Species for manifests without a species column.")
+@click.pass_context
+def ingest(ctx: click.Context, manifest: Path, survey: str, mode: str, species: str | None) -> None:
+    """Add a season of photos listed in MANIFEST (registry CSV or AnimalCLEF metadata.csv)."""
+    with _open(ctx) as registry, _progress(f"ingest {survey}", count_rows(manifest)) as bar:
+        report = registry.ingest(manifest, survey, mode, species, progress=bar.update)
+    data = report.to_json()
+    reports = ctx.obj["settings"]().data_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    report_path = reports / f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{survey.replace('/', '_')}.json"
+    report_path.write_text(json.dumps(data, indent=2) + "\n")
+    data["report"] = str(report_path)
+    lines = [f"{survey}: {report.added} added, {report.already_present} already in the registry, "
+             f"{len(report.problems)} skipped."]
+    if mode == "identify":
+        lines.append(f"  decisions: {data['matched']} matched to known individuals, "
+                     f"{data['new_individuals']} new individuals")
+    lines += [f"  skipped {p}" for p in report.problems] + [f"  note: {w}" for w in report.warnings]
+    lines.append(f"  report: {report_path}")
+    _emit(ctx, data, "\n".join(lines))
+    if report.problems:
+        ctx.exit(3)  # something was skipped: scripts can tell a clean season from a partial one
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--species", required=True)
+@click.option("--viewpoint", default=None)
+@click.option("--record", is_flag=True, help="Record each decision as a sighting (or a new individual).")
+@click.option("--survey", default=None, help="Survey to file recorded photos under.")
+@click.pass_context
+def identify(ctx: click.Context, images: tuple[Path, ...], species: str, viewpoint: str | None, record: bool,
+             survey: str | None) -> None:
+    """Identify photos: ranked candidate individuals with scores, and the decision."""
+    results, lines = [], []
+    with _open(ctx) as registry:
+        for image in images:
+            result = registry.identify(image, species, viewpoint, record=record, survey=survey)
+            results.append(result.to_json())
+            outcome = result.outcome
+            verdict = (f"match {outcome.ranked[0].code}" if outcome.outcome == "match" else "new individual")
+            if result.individual_code:
+                verdict += f" -> recorded as {result.individual_code} (decision {result.decision_id})"
+            lines.append(f"{image}: {verdict}  (score {outcome.score}, threshold {outcome.threshold})")
+            lines += [f"   {rank}. {c.code:<12} score {c.score:8.2f}"
+                      for rank, c in enumerate(outcome.ranked[:5], start=1)]
+    _emit(ctx, results, "\n".join(lines))
+
+
+@main.command()
+@click.argument("individual")
+@click.pass_context
+def history(ctx: click.Context, individual: str) -> None:
+    """Where and when an individual (code or name) has been seen."""
+    with _open(ctx) as registry:
+        data = registry.catalog.history(individual)
+    lines = [f"{data['individual']} ({data['species']}{', ' + data['name'] if data['name'] else ''}): "
+             f"{len(data['sightings'])} sightings in {data['surveys']} surveys, "
+             f"first {data['first_seen']}, last {data['last_seen']}"]
+    for s in data["sightings"]:
+        score = f" score {s['score']:.1f}" if s["score"] is not None else ""
+        lines.append(f"  {s['captured_at'] or '(no date)'}  {s['survey'] or '-':<24} {s['method']:<10}"
+                     f"{score}  {s['image']}")
+    _emit(ctx, data, "\n".join(lines))
+
+
+@main.command()
+@click.option("--species", default=None)
+@click.pass_context
+def individuals(ctx: click.Context, species: str | None) -> None:
+    """List individuals with their number of sightings."""
+    with _open(ctx) as registry:
+        rows = registry.catalog.individuals(species)
+    lines = [f"{r['code']:<12} {r['species']:<14} {r['name'] or '':<20} {r['sightings']:>4} sightings  "
+             f"{r['first_seen'] or ''} .. {r['last_seen'] or ''}" for r in rows]
+    _emit(ctx, rows, "\n".join(lines) or "no individuals")
+
+
+@main.command()
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """Counts of individuals, images, sightings, decisions."""
+    with _open(ctx) as registry:
+        data = registry.catalog.stats()
+    _emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--individuals", "n_individuals", type=int, default=20, show_default=True)
+@click.option("--seasons", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int) -> None:
+    """Generate a synthetic spotted population: images and manifests with true identities."""
+    from registry import synth as synthetic
+
+    with tqdm(desc="synth", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update)
+    data = {"out_dir": str(out_dir), "images": len(records), "individuals": len({r.identity for r in records}),
+            "manifests": [str(out_dir / f"season{k}" / "manifest.csv") for k in range(1, seasons + 1)]}
+    _emit(ctx, data, f"{data['images']} photos of {data['individuals']} individuals in {out_dir}; manifests:\n  "
+          + "\n  ".join(data["manifests"]))
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@main.command()
+@click.option("--individuals", "n_individuals", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
+    """Synthesise two seasons, ingest season 1 as reference, identify season 2 photo by photo, report."""
+    from registry.demo import run_demo
+
+    data_dir = ctx.obj["data_dir"]
+    if ctx.parent and ctx.parent.get_parameter_source("data_dir") == click.core.ParameterSource.DEFAULT:
+        data_dir = Path("registry-demo")  # never mix the demo into the default registry
+    started = time.monotonic()
+    say = (lambda _m: None) if ctx.obj["json"] else click.echo
+    report = run_demo(data_dir, n_individuals, seed, say=say, progress_factory=_progress)
+    e = report["overall"]
+    lines = [
+        "",
+        f"Demo finished in {time.monotonic() - started:.0f} s. Registry: {report['registry']}",
+        f"  reference photos (season 1): {report['reference_images']}",
+        f"  decisions (season 2):       {report['decisions']}  -> {report['matched']} matched to a known "
+        f"individual, {report['new_individuals_created']} new individuals created "
+        f"(truth: {report['new_individuals_in_truth']} animals were new)",
+        f"  accuracy against the truth: BAKS {_fmt(e['baks'])}  BAUS {_fmt(e['baus'])}  "
+        f"score (geometric mean) {_fmt(e['score'])}  top-1 {_fmt(e['top1'])}",
+        f"  registry now: {report['stats']['individuals']} individuals, {report['stats']['images']} images, "
+        f"{report['stats']['sightings']} sightings",
+    ]
+    if report["history_sample"]:
+        h = report["history_sample"]
+        lines.append(f"  sample history: registry --data-dir {report['registry']} history {h['individual']}")
+        for s in h["sightings"]:
+            lines.append(f"    {s['captured_at']}  {s['survey']:<20} {s['method']:<10} {Path(s['image']).name}")
+    _emit(ctx, report, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""AnimalCLEF's accuracy measures for open-set identification.
+
+BAKS: balanced accuracy on queries whose individual is already known (accuracy per true identity, averaged
+over identities). BAUS: the same for queries of individuals not yet known, where the right answer is "new".
+The score is their geometric mean; with several species, each measure is averaged over species.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+NEW = None  # a prediction of "new individual"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    species: str
+    truth: str  # the query's true identity
+    known: bool  # whether that identity was in the registry when the query was asked
+    predicted: str | None  # the true identity the chosen individual stands for, or None for "new"
+    rank: int | None = None  # 1-based rank of the true identity among the candidates (known queries)
+
+
+def _balanced(correct_by_identity: dict[str, list[bool]]) -> float | None:
+    if not correct_by_identity:
+        return None
+    return sum(sum(v) / len(v) for v in correct_by_identity.values()) / len(correct_by_identity)
+
+
+def _geometric_mean(baks: float | None, baus: float | None) -> float | None:
+    """The AnimalCLEF score; with only one kind of query, the one measure there is."""
+    if baks is None or baus is None:
+        return baks if baus is None else baus
+    return math.sqrt(baks * baus)
+
+
+def _species_block(predictions: list[Prediction]) -> dict[str, float | int | None]:
+    known: dict[str, list[bool]] = defaultdict(list)
+    unknown: dict[str, list[bool]] = defaultdict(list)
+    top1: list[bool] = []
+    top5: list[bool] = []
+    for p in predictions:
+        if p.known:
+            known[p.truth].append(p.predicted == p.truth)
+            top1.append(p.rank == 1)
+            top5.append(p.rank is not None and p.rank <= 5)
+        else:
+            unknown[p.truth].append(p.predicted is NEW)
+    baks, baus = _balanced(known), _balanced(unknown)
+    score = _geometric_mean(baks, baus)
+    return {
+        "baks": baks, "baus": baus, "score": score,
+        "top1": sum(top1) / len(top1) if top1 else None,
+        "top5": sum(top5) / len(top5) if top5 else None,
+        "queries": len(predictions),
+    }
+
+
+def evaluate(predictions: Iterable[Prediction]) -> dict:
+    """{"overall": {baks, baus, score, top1, top5, queries}, "per_species": {species: same keys}}."""
+    by_species: dict[str, list[Prediction]] = defaultdict(list)
+    for p in predictions:
+        by_species[p.species].append(p)
+    per_species = {s: _species_block(ps) for s, ps in sorted(by_species.items())}
+
+    def mean(key: str) -> float | None:
+        values = [b[key] for b in per_species.values() if b[key] is not None]
+        return sum(values) / len(values) if values else None  # type: ignore[arg-type]
+
+    baks, baus = mean("baks"), mean("baus")
+    overall = {
+        "baks": baks, "baus": baus,
+        "score": _geometric_mean(baks, baus),
+        "top1": mean("top1"), "top5": mean("top5"),
+        "queries": sum(b["queries"] for b in per_species.values()),  # type: ignore[misc]
+    }
+    return {"overall": overall, "per_species": per_species}
+
+
+def sequential_predictions(
+    events: Iterable[tuple[str, str, str, str | None, list[str]]],
+    reference_labels: dict[str, str],
+) -> list[Prediction]:
+    """Judge decisions made one after another, as the registry lives.
+
+    `events`: (species, true identity, outcome, chosen individual code, ranked candidate codes) in the order
+    the decisions were made. `reference_labels`: individual code -> true identity for individuals created from
+    labelled reference images. An individual created by a "new" decision stands for the true identity of the
+    photo that created it. A query is "known" when its identity had been registered before it was asked.
+    """
+    meaning = dict(reference_labels)
+    registered = set(reference_labels.values())
+    predictions = []
+    for species, truth, outcome, code, ranked in events:
+        known = truth in registered
+        if outcome == "new":
+            predicted = NEW
+            if code is not None:
+                meaning.setdefault(code, truth)
+        else:
+            predicted = meaning.get(code or "", f"?{code}")
+        rank = None
+        if known:
+            ranked_truths = [meaning.get(c) for c in ranked]
+            rank = ranked_truths.index(truth) + 1 if truth in ranked_truths else None
+        predictions.append(Prediction(species, truth, known, predicted, rank))
+        registered.add(truth)  # recorded now, under whichever individual the decision chose
+    return predictions

