@@ -159,7 +159,7 @@ class Catalog:
         if not individual_ids:
             return {}
         rows = session.execute(select(Individual.id, Individual.code).where(Individual.id.in_(individual_ids)))
-        return dict(rows.tuples().all())
+        return {individual_id: code for individual_id, code in rows}
 
     # --- sightings and decisions -----------------------------------------------------------------------
     def add_sighting(

@@ -55,7 +55,7 @@ def _open_checked(path: Path) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"{path}: image too large ({exc})") from exc
     except OSError as exc:
-        raise ImageError(f"{path}: cannot open ({exc})") from exc
+        raise ImageError(f"{path}: unreadable or truncated image ({exc})") from exc
     if image.width * image.height > MAX_PIXELS:
         raise ImageError(f"{path}: image too large ({image.width}x{image.height} pixels, limit {MAX_PIXELS})")
     return image
