@@ -237,6 +237,10 @@ class Catalog:
                 for ind, n, first, last in session.execute(query).all()
             ]
 
+    def species(self) -> list[str]:
+        with self._sessions() as session:
+            return list(session.scalars(select(Image.species).distinct().order_by(Image.species)))
+
     def stats(self) -> dict[str, int]:
         with self._sessions() as session:
             def count(model: Any, *where: Any) -> int:

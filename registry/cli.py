@@ -117,16 +117,21 @@ def ingest(ctx: click.Context, manifest: Path, survey: str, mode: str, species: 
 
 @main.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--species", required=True)
+@click.option("--species", default=None, help="Species of the photos (default: the registry's only species).")
 @click.option("--viewpoint", default=None)
 @click.option("--record", is_flag=True, help="Record each decision as a sighting (or a new individual).")
 @click.option("--survey", default=None, help="Survey to file recorded photos under.")
 @click.pass_context
-def identify(ctx: click.Context, images: tuple[Path, ...], species: str, viewpoint: str | None, record: bool,
-             survey: str | None) -> None:
+def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, viewpoint: str | None,
+             record: bool, survey: str | None) -> None:
     """Identify photos: ranked candidate individuals with scores, and the decision."""
     results, lines = [], []
     with _open(ctx) as registry:
+        if species is None:
+            known = registry.catalog.species()
+            if len(known) != 1:
+                raise click.UsageError(f"give --species; this registry holds {', '.join(known) or 'no photos yet'}")
+            species = known[0]
         for image in images:
             result = registry.identify(image, species, viewpoint, record=record, survey=survey)
             results.append(result.to_json())

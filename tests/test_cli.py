@@ -35,7 +35,7 @@ def test_full_workflow_through_the_cli(tmp_path: Path, population: Path) -> None
     known = {r["identity"] for r in _manifest(population / "season1" / "manifest.csv")}
     returning = next(r for r in rows if r["identity"] in known)
     photo = str(population / "season2" / returning["image"])
-    text = _run(*home, "identify", photo, "--species", "synleopard")
+    text = _run(*home, "identify", photo)  # the registry's only species is the default
     assert "match SYN-" in text and "1. SYN-" in text
     answers = json.loads(_run(*home, "--json", "identify", photo, "--species", "synleopard", "--record",
                               "--survey", "season-2"))
