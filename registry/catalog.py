@@ -81,6 +81,13 @@ class Catalog:
     def image_by_sha(self, session: Session, sha256: str) -> Image | None:
         return session.scalar(select(Image).where(Image.sha256 == sha256))
 
+    def known_sha256s(self, sha256s: list[str]) -> set[str]:
+        """Which of these photo contents are already catalogued (one query for a whole batch)."""
+        if not sha256s:
+            return set()
+        with self._sessions() as session:
+            return set(session.scalars(select(Image.sha256).where(Image.sha256.in_(sha256s))))
+
     def add_image(self, session: Session, **fields: Any) -> Image:
         """Insert an image in state `pending`; a photo already catalogued (same content) is refused by name."""
         existing = self.image_by_sha(session, fields["sha256"])

@@ -6,6 +6,7 @@ A pair's raw score is the number of LightGlue correspondences whose confidence r
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,8 +89,6 @@ class AlikedLightGlue:
                                  depth_confidence=0.95, width_confidence=0.99, filter_threshold=0.1)
         self.weights_sha256: dict[str, str] = {}
         if random_init_for_tests:
-            import warnings
-
             warnings.warn("AlikedLightGlue is RANDOMLY INITIALISED (tests only): its matches mean nothing",
                           stacklevel=2)
         else:

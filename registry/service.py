@@ -315,11 +315,9 @@ class Registry:
             with self.catalog.transaction() as session:
                 sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
                 individual = session.get(Individual, sighting.individual_id) if sighting else None
-            try:
-                described = self._describe([Path(image.path)], [image.species], [image.viewpoint])[0]
-            except Exception:  # the file may be gone; `registry doctor` reports what stays pending
-                continue
-            if isinstance(described, ImageError):
+            described = self._describe([Path(image.path)], [image.species], [image.viewpoint])[0]
+            if isinstance(described, ImageError):  # the file is gone or damaged: it stays pending
+                log.warning("pending image %s cannot be re-indexed: %s", image.id, described)
                 continue
             self.features.put(image.sha256, described.local)
             row = ManifestRow(0, Path(image.path), image.species, None, image.viewpoint)
@@ -356,16 +354,16 @@ class Registry:
         seen_in_run: set[str] = set()
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            todo: list[tuple[ManifestRow, str]] = []
+            hashed: list[tuple[ManifestRow, str]] = []
             for row in batch:
                 try:
-                    sha = sha256_of_file(row.image)
+                    hashed.append((row, sha256_of_file(row.image)))
                 except ImageError as exc:
                     report.problems.append(RowProblem(str(manifest_path), row.line, str(exc)))
-                    continue
-                with self.catalog.transaction() as session:
-                    present = self.catalog.image_by_sha(session, sha) is not None
-                if present or sha in seen_in_run:
+            catalogued = self.catalog.known_sha256s([sha for _, sha in hashed])
+            todo: list[tuple[ManifestRow, str]] = []
+            for row, sha in hashed:
+                if sha in catalogued or sha in seen_in_run:
                     report.already_present += 1
                     continue
                 seen_in_run.add(sha)
