@@ -17,7 +17,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from registry.schema import Decision, Image, Individual, Sighting, Survey
+from registry.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
+from registry.schema import Calibration, Decision, Image, Individual, Sighting, Survey
 
 
 class CatalogError(RuntimeError):
@@ -184,6 +185,56 @@ class Catalog:
         session.add(decision)
         session.flush()
         return decision
+
+    # --- calibration -----------------------------------------------------------------------------------
+    def labelled_images(self, species: str | None = None) -> list[dict[str, Any]]:
+        """Images whose individual a person vouched for (reference labels, confirmed or corrected decisions)."""
+        with self.transaction() as session:
+            query = (select(Image.id, Image.species, Image.viewpoint, Sighting.individual_id)
+                     .join(Sighting, Sighting.image_id == Image.id)
+                     .where(Sighting.status == "active", Sighting.method.in_(("reference", "confirmed", "corrected")),
+                            Image.status == "indexed")
+                     .order_by(Image.id))
+            if species is not None:
+                query = query.where(Image.species == species)
+            rows = session.execute(query).all()
+            merged = dict(session.execute(select(Individual.id, Individual.merged_into_id)
+                                          .where(Individual.merged_into_id.is_not(None))).all())
+        out = []
+        for image_id, sp, viewpoint, individual_id in rows:
+            while individual_id in merged:  # a merged individual's images belong to the survivor
+                individual_id = merged[individual_id]
+            out.append({"image_id": image_id, "species": sp, "viewpoint": viewpoint, "individual_id": individual_id})
+        return out
+
+    def save_calibrations(self, fitted: dict[tuple[str, str | None], IsotonicCalibrator],
+                          learned: LearnedFusion | None, n_pairs: int, summary: dict[str, Any]) -> None:
+        """Store a complete set of calibrators in one transaction (readers take the newest complete set)."""
+        with self.transaction() as session:
+            batch = (session.scalar(select(func.max(Calibration.batch))) or 0) + 1
+            for (matcher, species), calibrator in fitted.items():
+                session.add(Calibration(matcher=matcher, species=species, model=calibrator.to_json(),
+                                        n_pairs=n_pairs, inputs_summary=summary, batch=batch))
+            if learned is not None:
+                session.add(Calibration(matcher=LEARNED_FUSION, species=None, model=learned.to_json(),
+                                        n_pairs=n_pairs, inputs_summary=summary, batch=batch))
+
+    def load_calibrations(self, versions: dict[str, str]) -> Calibrations:
+        """The newest calibration set made with these model versions (empty when there is none)."""
+        with self.transaction() as session:
+            rows = list(session.scalars(select(Calibration).order_by(Calibration.batch.desc(), Calibration.id)))
+        out = Calibrations()
+        chosen = None
+        for row in rows:
+            if chosen is None and (row.inputs_summary or {}).get("versions") == versions:
+                chosen = row.batch
+            if chosen is None or row.batch != chosen:
+                continue
+            if row.matcher == LEARNED_FUSION:
+                out.learned = LearnedFusion.from_json(row.model)
+            else:
+                out.isotonic[(row.matcher, row.species)] = IsotonicCalibrator.from_json(row.model)
+        return out
 
     # --- read queries ----------------------------------------------------------------------------------
     def history(self, key: str) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from registry import models
 from registry.catalog import CatalogError
 from registry.imaging import ImageError
 from registry.locking import RegistryInUseError
@@ -71,19 +72,34 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_ur
 @main.command()
 @click.option("--profile", type=click.Choice(PROFILES), default=None,
               help="Pipeline profile, stored with the registry (default: offline for a new registry).")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Fetch the profile's model weights from the hub when they are not on this machine.")
 @click.pass_context
-def init(ctx: click.Context, profile: str | None) -> None:
-    """Create a registry, or upgrade an existing one's catalog to the current schema."""
+def init(ctx: click.Context, profile: str | None, download: bool) -> None:
+    """Create a registry, or upgrade an existing one's catalog to the current schema.
+
+    A new registry stores its profile; the profile's model weights are fetched into the registry's weights
+    folder when they are not on this machine yet and the hub can be reached (`--no-download` to skip).
+    """
     settings: Settings = ctx.obj["settings"]()
     if profile is not None:
         if settings.exists and settings.profile != profile:
             raise click.ClickException(
                 f"this registry uses profile {settings.profile!r}; its vectors cannot be mixed with {profile!r}")
-        settings.profile = profile
+        if not settings.exists:
+            settings = Settings.for_profile(profile, data_dir=settings.data_dir, database_url=settings.database_url,
+                                            qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key)
     Registry.init(settings)
+    missing = []
+    for status in models.model_status(settings, download=download):
+        if not status.resolved:
+            missing.append(status)
+            click.echo(f"warning: {status.name}: {status.error}", err=True)
     _emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
-                "database": settings.sqlalchemy_url if not settings.database_url else "(external)"},
-          f"Registry ready in {settings.data_dir} (profile {settings.profile}).")
+                "database": settings.sqlalchemy_url if not settings.database_url else "(external)",
+                "missing_models": [m.name for m in missing]},
+          f"Registry ready in {settings.data_dir} (profile {settings.profile})."
+          + (f" Missing model weights: {', '.join(m.name for m in missing)}." if missing else ""))
 
 
 @main.command()
@@ -181,6 +197,60 @@ def stats(ctx: click.Context) -> None:
     with _open(ctx) as registry:
         data = registry.catalog.stats()
     _emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
+
+
+@main.group("models")
+def models_group() -> None:
+    """The model weights this registry's profile needs: where they are, fetching them, checking them."""
+
+
+@models_group.command("list")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Each model of the profile (or NAMES): found or not, where, and its SHA-256."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.model_status(settings, names)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved for s in statuses):
+        ctx.exit(4)
+
+
+@models_group.command("download")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Fetch weights into the registry's weights folder (on a connected machine, before going offline)."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.model_status(settings, names, download=True)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved for s in statuses):
+        ctx.exit(4)
+
+
+@models_group.command("verify")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Load each model strictly into its architecture: truncated or foreign files fail."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.verify(settings, names)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved and s.verified for s in statuses):
+        ctx.exit(4)
+
+
+def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.ModelStatus]) -> None:
+    lines = [f"profile {settings.profile}; weights folder {settings.weights_dir}"]
+    for s in statuses:
+        if s.resolved:
+            check = {True: "  verified", False: "  FAILED", None: ""}[s.verified]
+            lines.append(f"  {s.name:<22} {s.source:<12} sha256 {s.sha256[:16]}  {s.path}{check}")
+            if s.verified is False:
+                lines.append(f"      {s.error}")
+        else:
+            lines.append(f"  {s.name:<22} MISSING\n      " + (s.error or "").replace("\n", "\n      "))
+    _emit(ctx.find_root(), [s.to_json() for s in statuses], "\n".join(lines))
 
 
 @main.command()

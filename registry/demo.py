@@ -55,6 +55,11 @@ def run_demo(
                                            progress=bar.update if bar else None))
             if bar:
                 bar.close()
+            if mode == "reference":
+                say("Calibrating the matchers on labelled pairs of the reference photos ...")
+                calibration = registry.calibrate()
+                say(f"  {calibration['positives']} same-individual and {calibration['negatives']} "
+                    "different-individual pairs; decisions now use calibrated WildFusion scores")
         identify = reports[1]
         reference_labels = {ind["code"]: ind["name"] for ind in registry.catalog.individuals() if ind["name"]}
         events = [

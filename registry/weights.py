@@ -38,6 +38,15 @@ class WeightsSpec:
     urls: tuple[str, ...] = ()  # hub addresses, tried in order when downloads are allowed
     cache_names: tuple[str, ...] = ()  # names the framework's own cache may hold the file under
     fetch: Callable[[Path], Path] | None = field(default=None, compare=False)  # custom downloader (hub APIs)
+    hub_repo: str | None = None  # a Hugging Face Hub repository holding the file (and its config)
+    hub_files: tuple[str, ...] = ()  # the weights file's names in that repository, preferred first
+    hub_extra: tuple[str, ...] = ()  # files fetched alongside the weights (e.g. config.json)
+
+    def local_names(self) -> list[str]:
+        """Names the file may have inside a weights folder: hub models keep their repository's file names."""
+        if self.hub_repo:
+            return [f"{self.name}/{f}" for f in self.hub_files]
+        return [self.filename]
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,34 @@ def file_sha256(path: Path) -> str:
                 digest.update(chunk)
         _HASH_CACHE[key] = digest.hexdigest()
     return _HASH_CACHE[key]
+
+
+def _hub_cache_file(repo: str, filename: str) -> Path | None:
+    """The file in the local Hugging Face cache, if an earlier download (by any program) left it there."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(repo, filename)
+    return Path(found) if isinstance(found, str) else None
+
+
+def _hub_download(spec: WeightsSpec, weights_dir: Path) -> Path:
+    """Fetch the weights (first name the repository has) and their companion files into the weights folder."""
+    from huggingface_hub import hf_hub_download
+
+    folder = weights_dir / spec.name
+    errors = []
+    for name in spec.hub_files:
+        try:
+            path = Path(hf_hub_download(spec.hub_repo, name, local_dir=folder))  # type: ignore[arg-type]
+        except Exception as exc:  # a missing file name is normal: try the next one
+            errors.append(f"{name}: {type(exc).__name__}: {exc}")
+            continue
+        for extra in spec.hub_extra:
+            hf_hub_download(spec.hub_repo, extra, local_dir=folder)  # type: ignore[arg-type]
+        return path
+    raise RuntimeError("; ".join(errors))
 
 
 def torch_cache_dir() -> Path:
@@ -94,25 +131,42 @@ def resolve(
     def candidates() -> Iterable[tuple[str, Path | None]]:
         if explicit is not None:
             path = Path(explicit)
-            yield "settings", path / spec.filename if path.is_dir() else path
+            if path.is_dir():
+                for name in (*spec.local_names(), *(Path(n).name for n in spec.local_names())):
+                    yield "settings", path / name
+            else:
+                yield "settings", path
         if weights_dir is not None:
-            yield "weights-dir", Path(weights_dir) / spec.filename
-        yield "package", _package_file(spec)
-        for name in (spec.filename, *spec.cache_names):
-            yield "cache", torch_cache_dir() / name
+            for name in spec.local_names():
+                yield "weights-dir", Path(weights_dir) / name
+        if spec.package:
+            yield "package", _package_file(spec)
+        if spec.hub_repo:
+            for name in spec.hub_files:
+                yield f"cache:{name}", _hub_cache_file(spec.hub_repo, name)
+        else:
+            for name in (spec.filename, *spec.cache_names):
+                yield "cache", torch_cache_dir() / name
 
     for source, path in candidates():
         if path is None:
-            tried.append(f"{source}: package {spec.package!r} is not installed")
+            tried.append(f"{source}: package {spec.package!r} is not installed" if source == "package"
+                         else f"cache: {source[6:]} is not in the Hugging Face cache of {spec.hub_repo}")
             continue
         if path.is_file():
-            return ResolvedWeights(path, source)
+            return ResolvedWeights(path, source.split(":")[0])
         tried.append(f"{source}: {path} (absent)")
 
-    if allow_download and weights_dir is not None and (spec.urls or spec.fetch):
+    downloadable = bool(spec.urls or spec.fetch or spec.hub_repo)
+    if allow_download and weights_dir is not None and downloadable:
         target = Path(weights_dir) / spec.filename
         target.parent.mkdir(parents=True, exist_ok=True)
         errors = []
+        if spec.hub_repo:
+            try:
+                return ResolvedWeights(_hub_download(spec, Path(weights_dir)), "download")
+            except Exception as exc:  # hub and network errors come in many types; each is reported below
+                errors.append(f"{spec.hub_repo}: {type(exc).__name__}: {exc}")
         if spec.fetch is not None:
             try:
                 return ResolvedWeights(spec.fetch(target), "download")
@@ -127,8 +181,8 @@ def resolve(
             except Exception as exc:
                 errors.append(f"{url}: {type(exc).__name__}: {exc}")
         tried.append("download: " + "; ".join(errors))
-    elif spec.urls or spec.fetch:
-        tried.append("download: not allowed here (offline)")
+    elif downloadable:
+        tried.append("download: not allowed here (offline; `registry models download` fetches on a connected machine)")
 
     hint = f"registry models download {spec.name}"
     if spec.package:
@@ -179,6 +233,10 @@ def load_state_dict_strict(
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Read a checkpoint file as tensors only (never unpickles code); a damaged file is a clear error."""
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise WeightsMismatchError(f"cannot read weights file {path}: {type(exc).__name__}: {exc}") from exc

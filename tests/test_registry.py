@@ -62,8 +62,8 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
     # closed and reopened from disk: individuals, sightings and vectors are all still there
     with Registry(Settings.load(settings.data_dir, settings.database_url), pipeline=offline_pipeline) as again:
         assert again.catalog.stats() == stats
-        assert again.index.count(again.collection) == 14
-        payload = dict(again.index.payloads(again.collection))
+        assert again.index.count(again.collections["efficientnet-lite0"]) == 14
+        payload = dict(again.index.payloads(again.collections["efficientnet-lite0"]))
         sightings = {s["sha256"] for s in again.catalog.history("SYN-0007")["sightings"]}
         assert len(sightings) == 2 and sum(1 for p in payload.values() if p["individual_id"] == 7) == 2
         repeat = again.ingest(population / "season1" / "manifest.csv", "s1", "reference")
@@ -129,11 +129,11 @@ def test_a_different_model_version_is_refused(settings: Settings, population: Pa
                                               offline_pipeline: Pipeline) -> None:
     with Registry(settings, pipeline=offline_pipeline) as registry:
         registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
-    original = offline_pipeline.embedder.weights_sha256
-    offline_pipeline.embedder.weights_sha256 = "f" * 64  # as if other weights were loaded
+    original = offline_pipeline.primary.weights_sha256
+    offline_pipeline.primary.weights_sha256 = "f" * 64  # as if other weights were loaded
     try:
         with Registry(settings, pipeline=offline_pipeline) as registry, \
                 pytest.raises(CatalogError, match="refusing to mix vectors"):
             registry.identify(population / "season2" / _rows(population, 2)[0]["image"], "synleopard")
     finally:
-        offline_pipeline.embedder.weights_sha256 = original
+        offline_pipeline.primary.weights_sha256 = original
