@@ -29,18 +29,17 @@ EFFICIENTNET_LITE0 = WeightsSpec(
 )
 
 
+def five_crop_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
+    """Centre and four corner boxes (left, top, right, bottom), each covering 80 % of each side."""
+    cw, ch = max(1, round(width * 0.8)), max(1, round(height * 0.8))
+    corners = [((width - cw) // 2, (height - ch) // 2), (0, 0), (width - cw, 0), (0, height - ch),
+               (width - cw, height - ch)]
+    return [(x, y, x + cw, y + ch) for x, y in corners]
+
+
 def five_crops(image: Image.Image, size: tuple[int, int]) -> list[Image.Image]:
-    """Centre and four corner crops covering 80 % of each side, each resized to `size` (width, height)."""
-    w, h = image.size
-    cw, ch = max(1, round(w * 0.8)), max(1, round(h * 0.8))
-    boxes = [
-        ((w - cw) // 2, (h - ch) // 2),
-        (0, 0),
-        (w - cw, 0),
-        (0, h - ch),
-        (w - cw, h - ch),
-    ]
-    return [image.crop((x, y, x + cw, y + ch)).resize(size, Image.Resampling.BICUBIC) for x, y in boxes]
+    """The five TTA crops as images resized to `size` (width, height): for looking at, and for tests."""
+    return [image.crop(box).resize(size, Image.Resampling.BICUBIC) for box in five_crop_boxes(*image.size)]
 
 
 @dataclass(frozen=True)
@@ -93,15 +92,19 @@ class TorchEmbedder:
     def version(self) -> str:
         return f"{self.name}-{self.weights_sha256[:12]}-{'tta5' if self.tta else 'plain'}"
 
-    def _tensor(self, image: Image.Image) -> torch.Tensor:
-        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-        return (torch.from_numpy(array).permute(2, 0, 1) - self.mean) / self.std
-
-    def views(self, image: Image.Image) -> list[Image.Image]:
-        """The model inputs for one image: five crops under TTA, else the whole image resized."""
-        if self.tta:
-            return five_crops(image, self.input_size)
-        return [image.resize(self.input_size, Image.Resampling.BICUBIC)]
+    def views(self, image: Image.Image) -> torch.Tensor:
+        """The model inputs for one image, made on the model's device (the CPU only uploads bytes): five crops
+        under TTA, else the whole image; resized with antialiasing and normalised. (views, 3, H, W)."""
+        pixels = torch.from_numpy(np.array(image.convert("RGB"))).to(self.device, non_blocking=True)
+        pixels = pixels.permute(2, 0, 1).float().div_(255.0)
+        height, width = pixels.shape[-2:]
+        boxes = five_crop_boxes(width, height) if self.tta else [(0, 0, width, height)]
+        size = (self.input_size[1], self.input_size[0])
+        views = [torch.nn.functional.interpolate(pixels[None, :, top:bottom, left:right], size=size,
+                                                 mode="bicubic", antialias=True, align_corners=False)[0]
+                 for left, top, right, bottom in boxes]
+        mean, std = self.mean.to(self.device), self.std.to(self.device)
+        return (torch.stack(views).clamp_(0.0, 1.0) - mean) / std
 
     @torch.inference_mode()
     def embed(self, images: list[Image.Image]) -> np.ndarray:
@@ -109,13 +112,13 @@ class TorchEmbedder:
         out = []
         for start in range(0, len(images), self.batch_size):
             chunk = images[start : start + self.batch_size]
-            batch = torch.stack([self._tensor(v) for image in chunk for v in self.views(image)]).to(self.device)
+            batch = torch.cat([self.views(image) for image in chunk])
             with torch.autocast(self.device.type, dtype=self.autocast or torch.float32,
                                 enabled=self.autocast is not None):
                 features = self.model(batch)
-            features = torch.nn.functional.normalize(features.float().cpu(), dim=-1)
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
             features = features.view(len(chunk), views_per_image, -1).mean(dim=1)  # TTA: average the views
-            out.append(torch.nn.functional.normalize(features, dim=-1).numpy())
+            out.append(torch.nn.functional.normalize(features, dim=-1).cpu().numpy())
         if not out:
             return np.zeros((0, self.dimension), dtype=np.float32)
         return np.concatenate(out).astype(np.float32)
