@@ -85,9 +85,19 @@ def main() -> None:
             torch.cuda.empty_cache()
 
     matcher = AlikedLightGlue(device=str(device), random_init_for_tests=True)
-    photos = _photos(4 if args.quick else 32)
-    rates["aliked"] = _rate(lambda: matcher.extract(photos), len(photos), device, repeats)
-    print(f"{'aliked-n16 extract (512 px)':<28}          : {rates['aliked']:8.1f} images/s")
+    photos = _photos(4 if args.quick else 64)
+    for extract_batch in (1, 32):
+        for autocast in (False, True) if device.type == "cuda" else (False,):
+            matcher.extract_batch, matcher.autocast = extract_batch, autocast
+            try:
+                rate = _rate(lambda: matcher.extract(photos), len(photos), device, repeats)
+            except RuntimeError as exc:  # report and go on: the other settings still say something
+                print(f"aliked extract batch {extract_batch} autocast {autocast}: failed: {exc}")
+                continue
+            rates["aliked"] = max(rates.get("aliked", 0.0), rate)
+            print(f"{'aliked-n16 extract (512 px)':<28} batch {extract_batch:>3}: {rate:8.1f} images/s "
+                  f"(bf16 autocast {autocast})", flush=True)
+    matcher.extract_batch, matcher.autocast = 32 if device.type == "cuda" else 1, device.type == "cuda"
     features = matcher.extract(_photos(9 if args.quick else 65, seed=1))
     query, candidates = features[0], features[1:]
     for pair_batch in (1, 8) if args.quick else (1, 8, 32, 64):

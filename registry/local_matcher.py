@@ -85,6 +85,8 @@ class AlikedLightGlue:
         # batches on accelerators, where one call's latency dominates.
         self.pair_batch = pair_batch or (1 if self.device.type == "cpu" else 32)
         self.extractions = 0  # images described so far: lets tests and benchmarks see cache hits
+        self.extract_batch = 1 if self.device.type == "cpu" else 32
+        self.autocast = False  # ALIKED stays fp32 (TF32 on GPU): benchmarks/gpu_check.py measures bf16 too
         self.max_keypoints = max_keypoints
         self.long_side = long_side
         self.min_confidence = min_confidence
@@ -126,18 +128,27 @@ class AlikedLightGlue:
 
     @torch.inference_mode()
     def extract(self, images: list[Image.Image]) -> list[LocalFeatures]:
-        """Keypoints and descriptors of each image (images of different sizes run one at a time)."""
-        out = []
+        """Keypoints and descriptors of each image; images of equal working size run as one batch."""
         self.extractions += len(images)
-        for image in images:
-            tensor = self._prepare(image).unsqueeze(0).to(self.device)
-            features = self.extractor(tensor)[0]
-            out.append(LocalFeatures(
-                keypoints=features.keypoints.float().cpu().numpy(),
-                descriptors=features.descriptors.float().cpu().numpy().astype(np.float16),
-                image_size=(int(tensor.shape[-1]), int(tensor.shape[-2])),
-            ))
-        return out
+        tensors = [self._prepare(image) for image in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_size.setdefault(tuple(tensor.shape), []).append(index)
+        out: list[LocalFeatures | None] = [None] * len(images)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.extract_batch):
+                chunk = indices[start : start + self.extract_batch]
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    features = self.extractor(batch)
+                for index, feature in zip(chunk, features, strict=True):
+                    out[index] = LocalFeatures(
+                        keypoints=feature.keypoints.float().cpu().numpy(),
+                        descriptors=torch.nn.functional.normalize(feature.descriptors.float(), dim=-1)
+                        .cpu().numpy().astype(np.float16),
+                        image_size=(int(batch.shape[-1]), int(batch.shape[-2])),
+                    )
+        return out  # type: ignore[return-value]
 
     def _as_input(self, group: list[LocalFeatures]) -> dict[str, torch.Tensor]:
         """A batch of same-length feature sets as LightGlue's input dict."""

@@ -44,6 +44,9 @@ class Pipeline:
         self.profile = settings.profile
         self.device = settings.resolved_device()
         torch.set_grad_enabled(False)
+        if self.device == "cuda":  # TF32 matmuls: the accuracy of fp32 embeddings at tensor-core speed
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         options = {"device": self.device, "test_time_augmentation": settings.test_time_augmentation,
                    "batch_size": settings.batch_size, "precision": settings.precision}
 

@@ -339,23 +339,32 @@ class Registry:
 
     def _index(self, image_id: int, described: Described, individual_id: int, row: ManifestRow,
                survey_id: int | None) -> None:
-        for name, collection in self.collections.items():
-            self.index.upsert(collection, [VectorPoint(image_id, described.vectors[name], individual_id, row.species,
-                                                       row.viewpoint, survey_id)])
-        self.catalog.mark_indexed([image_id])
+        self._index_many([(image_id, described, individual_id, row, survey_id)])
 
-    def _record_reference(self, row: ManifestRow, sha: str, described: Described, survey: str | None) -> None:
-        self.features.put(sha, described.local)
+    def _index_many(self, items: list[tuple[int, Described, int, ManifestRow, int | None]]) -> None:
+        """Upsert vectors (one call per collection), then mark the images indexed: the last step of a write."""
+        for name, collection in self.collections.items():
+            self.index.upsert(collection, [VectorPoint(image_id, described.vectors[name], individual_id,
+                                                       row.species, row.viewpoint, survey_id)
+                                           for image_id, described, individual_id, row, survey_id in items])
+        self.catalog.mark_indexed([item[0] for item in items])
+
+    def _record_references(self, batch: list[tuple[ManifestRow, str, Described]], survey: str | None) -> None:
+        """Record a batch of labelled photos: one SQL transaction, one upsert per collection."""
+        for _, sha, described in batch:
+            self.features.put(sha, described.local)
+        written = []
         with self.catalog.transaction() as session:
-            image = self._add_image(session, row, sha, described, survey)
-            individual = self.catalog.individual_by_name(session, row.species, row.identity)  # type: ignore[arg-type]
-            if individual is None:
-                individual = self.catalog.new_individual(session, row.species, name=row.identity)
-            elif individual.merged_into_id is not None:
-                individual = self.catalog.resolve(session, individual.code)
-            self.catalog.add_sighting(session, image, individual, "reference")
-            image_id, individual_id, survey_id = image.id, individual.id, image.survey_id
-        self._index(image_id, described, individual_id, row, survey_id)
+            for row, sha, described in batch:
+                image = self._add_image(session, row, sha, described, survey)
+                individual = self.catalog.individual_by_name(session, row.species, row.identity)  # type: ignore[arg-type]
+                if individual is None:
+                    individual = self.catalog.new_individual(session, row.species, name=row.identity)
+                elif individual.merged_into_id is not None:
+                    individual = self.catalog.resolve(session, individual.code)
+                self.catalog.add_sighting(session, image, individual, "reference")
+                written.append((image.id, described, individual.id, row, image.survey_id))
+        self._index_many(written)
 
     # --- calibration -----------------------------------------------------------------------------------
     def sample_calibration_pairs(self, per_class: int, species: str | None = None, seed: int = 0,
@@ -524,15 +533,18 @@ class Registry:
                 todo.append((row, sha))
             described_all = self._describe([r.image for r, _ in todo], [r.species for r, _ in todo],
                                            [r.viewpoint for r, _ in todo])
+            references: list[tuple[ManifestRow, str, Described]] = []
             for (row, sha), described in zip(todo, described_all, strict=True):
                 if isinstance(described, ImageError):
                     report.problems.append(RowProblem(str(manifest_path), row.line, str(described)))
                     continue
                 if mode == "reference":
-                    self._record_reference(row, sha, described, survey)
+                    references.append((row, sha, described))
                 else:
                     report.identifications.append((row, self._identify_and_record(row, sha, described, survey)))
                 report.added += 1
+            if references:
+                self._record_references(references, survey)
             if progress:
                 progress(len(batch))
         return report
