@@ -290,7 +290,7 @@ class Catalog:
             if species:
                 query = query.where(Individual.species == species)
             return [
-                {"code": ind.code, "species": ind.species, "name": ind.name, "sightings": n,
+                {"id": ind.id, "code": ind.code, "species": ind.species, "name": ind.name, "sightings": n,
                  "first_seen": _iso(first), "last_seen": _iso(last)}
                 for ind, n, first, last in session.execute(query).all()
             ]

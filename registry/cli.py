@@ -199,6 +199,123 @@ def stats(ctx: click.Context) -> None:
     _emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
 
 
+@main.command()
+@click.option("--species", default=None, help="Only this species' labelled photos.")
+@click.option("--pairs", type=int, default=None, help="Same-individual pairs (and as many others) per species.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--learned/--no-learned", default=True, show_default=True, help="Also fit the learned fusion.")
+@click.pass_context
+def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool) -> None:
+    """Fit each matcher's score calibration (isotonic) on the registry's labelled photos; decisions use it."""
+    with _open(ctx) as registry:
+        total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.catalog.species()))
+        with _progress("calibration pairs", total) as bar:
+            summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update)
+    _emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
+          f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
+          + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else ""))
+
+
+@main.command()
+@click.option("--queries", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Labelled validation photos (not recorded); identities may or may not be in the registry.")
+@click.option("--alpha/--no-alpha", "tune_alpha", default=True, show_default=True, help="Also choose alpha.")
+@click.pass_context
+def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
+    """Choose the open-set threshold per species (and alpha) that maximises the AnimalCLEF score; store them."""
+    from registry import experiments
+
+    with _open(ctx) as registry, _progress("validation", count_rows(queries)) as bar:
+        result = experiments.tune(registry, queries, tune_alpha, progress=bar.update)
+    _emit(ctx, result, f"alpha {result['alpha']:g}; thresholds "
+          + ", ".join(f"{sp} {tau:.2f}" for sp, tau in result["thresholds"].items())
+          + f" (score before {_fmt(result['score_before'])}, after on these photos "
+          + f"{_fmt(result['score_after_on_these_queries']['overall'])}); stored in settings.json")
+
+
+@main.command()
+@click.argument("manifest", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--reference", type=click.Path(exists=True, path_type=Path), help="Labelled reference manifest.")
+@click.option("--queries", type=click.Path(exists=True, path_type=Path), help="Labelled query manifest.")
+@click.option("--split", is_flag=True, help="Split MANIFEST into reference and queries (open set) first.")
+@click.option("--unknown-fraction", type=float, default=0.3, show_default=True)
+@click.option("--species", default=None, help="Species for manifests without a species column.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--protocol", type=click.Choice(["closed", "sequential"]), default="closed", show_default=True,
+              help="closed: queries against the reference only; sequential: each query recorded before the next.")
+@click.option("--profile", type=click.Choice(PROFILES), default="offline", show_default=True)
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the evaluation registry here (default: a temporary folder).")
+@click.option("--exhaustive", "exhaustive_limit", type=int, default=0,
+              help="Also run the paper's exhaustive path on the first N queries, with wall time.")
+@click.option("--shortlist", type=int, default=100, show_default=True, help="Exhaustive path's shortlist size B.")
+@click.option("--limit", type=int, default=None, help="Only the first N queries (time order).")
+@click.option("--calibration-pairs", type=int, default=None)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of score distributions and sweep.")
+@click.option("--out", "json_out", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.pass_context
+def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, queries: Path | None, split: bool,
+             unknown_fraction: float, species: str | None, seed: int, protocol: str, profile: str,
+             work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
+             calibration_pairs: int | None, plot: Path | None, json_out: Path | None) -> None:
+    """Accuracy on labelled photos: BAKS, BAUS, their geometric mean, top-1/top-5, per species and overall."""
+    import tempfile
+
+    from registry import experiments
+
+    with tempfile.TemporaryDirectory(prefix="registry-evaluate-") as tmp:
+        work = work_dir or Path(tmp)
+        if work_dir and (work / "registry").exists():
+            raise click.UsageError(f"{work / 'registry'} exists: choose an empty --work-dir")
+        split_info = None
+        if split:
+            if manifest is None:
+                raise click.UsageError("--split needs a MANIFEST")
+            split_info = experiments.split_manifest(manifest, work, unknown_fraction, seed, species)
+            reference, queries = Path(split_info["reference"]), Path(split_info["queries"])
+        if reference is None or queries is None:
+            raise click.UsageError("give --reference and --queries, or MANIFEST --split")
+        say = (lambda _m: None) if ctx.obj["json"] else (lambda m: click.echo(m, err=True))
+        report = experiments.run(reference, queries, work, profile, protocol, exhaustive_limit, shortlist,
+                                 calibration_pairs, limit, plot, say, _progress)
+        report["split"] = split_info
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    _emit(ctx, report, _evaluation_text(report))
+
+
+def _evaluation_text(report: dict[str, Any]) -> str:
+    def line(name: str, block: dict[str, Any]) -> str:
+        return (f"  {name:<58} BAKS {_fmt(block['baks'])}  BAUS {_fmt(block['baus'])}  score {_fmt(block['score'])}"
+                f"  top-1 {_fmt(block['top1'])}  top-5 {_fmt(block['top5'])}  queries {block['queries']}")
+
+    lines = [f"reference {report['reference_images']} photos; protocol {report['protocol']}"]
+    lines.append(line("registry decisions", report["overall"]))
+    for species, block in report["per_species"].items():
+        lines.append(line(f"  {species}", block))
+    for name, result in report.get("configurations", {}).items():
+        lines.append(line(name, result["overall"]))
+    if "clustering" in report:
+        c = report["clustering"]
+        lines.append(f"  clustering: pairwise precision {_fmt(c['pairwise_precision'])} recall "
+                     f"{_fmt(c['pairwise_recall'])} F1 {_fmt(c['pairwise_f1'])}; individuals created "
+                     f"{c['individuals_created']} vs true {c['individuals_true']}")
+    if "sweep" in report:
+        b = report["sweep"]["best"]["overall"]
+        lines.append(f"  sweep: best alpha {b['alpha']:g}, tau {b['tau']:.2f} -> score {_fmt(b['score'])}"
+                     " (chosen on these queries: an upper bound)")
+    if "exhaustive" in report:
+        e = report["exhaustive"]
+        for name in ("registry_ann", "exhaustive"):
+            lines.append(f"  {name:<18} score {_fmt(e[name]['score'])}  top-1 {_fmt(e[name]['top1'])}  "
+                         f"{e[name]['seconds_per_query']:.2f} s/query  ({e['queries']} queries)")
+    if report.get("plot"):
+        lines.append(f"  plot: {report['plot']}")
+    if report.get("skipped"):
+        lines.append(f"  skipped {len(report['skipped'])} photos (see --out JSON)")
+    return "\n".join(lines)
+
+
 @main.group("models")
 def models_group() -> None:
     """The model weights this registry's profile needs: where they are, fetching them, checking them."""

@@ -8,7 +8,7 @@ The score is their geometric mean; with several species, each measure is average
 from __future__ import annotations
 
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -109,3 +109,19 @@ def sequential_predictions(
         predictions.append(Prediction(species, truth, known, predicted, rank))
         registered.add(truth)  # recorded now, under whichever individual the decision chose
     return predictions
+
+
+def pairwise_clustering(predicted: list[str], truth: list[str]) -> dict[str, float | int]:
+    """Pairwise precision, recall and F1 of a clustering against the truth (pairs of images put together),
+    plus the number of clusters made and true: how a registry's individuals compare to the real animals."""
+    def pairs(counts: Iterable[int]) -> int:
+        return sum(n * (n - 1) // 2 for n in counts)
+
+    together = pairs(Counter(zip(predicted, truth, strict=True)).values())
+    predicted_pairs = pairs(Counter(predicted).values())
+    true_pairs = pairs(Counter(truth).values())
+    precision = together / predicted_pairs if predicted_pairs else 1.0
+    recall = together / true_pairs if true_pairs else 1.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f1": f1,
+            "individuals_created": len(set(predicted)), "individuals_true": len(set(truth)), "images": len(truth)}

@@ -161,3 +161,16 @@ def count_rows(path: Path) -> int:
             return max(0, sum(1 for _ in csv.reader(f)) - 1)
     except OSError:
         return 0
+
+
+def write_manifest(rows: list[ManifestRow], path: Path) -> Path:
+    """Write rows as a registry CSV with absolute image paths (so the file can live anywhere)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "identity", "species", "viewpoint", "captured_at", "latitude", "longitude"])
+        for r in rows:
+            writer.writerow([str(r.image.resolve()), r.identity or "", r.species, r.viewpoint or "",
+                             r.captured_at.isoformat() if r.captured_at else "",
+                             "" if r.latitude is None else r.latitude, "" if r.longitude is None else r.longitude])
+    return path

@@ -421,7 +421,10 @@ class Registry:
                 add(query_id, int(rng.choice(mates)))
             for other in [i for i in hits if individual_of[i] != individual][:3]:
                 add(query_id, other)
-        return positives[:per_class] + negatives[:per_class]
+        # Balanced classes: calibrated scores then read as probabilities under even odds, which is what the
+        # paper's fixed threshold assumes (an excess of negatives would drag every probability down).
+        balanced = min(per_class, len(positives), len(negatives))
+        return positives[:balanced] + negatives[:balanced]
 
     def score_pairs(self, pairs: list[LabelledPair], progress: Callable[[int], None] | None = None) -> None:
         """Fill each pair's raw score for every matcher from stored vectors and cached local features."""

@@ -1,0 +1,171 @@
+"""Calibration, fusion, the open-set rule, sweeps and end-to-end evaluation on real components."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from registry import experiments
+from registry.calibration import (
+    CalibrationError,
+    Calibrations,
+    IsotonicCalibrator,
+    LabelledPair,
+    LearnedFusion,
+    fit_calibrations,
+)
+from registry.decision import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
+from registry.evaluation import evaluate, pairwise_clustering
+from registry.manifest import ManifestRow
+from registry.pipeline import Pipeline
+from registry.service import Registry
+from registry.settings import Settings
+
+
+def test_isotonic_calibration_is_monotone_bounded_and_survives_storage() -> None:
+    rng = np.random.default_rng(0)
+    raw = np.concatenate([rng.normal(10, 5, 400), rng.normal(60, 20, 400)])
+    same = np.concatenate([np.zeros(400), np.ones(400)])
+    calibrator = IsotonicCalibrator.fit(raw, same)
+    grid = np.linspace(-50, 200, 500)
+    values = calibrator(grid)
+    assert np.all(np.diff(values) >= 0) and values.min() >= 0.0 and values.max() <= 1.0
+    assert calibrator(0.0) < 0.1 and calibrator(100.0) > 0.9
+    again = IsotonicCalibrator.from_json(json.loads(json.dumps(calibrator.to_json())))
+    np.testing.assert_array_equal(again(grid), values)
+    with pytest.raises(CalibrationError, match="both"):
+        IsotonicCalibrator.fit(raw[:10], np.ones(10))
+
+
+def test_species_calibrators_need_enough_pairs_and_self_pairs_are_refused() -> None:
+    rng = np.random.default_rng(1)
+    pairs = [LabelledPair(i, i + 1000, "big" if i < 300 else "small", bool(i % 2),
+                          {"g": float(rng.random() + (i % 2)), "l": float(i % 2 * 50)}) for i in range(340)]
+    fitted = fit_calibrations(pairs, ["g", "l"], min_pairs=50)
+    assert set(fitted) == {("g", None), ("l", None), ("g", "big"), ("l", "big")}  # "small": pooled fallback
+    calibrations = Calibrations(fitted)
+    assert calibrations.calibrate("l", "small", 50.0) == pytest.approx(fitted[("l", None)](50.0))
+    with pytest.raises(CalibrationError, match="itself"):
+        fit_calibrations([LabelledPair(5, 5, "big", True, {"g": 1.0, "l": 1.0})], ["g", "l"])
+
+
+def test_fusion_follows_the_paper_and_the_learned_fusion_separates() -> None:
+    calibrated = {"mega": 0.8, "aliked": 0.4, "eva": 0.2}
+    assert wildfusion(calibrated, "mega", "aliked", None, 0.5) == pytest.approx(0.6)
+    assert wildfusion(calibrated, "mega", "aliked", "eva", 0.5) == pytest.approx(0.5 * 0.6 + 0.5 * 0.2)
+    assert wildfusion(calibrated, "mega", "aliked", "eva", 1.0) == pytest.approx(0.6)
+    rng = np.random.default_rng(2)
+    same = rng.random(400) < 0.5
+    features = np.clip(np.where(same[:, None], 0.7, 0.3) + rng.normal(0, 0.15, (400, 2)), 0, 1)
+    learned = LearnedFusion.fit(["a", "b"], features, same)
+    assert all(c > 0 for c in learned.coef)
+    assert learned({"a": 0.9, "b": 0.9}) > 0.9 > 0.1 > learned({"a": 0.1, "b": 0.1})
+
+
+def _ranked(score: float) -> list[IndividualScore]:
+    return [IndividualScore(1, "X-1", score, 10, []), IndividualScore(2, "X-2", score / 2, 11, [])]
+
+
+def test_open_set_rule_at_below_and_above_the_threshold() -> None:
+    assert decide(_ranked(0.35), 0.35).outcome == "match"
+    assert decide(_ranked(0.3499), 0.35).outcome == "new"
+    above = decide(_ranked(0.9), 0.35)
+    assert above.outcome == "match" and above.individual_id == 1 and above.score == 0.9
+    assert decide([], 0.35).outcome == "new"
+
+
+def _query(identity: str, known: bool, candidates: list[tuple[int, float, float]]) -> experiments.QueryResult:
+    """candidates: (individual id, calibrated global, calibrated local)."""
+    scored = [CandidateScore(100 + i, ind, {}, {"g": g, "l": loc}) for i, (ind, g, loc) in enumerate(candidates)]
+    return experiments.QueryResult(ManifestRow(1, Path(f"{identity}.jpg"), "sp", identity), known, scored, 0.0)
+
+
+def test_sweep_best_equals_a_direct_evaluation_at_that_threshold() -> None:
+    names = {1: "A", 2: "B", 3: "C"}
+    results = [
+        _query("A", True, [(1, 0.9, 0.8), (2, 0.3, 0.1)]),
+        _query("A", True, [(1, 0.5, 0.4), (3, 0.6, 0.1)]),
+        _query("B", True, [(2, 0.4, 0.3), (1, 0.2, 0.2)]),
+        _query("N", False, [(1, 0.4, 0.2), (2, 0.1, 0.1)]),
+        _query("M", False, [(3, 0.2, 0.1)]),
+    ]
+    scorer = CalibratedFusionScorer(Calibrations(), "g", "l", None, 0.5)
+    found = experiments.sweep(results, names, scorer)
+    best = found["best"]["overall"]
+    direct = evaluate(experiments.predictions(results, lambda c: (c.calibrated["g"] + c.calibrated["l"]) / 2,
+                                              lambda _sp: best["tau"], names))
+    assert direct["overall"]["score"] == pytest.approx(best["score"])
+    assert best["score"] == pytest.approx(1.0) and 0.30 < best["tau"] <= 0.35  # B at 0.35, N at 0.30
+
+
+def test_pairwise_clustering_against_a_hand_count() -> None:
+    # truth: {a,b,c} one animal, {d} another; prediction splits c off and joins d to a, b
+    metrics = pairwise_clustering(["P", "P", "Q", "P"], ["T", "T", "T", "U"])
+    # predicted pairs: (a,b),(a,d),(b,d) = 3; true pairs: (a,b),(a,c),(b,c) = 3; shared: (a,b) = 1
+    assert metrics["pairwise_precision"] == pytest.approx(1 / 3)
+    assert metrics["pairwise_recall"] == pytest.approx(1 / 3)
+    assert metrics["individuals_created"] == 2 and metrics["individuals_true"] == 2
+
+
+def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeline: Pipeline,
+                                               tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline")
+    Registry.init(settings)
+    with Registry(settings, pipeline=offline_pipeline) as registry:
+        registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        pairs = registry.sample_calibration_pairs(per_class=8, seed=3)
+        assert all(p.query_image_id != p.candidate_image_id for p in pairs)
+        keys = {tuple(sorted((p.query_image_id, p.candidate_image_id))) for p in pairs}
+        assert len(keys) == len(pairs)  # no pair twice
+        positives = sum(p.same for p in pairs)
+        assert 1 <= positives <= 8 and 1 <= len(pairs) - positives <= 8
+        assert pairs == registry.sample_calibration_pairs(per_class=8, seed=3)  # fixed seed, same pairs
+        assert registry.scorer.name == "raw-local-matches"
+        summary = registry.calibrate()
+        assert registry.scorer.name.startswith("calibrated-wildfusion")
+        assert {"efficientnet-lite0/pooled", "aliked/pooled"} <= set(summary["calibrators"])
+        query = sorted((population / "season2" / "images").glob("*.jpg"))[0]
+        answer = registry.identify(query, "synleopard")
+        best = answer.outcome.ranked[0].images[0]
+        assert set(best.calibrated) == {"efficientnet-lite0", "aliked"}
+        assert 0.0 <= best.score <= 1.0 and answer.outcome.threshold == 0.35
+        assert best.score == pytest.approx((best.calibrated["efficientnet-lite0"] + best.calibrated["aliked"]) / 2)
+    with Registry(settings, pipeline=offline_pipeline) as reopened:  # the calibration is stored
+        assert reopened.scorer.name.startswith("calibrated-wildfusion")
+
+
+def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
+    """The CLI end to end on 12 synthetic animals: evaluate season 2 against season 1 (score >= 0.9), then tune."""
+    from registry import synth
+
+    photos = tmp_path / "photos"
+    synth.generate(photos, individuals=12, seasons=2, seed=7)
+    season1, season2 = photos / "season1" / "manifest.csv", photos / "season2" / "manifest.csv"
+    report_path = tmp_path / "report.json"
+    command = [sys.executable, "-m", "registry", "evaluate", "--reference", str(season1), "--queries", str(season2),
+               "--out", str(report_path), "--plot", str(tmp_path / "sweep.png"), "--exhaustive", "3",
+               "--shortlist", "20"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report["overall"]) == {"baks", "baus", "score", "top1", "top5", "queries"}
+    assert report["overall"]["score"] >= 0.9
+    assert report["per_species"]["synleopard"]["queries"] == report["overall"]["queries"] > 0
+    assert any(name.startswith("WildFusion") for name in report["configurations"])
+    assert report["exhaustive"]["queries"] == 3
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "score" in run.stdout
+
+    data = tmp_path / "reg"
+    base = [sys.executable, "-m", "registry", "--data-dir", str(data)]
+    for args in (["init", "--no-download"], ["ingest", str(season1), "--survey", "s1"], ["calibrate"],
+                 ["tune", "--queries", str(season2)]):
+        step = subprocess.run(base + args, capture_output=True, text=True, timeout=600)
+        assert step.returncode == 0, step.stderr
+    stored = json.loads((data / "settings.json").read_text())
+    assert "synleopard" in stored["species_threshold_offsets"] and 0.0 <= stored["alpha"] <= 1.0
