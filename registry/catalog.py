@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
-from registry.schema import Calibration, Decision, Image, Individual, Sighting, Survey
+from registry.schema import Calibration, Change, Decision, Image, Individual, Sighting, Survey
 
 
 class CatalogError(RuntimeError):
@@ -117,6 +117,36 @@ class Catalog:
         with self.transaction() as session:
             for image in session.scalars(select(Image).where(Image.id.in_(image_ids))):
                 image.status = "indexed"
+
+    def mark_pending(self, image_ids: list[int]) -> None:
+        """Back to pending: the vectors must be (re)written before the image counts as indexed."""
+        if not image_ids:
+            return
+        with self.transaction() as session:
+            for image in session.scalars(select(Image).where(Image.id.in_(image_ids))):
+                image.status = "pending"
+
+    def image_states(self, image_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+        """What the vector index should hold for each image: the individual its active sighting resolves to
+        (following merges; None when the sighting was rejected), plus what is needed to re-describe it."""
+        with self._sessions() as session:
+            query = (select(Image.id, Image.status, Image.sha256, Image.path, Image.species, Image.viewpoint,
+                            Image.survey_id, Sighting.individual_id, Sighting.status)
+                     .outerjoin(Sighting, Sighting.image_id == Image.id).order_by(Image.id))
+            if image_ids is not None:
+                query = query.where(Image.id.in_(image_ids))
+            rows = session.execute(query).all()
+            merged = dict(session.execute(select(Individual.id, Individual.merged_into_id)
+                                          .where(Individual.merged_into_id.is_not(None))).all())
+        out = {}
+        for image_id, status, sha, path, species, viewpoint, survey_id, individual_id, sighting_status in rows:
+            if sighting_status != "active":
+                individual_id = None
+            while individual_id in merged:
+                individual_id = merged[individual_id]
+            out[image_id] = {"status": status, "sha256": sha, "path": path, "species": species,
+                             "viewpoint": viewpoint, "survey_id": survey_id, "individual_id": individual_id}
+        return out
 
     # --- individuals -----------------------------------------------------------------------------------
     def new_individual(
@@ -266,6 +296,13 @@ class Catalog:
                 for sighting, image, survey_name, score in rows
             ]
             dates = [s["captured_at"] for s in sightings if s["captured_at"]]
+            codes = [individual.code, *session.scalars(select(Individual.code).where(Individual.id.in_(members)))]
+            mentions = re.compile(r"\b(" + "|".join(re.escape(c) for c in set(codes)) + r")\b")
+            merges = [{"change": c.id, "kind": c.kind, "summary": c.summary, "when": _iso(c.created_at),
+                       "undone_by": c.undone_by_id}
+                      for c in session.scalars(select(Change).where(Change.kind.in_(("merge", "split")))
+                                               .order_by(Change.id))
+                      if mentions.search(c.summary)]
             return {
                 "individual": individual.code,
                 "species": individual.species,
@@ -275,7 +312,30 @@ class Catalog:
                 "last_seen": max(dates) if dates else None,
                 "surveys": len({s["survey"] for s in sightings if s["survey"]}),
                 "sightings": sightings,
+                "merges": merges,
             }
+
+    def individual_of_image(self, key: str) -> str:
+        """The code of the individual an image (path or sha256) is a sighting of, following merges."""
+        from pathlib import Path
+
+        with self._sessions() as session:
+            if re.fullmatch(r"[0-9a-f]{64}", key):
+                image = session.scalar(select(Image).where(Image.sha256 == key))
+            else:
+                path = Path(key)
+                image = session.scalar(select(Image).where(Image.path == str(path.resolve())))
+                if image is None and path.is_file():  # the same photo under another name
+                    from registry.imaging import sha256_of_file
+
+                    image = session.scalar(select(Image).where(Image.sha256 == sha256_of_file(path)))
+            if image is None:
+                raise UnknownIndividualError(f"no image {key!r} in the registry")
+            sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
+            if sighting is None:
+                raise UnknownIndividualError(f"image {key!r} has no sighting")
+            code = session.get(Individual, sighting.individual_id).code  # type: ignore[union-attr]
+            return self.resolve(session, code).code
 
     def individuals(self, species: str | None = None) -> list[dict[str, Any]]:
         with self._sessions() as session:

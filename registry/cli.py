@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+import re
 import sys
 import time
 from datetime import datetime
@@ -12,42 +14,11 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from registry import models
-from registry.catalog import CatalogError
-from registry.imaging import ImageError
-from registry.locking import RegistryInUseError
-from registry.manifest import ManifestError, count_rows
-from registry.service import Registry, RegistryNotInitialisedError
+from registry import cli_curation, models
+from registry.cli_common import RegistryGroup, emit, fmt, open_registry, progress_bar
+from registry.manifest import LAYOUTS, count_rows
+from registry.service import Registry
 from registry.settings import PROFILES, Settings
-from registry.weights import WeightsMismatchError, WeightsNotFoundError
-
-EXPECTED_ERRORS = (CatalogError, ImageError, ManifestError, RegistryInUseError, RegistryNotInitialisedError,
-                   WeightsNotFoundError, WeightsMismatchError, FileExistsError, ValueError)
-
-
-def _progress(label: str, total: int) -> tqdm:
-    """A bar with rate and ETA on a terminal; periodic plain lines (every 10 s) when output is a log."""
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, desc=label, unit="img", file=sys.stderr, dynamic_ncols=interactive,
-                mininterval=0.2 if interactive else 10.0, ascii=not interactive)
-
-
-def _emit(ctx: click.Context, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if ctx.obj["json"] else text)
-
-
-def _open(ctx: click.Context) -> Registry:
-    return Registry(ctx.obj["settings"](), lock_wait=ctx.obj["wait"])
-
-
-class RegistryGroup(click.Group):
-    """Turns the errors a user can cause (bad input, missing weights, a busy registry) into clear messages."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except EXPECTED_ERRORS as exc:
-            raise click.ClickException(str(exc)) from exc
 
 
 @click.group(cls=RegistryGroup)
@@ -58,13 +29,15 @@ class RegistryGroup(click.Group):
 @click.option("--qdrant-api-key", envvar="REGISTRY_QDRANT_API_KEY")
 @click.option("--wait", type=float, default=0.0, help="Seconds to wait for another process using the registry.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--actor", envvar="REGISTRY_ACTOR", default=None, help="Who makes curation changes (audit trail).")
 @click.pass_context
 def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_url: str | None,
-         qdrant_api_key: str | None, wait: float, as_json: bool) -> None:
+         qdrant_api_key: str | None, wait: float, as_json: bool, actor: str | None) -> None:
     """Identity registry for individual animals: which animal is this photo, and where has it been seen?"""
     ctx.ensure_object(dict)
     ctx.obj["json"] = as_json
     ctx.obj["wait"] = wait
+    ctx.obj["actor"] = actor
     ctx.obj["data_dir"] = data_dir
     ctx.obj["settings"] = lambda: Settings.load(data_dir, database_url, qdrant_url, qdrant_api_key)
 
@@ -95,7 +68,7 @@ def init(ctx: click.Context, profile: str | None, download: bool) -> None:
         if not status.resolved:
             missing.append(status)
             click.echo(f"warning: {status.name}: {status.error}", err=True)
-    _emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
+    emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
                 "database": settings.sqlalchemy_url if not settings.database_url else "(external)",
                 "missing_models": [m.name for m in missing]},
           f"Registry ready in {settings.data_dir} (profile {settings.profile})."
@@ -103,30 +76,52 @@ def init(ctx: click.Context, profile: str | None, download: bool) -> None:
 
 
 @main.command()
-@click.argument("manifest", type=click.Path(path_type=Path))
+@click.argument("source", type=click.Path(path_type=Path))
 @click.option("--survey", required=True, help="Survey (season) these photos belong to.")
 @click.option("--mode", type=click.Choice(["reference", "identify"]), default="reference", show_default=True,
               help="reference: the manifest's identities are trusted; identify: each photo is identified.")
-@click.option("--species", default=None, help="Species for manifests without a species column.")
+@click.option("--species", default=None, help="Species for sources without a species column (folders).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="csv (registry or AnimalCLEF metadata.csv), identity-folders (one sub-folder per animal), "
+                   "plain (a folder of unlabelled photos); auto decides from SOURCE.")
 @click.pass_context
-def ingest(ctx: click.Context, manifest: Path, survey: str, mode: str, species: str | None) -> None:
-    """Add a season of photos listed in MANIFEST (registry CSV or AnimalCLEF metadata.csv)."""
-    with _open(ctx) as registry, _progress(f"ingest {survey}", count_rows(manifest)) as bar:
-        report = registry.ingest(manifest, survey, mode, species, progress=bar.update)
+def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: str | None, layout: str) -> None:
+    """Add a season of photos from SOURCE: a CSV manifest or a folder. Safe to re-run: photos already in the
+    registry (by content) are skipped, and an interrupted run finishes where it stopped."""
+    settings: Settings = ctx.obj["settings"]()
+    total = count_rows(source) if source.is_file() else sum(1 for p in source.rglob("*") if p.is_file()) \
+        if source.is_dir() else 0
+    with open_registry(ctx) as registry, progress_bar(f"ingest {survey}", total) as bar:
+        report = registry.ingest(source, survey, mode, species, progress=bar.update, layout=layout)
     data = report.to_json()
-    reports = ctx.obj["settings"]().data_dir / "reports"
+    reports = settings.data_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
-    report_path = reports / f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{survey.replace('/', '_')}.json"
+    stem = f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', survey)}"
+    problems_path = reports / f"{stem}-problems.csv"
+    with open(problems_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "row", "reason"])
+        writer.writerows([p.source, p.line, p.reason] for p in report.problems)
+    data["problems_file"] = str(problems_path)
+    report_path = reports / f"{stem}.json"
     report_path.write_text(json.dumps(data, indent=2) + "\n")
     data["report"] = str(report_path)
-    lines = [f"{survey}: {report.added} added, {report.already_present} already in the registry, "
-             f"{len(report.problems)} skipped."]
+    if report.added == 0 and report.already_present and not report.problems:
+        lines = [f"{survey}: nothing new: all {report.already_present} photos are already in the registry."]
+    else:
+        lines = [f"{survey}: {report.added} added, {report.already_present} already in the registry, "
+                 f"{len(report.problems)} skipped."]
+    if report.resumed:
+        lines.append(f"  finished {report.resumed} photos left pending by an interrupted run")
     if mode == "identify":
         lines.append(f"  decisions: {data['matched']} matched to known individuals, "
                      f"{data['new_individuals']} new individuals")
-    lines += [f"  skipped {p}" for p in report.problems] + [f"  note: {w}" for w in report.warnings]
-    lines.append(f"  report: {report_path}")
-    _emit(ctx, data, "\n".join(lines))
+    lines += [f"  skipped {p}" for p in report.problems[:20]]
+    if len(report.problems) > 20:
+        lines.append(f"  ... and {len(report.problems) - 20} more in {problems_path}")
+    lines += [f"  note: {w}" for w in report.warnings[:10]]
+    lines.append(f"  report: {report_path} (problems: {problems_path})")
+    emit(ctx, data, "\n".join(lines))
     if report.problems:
         ctx.exit(3)  # something was skipped: scripts can tell a clean season from a partial one
 
@@ -142,7 +137,7 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
              record: bool, survey: str | None) -> None:
     """Identify photos: ranked candidate individuals with scores, and the decision."""
     results, lines = [], []
-    with _open(ctx) as registry:
+    with open_registry(ctx) as registry:
         if species is None:
             known = registry.catalog.species()
             if len(known) != 1:
@@ -158,24 +153,7 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
             lines.append(f"{image}: {verdict}  (score {outcome.score}, threshold {outcome.threshold})")
             lines += [f"   {rank}. {c.code:<12} score {c.score:8.2f}"
                       for rank, c in enumerate(outcome.ranked[:5], start=1)]
-    _emit(ctx, results, "\n".join(lines))
-
-
-@main.command()
-@click.argument("individual")
-@click.pass_context
-def history(ctx: click.Context, individual: str) -> None:
-    """Where and when an individual (code or name) has been seen."""
-    with _open(ctx) as registry:
-        data = registry.catalog.history(individual)
-    lines = [f"{data['individual']} ({data['species']}{', ' + data['name'] if data['name'] else ''}): "
-             f"{len(data['sightings'])} sightings in {data['surveys']} surveys, "
-             f"first {data['first_seen']}, last {data['last_seen']}"]
-    for s in data["sightings"]:
-        score = f" score {s['score']:.1f}" if s["score"] is not None else ""
-        lines.append(f"  {s['captured_at'] or '(no date)'}  {s['survey'] or '-':<24} {s['method']:<10}"
-                     f"{score}  {s['image']}")
-    _emit(ctx, data, "\n".join(lines))
+    emit(ctx, results, "\n".join(lines))
 
 
 @main.command()
@@ -183,20 +161,20 @@ def history(ctx: click.Context, individual: str) -> None:
 @click.pass_context
 def individuals(ctx: click.Context, species: str | None) -> None:
     """List individuals with their number of sightings."""
-    with _open(ctx) as registry:
+    with open_registry(ctx) as registry:
         rows = registry.catalog.individuals(species)
     lines = [f"{r['code']:<12} {r['species']:<14} {r['name'] or '':<20} {r['sightings']:>4} sightings  "
              f"{r['first_seen'] or ''} .. {r['last_seen'] or ''}" for r in rows]
-    _emit(ctx, rows, "\n".join(lines) or "no individuals")
+    emit(ctx, rows, "\n".join(lines) or "no individuals")
 
 
 @main.command()
 @click.pass_context
 def stats(ctx: click.Context) -> None:
     """Counts of individuals, images, sightings, decisions."""
-    with _open(ctx) as registry:
+    with open_registry(ctx) as registry:
         data = registry.catalog.stats()
-    _emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
+    emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
 
 
 @main.command()
@@ -207,11 +185,11 @@ def stats(ctx: click.Context) -> None:
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos; decisions use it."""
-    with _open(ctx) as registry:
+    with open_registry(ctx) as registry:
         total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.catalog.species()))
-        with _progress("calibration pairs", total) as bar:
+        with progress_bar("calibration pairs", total) as bar:
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update)
-    _emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
+    emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else ""))
 
@@ -225,12 +203,12 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
     """Choose the open-set threshold per species (and alpha) that maximises the AnimalCLEF score; store them."""
     from registry import experiments
 
-    with _open(ctx) as registry, _progress("validation", count_rows(queries)) as bar:
+    with open_registry(ctx) as registry, progress_bar("validation", count_rows(queries)) as bar:
         result = experiments.tune(registry, queries, tune_alpha, progress=bar.update)
-    _emit(ctx, result, f"alpha {result['alpha']:g}; thresholds "
+    emit(ctx, result, f"alpha {result['alpha']:g}; thresholds "
           + ", ".join(f"{sp} {tau:.2f}" for sp, tau in result["thresholds"].items())
-          + f" (score before {_fmt(result['score_before'])}, after on these photos "
-          + f"{_fmt(result['score_after_on_these_queries']['overall'])}); stored in settings.json")
+          + f" (score before {fmt(result['score_before'])}, after on these photos "
+          + f"{fmt(result['score_after_on_these_queries']['overall'])}); stored in settings.json")
 
 
 @main.command()
@@ -239,6 +217,7 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--queries", type=click.Path(exists=True, path_type=Path), help="Labelled query manifest.")
 @click.option("--split", is_flag=True, help="Split MANIFEST into reference and queries (open set) first.")
 @click.option("--unknown-fraction", type=float, default=0.3, show_default=True)
+@click.option("--max-identities", type=int, default=None, help="With --split: a seeded subset of identities.")
 @click.option("--species", default=None, help="Species for manifests without a species column.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--protocol", type=click.Choice(["closed", "sequential"]), default="closed", show_default=True,
@@ -255,8 +234,8 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--out", "json_out", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
 @click.pass_context
 def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, queries: Path | None, split: bool,
-             unknown_fraction: float, species: str | None, seed: int, protocol: str, profile: str,
-             work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
+             unknown_fraction: float, max_identities: int | None, species: str | None, seed: int, protocol: str,
+             profile: str, work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
              calibration_pairs: int | None, plot: Path | None, json_out: Path | None) -> None:
     """Accuracy on labelled photos: BAKS, BAUS, their geometric mean, top-1/top-5, per species and overall."""
     import tempfile
@@ -271,23 +250,23 @@ def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, 
         if split:
             if manifest is None:
                 raise click.UsageError("--split needs a MANIFEST")
-            split_info = experiments.split_manifest(manifest, work, unknown_fraction, seed, species)
+            split_info = experiments.split_manifest(manifest, work, unknown_fraction, seed, species, max_identities)
             reference, queries = Path(split_info["reference"]), Path(split_info["queries"])
         if reference is None or queries is None:
             raise click.UsageError("give --reference and --queries, or MANIFEST --split")
         say = (lambda _m: None) if ctx.obj["json"] else (lambda m: click.echo(m, err=True))
         report = experiments.run(reference, queries, work, profile, protocol, exhaustive_limit, shortlist,
-                                 calibration_pairs, limit, plot, say, _progress)
+                                 calibration_pairs, limit, plot, say, progress_bar)
         report["split"] = split_info
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
-    _emit(ctx, report, _evaluation_text(report))
+    emit(ctx, report, _evaluation_text(report))
 
 
 def _evaluation_text(report: dict[str, Any]) -> str:
     def line(name: str, block: dict[str, Any]) -> str:
-        return (f"  {name:<58} BAKS {_fmt(block['baks'])}  BAUS {_fmt(block['baus'])}  score {_fmt(block['score'])}"
-                f"  top-1 {_fmt(block['top1'])}  top-5 {_fmt(block['top5'])}  queries {block['queries']}")
+        return (f"  {name:<58} BAKS {fmt(block['baks'])}  BAUS {fmt(block['baus'])}  score {fmt(block['score'])}"
+                f"  top-1 {fmt(block['top1'])}  top-5 {fmt(block['top5'])}  queries {block['queries']}")
 
     lines = [f"reference {report['reference_images']} photos; protocol {report['protocol']}"]
     lines.append(line("registry decisions", report["overall"]))
@@ -297,23 +276,118 @@ def _evaluation_text(report: dict[str, Any]) -> str:
         lines.append(line(name, result["overall"]))
     if "clustering" in report:
         c = report["clustering"]
-        lines.append(f"  clustering: pairwise precision {_fmt(c['pairwise_precision'])} recall "
-                     f"{_fmt(c['pairwise_recall'])} F1 {_fmt(c['pairwise_f1'])}; individuals created "
+        lines.append(f"  clustering: pairwise precision {fmt(c['pairwise_precision'])} recall "
+                     f"{fmt(c['pairwise_recall'])} F1 {fmt(c['pairwise_f1'])}; individuals created "
                      f"{c['individuals_created']} vs true {c['individuals_true']}")
     if "sweep" in report:
         b = report["sweep"]["best"]["overall"]
-        lines.append(f"  sweep: best alpha {b['alpha']:g}, tau {b['tau']:.2f} -> score {_fmt(b['score'])}"
+        lines.append(f"  sweep: best alpha {b['alpha']:g}, tau {b['tau']:.2f} -> score {fmt(b['score'])}"
                      " (chosen on these queries: an upper bound)")
     if "exhaustive" in report:
         e = report["exhaustive"]
         for name in ("registry_ann", "exhaustive"):
-            lines.append(f"  {name:<18} score {_fmt(e[name]['score'])}  top-1 {_fmt(e[name]['top1'])}  "
+            lines.append(f"  {name:<18} score {fmt(e[name]['score'])}  top-1 {fmt(e[name]['top1'])}  "
                          f"{e[name]['seconds_per_query']:.2f} s/query  ({e['queries']} queries)")
     if report.get("plot"):
         lines.append(f"  plot: {report['plot']}")
     if report.get("skipped"):
         lines.append(f"  skipped {len(report['skipped'])} photos (see --out JSON)")
     return "\n".join(lines)
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Rewrite vectors, payloads and cached features from SQL and photos.")
+@click.pass_context
+def doctor(ctx: click.Context, repair: bool) -> None:
+    """Check that SQL, the vector index and the feature cache agree (and repair them with --repair)."""
+    from registry import doctor as checks
+
+    with open_registry(ctx) as registry:
+        result = checks.check(registry, repair=repair)
+    lines = [f"{result['images']} images checked: "
+             + ("consistent." if result["consistent"] else f"{len(result['problems'])} problems")]
+    for p in result["problems"][:50]:
+        lines.append(f"  {p['kind']:<17} image {p['image_id']:<7} {p['collection'] or '':<40} {p['detail']}"
+                     + ("  [repaired]" if p["repaired"] else ""))
+    if repair and result["problems"]:
+        lines.append(f"repaired {result['repaired']}, left {result['unrepaired']}")
+    elif result["problems"]:
+        lines.append("run `registry doctor --repair` to fix them")
+    emit(ctx, result, "\n".join(lines))
+    if result["unrepaired"]:
+        ctx.exit(5)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (more than one needs PostgreSQL and a Qdrant server).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API (OpenAPI document at /openapi.json, interactive docs at /docs)."""
+    import os
+
+    import uvicorn
+
+    settings: Settings = ctx.obj["settings"]()
+    if workers > 1 and settings.needs_exclusive_lock:
+        raise click.UsageError("several workers need --database-url (PostgreSQL) and --qdrant-url (a Qdrant server)")
+    if workers > 1:  # each worker builds its own app from the environment
+        os.environ["REGISTRY_HOME"] = str(settings.data_dir)
+        for name, value in (("REGISTRY_DATABASE_URL", settings.database_url),
+                            ("REGISTRY_QDRANT_URL", settings.qdrant_url),
+                            ("REGISTRY_QDRANT_API_KEY", settings.qdrant_api_key)):
+            if value:
+                os.environ[name] = value
+        uvicorn.run("registry.api:app_from_environment", factory=True, host=host, port=port, workers=workers)
+        return
+    from registry.api import create_app
+
+    uvicorn.run(create_app(settings, Registry(settings, lock_wait=ctx.obj["wait"])), host=host, port=port)
+
+
+@main.group("token")
+def token_group() -> None:
+    """Bearer tokens for the HTTP API."""
+
+
+@token_group.command("create")
+@click.argument("name")
+@click.pass_context
+def token_create(ctx: click.Context, name: str) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from registry import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        token = tokens.create(registry.catalog, name)
+    emit(root, {"name": name, "token": token}, f"token for {name} (shown once, keep it secret):\n{token}")
+
+
+@token_group.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    from registry import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        rows = tokens.listing(registry.catalog)
+    emit(root, rows, "\n".join(f"{r['name']:<30} created {r['created_at']}"
+                               + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "") for r in rows)
+         or "no tokens")
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    from registry import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        tokens.revoke(registry.catalog, name)
+    emit(root, {"revoked": name}, f"token {name} revoked")
 
 
 @main.group("models")
@@ -367,7 +441,7 @@ def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.M
                 lines.append(f"      {s.error}")
         else:
             lines.append(f"  {s.name:<22} MISSING\n      " + (s.error or "").replace("\n", "\n      "))
-    _emit(ctx.find_root(), [s.to_json() for s in statuses], "\n".join(lines))
+    emit(ctx.find_root(), [s.to_json() for s in statuses], "\n".join(lines))
 
 
 @main.command()
@@ -384,12 +458,8 @@ def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, s
         records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update)
     data = {"out_dir": str(out_dir), "images": len(records), "individuals": len({r.identity for r in records}),
             "manifests": [str(out_dir / f"season{k}" / "manifest.csv") for k in range(1, seasons + 1)]}
-    _emit(ctx, data, f"{data['images']} photos of {data['individuals']} individuals in {out_dir}; manifests:\n  "
+    emit(ctx, data, f"{data['images']} photos of {data['individuals']} individuals in {out_dir}; manifests:\n  "
           + "\n  ".join(data["manifests"]))
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
 
 
 @main.command()
@@ -405,7 +475,7 @@ def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
         data_dir = Path("registry-demo")  # never mix the demo into the default registry
     started = time.monotonic()
     say = (lambda _m: None) if ctx.obj["json"] else click.echo
-    report = run_demo(data_dir, n_individuals, seed, say=say, progress_factory=_progress)
+    report = run_demo(data_dir, n_individuals, seed, say=say, progress_factory=progress_bar)
     e = report["overall"]
     lines = [
         "",
@@ -414,8 +484,8 @@ def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
         f"  decisions (season 2):       {report['decisions']}  -> {report['matched']} matched to a known "
         f"individual, {report['new_individuals_created']} new individuals created "
         f"(truth: {report['new_individuals_in_truth']} animals were new)",
-        f"  accuracy against the truth: BAKS {_fmt(e['baks'])}  BAUS {_fmt(e['baus'])}  "
-        f"score (geometric mean) {_fmt(e['score'])}  top-1 {_fmt(e['top1'])}",
+        f"  accuracy against the truth: BAKS {fmt(e['baks'])}  BAUS {fmt(e['baus'])}  "
+        f"score (geometric mean) {fmt(e['score'])}  top-1 {fmt(e['top1'])}",
         f"  registry now: {report['stats']['individuals']} individuals, {report['stats']['images']} images, "
         f"{report['stats']['sightings']} sightings",
     ]
@@ -424,7 +494,11 @@ def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
         lines.append(f"  sample history: registry --data-dir {report['registry']} history {h['individual']}")
         for s in h["sightings"]:
             lines.append(f"    {s['captured_at']}  {s['survey']:<20} {s['method']:<10} {Path(s['image']).name}")
-    _emit(ctx, report, "\n".join(lines))
+    emit(ctx, report, "\n".join(lines))
+
+
+for _command in cli_curation.COMMANDS:
+    main.add_command(_command)
 
 
 if __name__ == "__main__":

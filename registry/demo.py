@@ -46,13 +46,15 @@ def run_demo(
     Registry.init(settings)
     with Registry(Settings.load(settings.data_dir)) as registry:
         reports = []
+        decisions: list[tuple[Any, Any]] = []
         for season, mode in ((1, "reference"), (2, "identify")):
             manifest = photos / f"season{season}" / "manifest.csv"
             n_rows = count_rows(manifest)
             say(f"Season {season}: ingesting {n_rows} photos in {mode} mode ...")
             bar = progress_factory(f"season {season}", n_rows) if progress_factory else None
             reports.append(registry.ingest(manifest, f"synthetic-season-{season}", mode,
-                                           progress=bar.update if bar else None))
+                                           progress=bar.update if bar else None,
+                                           on_identified=lambda row, ident: decisions.append((row, ident))))
             if bar:
                 bar.close()
             if mode == "reference":
@@ -60,16 +62,15 @@ def run_demo(
                 calibration = registry.calibrate()
                 say(f"  {calibration['positives']} same-individual and {calibration['negatives']} "
                     "different-individual pairs; decisions now use calibrated WildFusion scores")
-        identify = reports[1]
         reference_labels = {ind["code"]: ind["name"] for ind in registry.catalog.individuals() if ind["name"]}
         events = [
             (row.species, truth_by_path[str(row.image.resolve())], ident.outcome.outcome, ident.individual_code,
              [c.code for c in ident.outcome.ranked])
-            for row, ident in identify.identifications
+            for row, ident in decisions
         ]
         evaluation = evaluate(sequential_predictions(events, reference_labels))
-        matched = [i for _, i in identify.identifications if i.outcome.outcome == "match"]
-        created = [i for _, i in identify.identifications if i.outcome.outcome == "new"]
+        matched = [i for _, i in decisions if i.outcome.outcome == "match"]
+        created = [i for _, i in decisions if i.outcome.outcome == "new"]
         sample = max(matched, key=lambda i: i.outcome.score or 0).individual_code if matched else None
         history = registry.catalog.history(sample) if sample else None
         stats = registry.catalog.stats()
@@ -78,7 +79,7 @@ def run_demo(
         "data_dir": str(data_dir),
         "registry": str(settings.data_dir),
         "reference_images": reports[0].added,
-        "decisions": len(identify.identifications),
+        "decisions": len(decisions),
         "matched": len(matched),
         "new_individuals_created": len(created),
         "new_individuals_in_truth": len(true_new),

@@ -39,12 +39,13 @@ class QueryResult:
 
 # --- splitting ---------------------------------------------------------------------------------------------
 def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3, seed: int = 0,
-                   default_species: str | None = None) -> dict[str, Any]:
+                   default_species: str | None = None, max_identities: int | None = None) -> dict[str, Any]:
     """A deterministic open-set split of one labelled manifest into reference.csv and queries.csv.
 
     Per species, a `unknown_fraction` of identities (chosen by the seed) are entirely queries: the registry must
     call them new. For the others, photos are grouped by capture time (photos of one clip or burst stay
-    together) and the earlier half of the groups is reference, the later half queries.
+    together) and the earlier half of the groups is reference, the later half queries. `max_identities`
+    keeps a seeded random subset of identities per species (to bound a run's time).
     """
     rows = [r for r in read_manifest(manifest, default_species).rows if r.identity]
     rng = np.random.default_rng(seed)
@@ -55,6 +56,8 @@ def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3,
         by_species.setdefault(row.species, {}).setdefault(row.identity, []).append(row)  # type: ignore[arg-type]
     for _species, identities in sorted(by_species.items()):
         names = sorted(identities)
+        if max_identities and len(names) > max_identities:
+            names = sorted(rng.permutation(names)[:max_identities].tolist())
         unknown = set(rng.permutation(names)[: round(len(names) * unknown_fraction)].tolist())
         for name in names:
             photos = sorted(identities[name], key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
@@ -74,7 +77,7 @@ def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3,
     write_manifest(queries, out_dir / "queries.csv")
     return {"reference": str(out_dir / "reference.csv"), "queries": str(out_dir / "queries.csv"),
             "reference_images": len(reference), "query_images": len(queries),
-            "unknown_fraction": unknown_fraction, "seed": seed}
+            "unknown_fraction": unknown_fraction, "seed": seed, "max_identities": max_identities}
 
 
 # --- collecting candidate scores ---------------------------------------------------------------------------
@@ -337,15 +340,17 @@ def _sequential(registry: Registry, queries: Path, rows: list[ManifestRow], know
     """The registry's real life: each query identified against everything recorded so far, then recorded."""
     ordered = write_manifest(rows, queries.parent / f".{queries.stem}-ordered.csv")
     progress = bar("sequential", len(rows))
-    ingest = registry.ingest(ordered, "evaluation-queries", "identify", progress=progress.update if progress else None)
+    decided: list[tuple[ManifestRow, Any]] = []
+    ingest = registry.ingest(ordered, "evaluation-queries", "identify", progress=progress.update if progress else None,
+                             on_identified=lambda row, ident: decided.append((row, ident)))
     if progress:
         progress.close()
     labels = {i["code"]: i["name"] for i in registry.catalog.individuals() if i["name"]}
     events = [(row.species, row.identity or "", ident.outcome.outcome, ident.individual_code,
-               [c.code for c in ident.outcome.ranked]) for row, ident in ingest.identifications]
+               [c.code for c in ident.outcome.ranked]) for row, ident in decided]
     result = evaluate(sequential_predictions(events, labels))
-    truth = {str(row.image.resolve()): row.identity or "" for row, _ in ingest.identifications}
-    predicted = {str(row.image.resolve()): ident.individual_code or "" for row, ident in ingest.identifications}
+    truth = {str(row.image.resolve()): row.identity or "" for row, _ in decided}
+    predicted = {str(row.image.resolve()): ident.individual_code or "" for row, ident in decided}
     keys = sorted(truth)
     result["clustering"] = pairwise_clustering([predicted[k] for k in keys], [truth[k] for k in keys])
     result["skipped"] = [str(p) for p in ingest.problems]

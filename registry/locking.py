@@ -15,11 +15,14 @@ class RegistryInUseError(RuntimeError):
 class RegistryLock:
     """An exclusive advisory lock on `<data dir>/registry.lock`, released when the process ends (even on kill)."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, exclusive: bool = True) -> None:
         self.path = Path(data_dir) / "registry.lock"
         self._fd: int | None = None
+        self.exclusive = exclusive  # False: server storage, where concurrent writers are safe and allowed
 
     def acquire(self, wait: float = 0.0) -> None:
+        if not self.exclusive:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         deadline = time.monotonic() + wait

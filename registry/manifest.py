@@ -174,3 +174,66 @@ def write_manifest(rows: list[ManifestRow], path: Path) -> Path:
                              r.captured_at.isoformat() if r.captured_at else "",
                              "" if r.latitude is None else r.latitude, "" if r.longitude is None else r.longitude])
     return path
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
+LAYOUTS = ("auto", "csv", "identity-folders", "plain")
+
+
+def _exif_time(path: Path) -> datetime | None:
+    """When the camera says the photo was taken (EXIF DateTimeOriginal, else DateTime); header only."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            exif = image.getexif()
+            text = exif.get_ifd(0x8769).get(36867) or exif.get(306)
+    except Exception:  # an unreadable photo is reported when it is decoded, with its own reason
+        return None
+    try:
+        return datetime.strptime(str(text).strip(), "%Y:%m:%d %H:%M:%S") if text else None
+    except ValueError:
+        return None
+
+
+def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manifest:
+    """A folder as a manifest: one sub-folder per identity (`identity-folders`), or photos without identities
+    (`plain`, searched recursively). Capture times come from EXIF so identify mode keeps time order."""
+    path = Path(path)
+    if species is None:
+        raise ManifestError(f"{path}: a folder has no species column; give the species (--species)")
+    entries = sorted(path.iterdir())
+    if layout == "auto":  # sub-folders and no photos beside them: one folder per animal
+        loose_photos = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
+        layout = "identity-folders" if any(e.is_dir() for e in entries) and not loose_photos else "plain"
+    rows: list[ManifestRow] = []
+    warnings: list[str] = []
+    if layout == "identity-folders":
+        stray = [e.name for e in entries if not e.is_dir()]
+        if stray:
+            warnings.append(f"{path}: files outside identity folders are not used: {stray[:5]}")
+        photos = [(p, d.name) for d in entries if d.is_dir() for p in sorted(d.rglob("*"))]
+    elif layout == "plain":
+        photos = [(p, None) for p in sorted(path.rglob("*"))]
+    else:
+        raise ManifestError(f"{path}: unknown folder layout {layout!r}; use identity-folders or plain")
+    for number, (photo, identity) in enumerate(p for p in photos if p[0].is_file()):
+        if photo.suffix.lower() not in IMAGE_SUFFIXES:
+            warnings.append(f"{photo}: not an image file name, not used")
+            continue
+        rows.append(ManifestRow(number + 1, photo, species, identity, None, _exif_time(photo)))
+    return Manifest(path, layout, rows, [], warnings)
+
+
+def read_source(path: Path, default_species: str | None = None, layout: str = "auto") -> Manifest:
+    """A season's photos from a CSV manifest or from a folder (see `read_folder`)."""
+    path = Path(path)
+    if layout not in LAYOUTS:
+        raise ManifestError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
+    if path.is_dir():
+        if layout == "csv":
+            raise ManifestError(f"{path} is a folder, not a CSV manifest")
+        return read_folder(path, default_species, layout)
+    if layout in ("identity-folders", "plain"):
+        raise ManifestError(f"{path} is not a folder (layout {layout})")
+    return read_manifest(path, default_species)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
-from registry import migrate
+from registry import crashpoints, migrate
 from registry.calibration import CalibrationError, Calibrations, LabelledPair, LearnedFusion, fit_calibrations
 from registry.catalog import Catalog, CatalogError
 from registry.decision import (
@@ -34,9 +34,9 @@ from registry.embedders import TorchEmbedder
 from registry.feature_store import FeatureStore
 from registry.imaging import ImageError, sha256_of_file
 from registry.locking import RegistryLock
-from registry.manifest import ManifestRow, RowProblem, read_manifest
+from registry.manifest import ManifestRow, RowProblem, read_source
 from registry.pipeline import Described, Pipeline
-from registry.schema import Embedder, Image, Individual, Sighting
+from registry.schema import Embedder, Image
 from registry.settings import Settings
 from registry.vector_index import VectorIndex, VectorPoint, collection_name
 
@@ -80,16 +80,16 @@ class IngestReport:
     added: int = 0
     already_present: int = 0
     resumed: int = 0
+    matched: int = 0
+    new_individuals: int = 0
     problems: list[RowProblem] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-    identifications: list[tuple[ManifestRow, Identification]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        outcomes = [i.outcome.outcome for _, i in self.identifications]
         return {
             "manifest": self.manifest, "mode": self.mode, "survey": self.survey, "added": self.added,
             "already_present": self.already_present, "resumed_pending": self.resumed,
-            "matched": outcomes.count("match"), "new_individuals": outcomes.count("new"),
+            "matched": self.matched, "new_individuals": self.new_individuals,
             "skipped": len(self.problems), "problems": [str(p) for p in self.problems],
             "warnings": self.warnings,
         }
@@ -98,7 +98,7 @@ class IngestReport:
 class Registry:
     def __init__(self, settings: Settings, pipeline: Pipeline | None = None, lock_wait: float = 0.0) -> None:
         self.settings = settings
-        self._lock = RegistryLock(settings.data_dir)
+        self._lock = RegistryLock(settings.data_dir, exclusive=settings.needs_exclusive_lock)
         self._lock.acquire(wait=lock_wait)
         try:
             self.catalog = Catalog(settings.sqlalchemy_url)
@@ -310,6 +310,7 @@ class Registry:
                              survey: str | None) -> Identification:
         outcome = self._match(described, row.species, row.viewpoint)
         self.features.put(sha, described.local)
+        crashpoints.reached("after-features")
         with self.catalog.transaction() as session:
             image = self._add_image(session, row, sha, described, survey)
             decision = self.catalog.add_decision(
@@ -343,16 +344,22 @@ class Registry:
 
     def _index_many(self, items: list[tuple[int, Described, int, ManifestRow, int | None]]) -> None:
         """Upsert vectors (one call per collection), then mark the images indexed: the last step of a write."""
-        for name, collection in self.collections.items():
+        crashpoints.reached("after-sql")
+        for position, (name, collection) in enumerate(self.collections.items()):
+            if position:
+                crashpoints.reached("between-collections")
             self.index.upsert(collection, [VectorPoint(image_id, described.vectors[name], individual_id,
                                                        row.species, row.viewpoint, survey_id)
                                            for image_id, described, individual_id, row, survey_id in items])
+        crashpoints.reached("after-vectors")
         self.catalog.mark_indexed([item[0] for item in items])
+        crashpoints.reached("after-indexed")
 
     def _record_references(self, batch: list[tuple[ManifestRow, str, Described]], survey: str | None) -> None:
         """Record a batch of labelled photos: one SQL transaction, one upsert per collection."""
         for _, sha, described in batch:
             self.features.put(sha, described.local)
+        crashpoints.reached("after-features")
         written = []
         with self.catalog.transaction() as session:
             for row, sha, described in batch:
@@ -476,20 +483,26 @@ class Registry:
     # --- ingestion -------------------------------------------------------------------------------------
     def resume_pending(self) -> int:
         """Index images whose SQL rows were written but whose vectors were not confirmed (a crash)."""
-        pending = self.catalog.pending_images()
-        for image in pending:
-            with self.catalog.transaction() as session:
-                sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
-                individual = session.get(Individual, sighting.individual_id) if sighting else None
-            described = self._describe([Path(image.path)], [image.species], [image.viewpoint])[0]
-            if isinstance(described, ImageError):  # the file is gone or damaged: it stays pending
-                log.warning("pending image %s cannot be re-indexed: %s", image.id, described)
+        pending = [i.id for i in self.catalog.pending_images()]
+        return len(self.reindex(pending)[0]) if pending else 0
+
+    def reindex(self, image_ids: list[int]) -> tuple[list[int], list[str]]:
+        """Describe images again from their files and write their vectors (and cached features), then mark
+        them indexed. Returns the images done and the problems (a file gone or damaged: it stays pending)."""
+        self.catalog.mark_pending(image_ids)
+        states = self.catalog.image_states(image_ids)
+        done, problems = [], []
+        for image_id, state in states.items():
+            described = self._describe([Path(state["path"])], [state["species"]], [state["viewpoint"]])[0]
+            if isinstance(described, ImageError):
+                problems.append(f"image {image_id} cannot be re-indexed, it stays pending: {described}")
+                log.warning(problems[-1])
                 continue
-            self.features.put(image.sha256, described.local)
-            row = ManifestRow(0, Path(image.path), image.species, None, image.viewpoint)
-            self._index(image.id, described, individual.id if individual else None,  # type: ignore[arg-type]
-                        row, image.survey_id)
-        return len(pending)
+            self.features.put(state["sha256"], described.local)
+            row = ManifestRow(0, Path(state["path"]), state["species"], None, state["viewpoint"])
+            self._index(image_id, described, state["individual_id"], row, state["survey_id"])
+            done.append(image_id)
+        return done, problems
 
     def ingest(
         self,
@@ -498,16 +511,30 @@ class Registry:
         mode: str = "reference",
         default_species: str | None = None,
         progress: Callable[[int], None] | None = None,
+        layout: str = "auto",
+        on_identified: Callable[[ManifestRow, Identification], None] | None = None,
+        allowed_root: Path | None = None,
     ) -> IngestReport:
         """Add a season. Reference: manifest identities are trusted labels. Identify: each photo is identified
-        and recorded in time order, so an animal's second photo finds the individual its first one created."""
+        and recorded in time order, so an animal's second photo finds the individual its first one created.
+
+        `manifest_path` is a CSV (registry or AnimalCLEF format) or a folder (`layout`: one sub-folder per
+        identity, or a plain folder of photos). Memory stays flat with the season's size: photos stream through
+        in batches, and decisions go to `on_identified` instead of accumulating in the report.
+        """
         if mode not in ("reference", "identify"):
             raise ValueError(f"unknown ingest mode {mode!r} (reference or identify)")
-        manifest = read_manifest(manifest_path, default_species)
+        manifest = read_source(manifest_path, default_species, layout)
         report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
                               warnings=list(manifest.warnings))
         report.resumed = self.resume_pending()
         rows = manifest.rows
+        if allowed_root is not None:  # photos named by a remote caller must stay inside the import folder
+            root = Path(allowed_root).resolve()
+            outside = [r for r in rows if not r.image.resolve().is_relative_to(root)]
+            report.problems += [RowProblem(str(manifest_path), r.line, "photo is outside the import folder")
+                                for r in outside]
+            rows = [r for r in rows if r.image.resolve().is_relative_to(root)]
         if mode == "reference":
             missing = [r for r in rows if r.identity is None]
             report.problems += [RowProblem(str(manifest_path), r.line, "no identity (reference mode needs one)")
@@ -544,7 +571,13 @@ class Registry:
                 if mode == "reference":
                     references.append((row, sha, described))
                 else:
-                    report.identifications.append((row, self._identify_and_record(row, sha, described, survey)))
+                    identification = self._identify_and_record(row, sha, described, survey)
+                    if identification.outcome.outcome == "match":
+                        report.matched += 1
+                    else:
+                        report.new_individuals += 1
+                    if on_identified:
+                        on_identified(row, identification)
                 report.added += 1
             if references:
                 self._record_references(references, survey)

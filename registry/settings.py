@@ -52,6 +52,10 @@ class Settings:
     local: LocalMatcherSettings = field(default_factory=LocalMatcherSettings)
     weights: dict[str, str] = field(default_factory=dict)  # model name -> explicit weights file or folder
     allow_download: bool = False
+    # HTTP API (`registry serve`)
+    api_public_reads: bool = False  # read endpoints without a token
+    api_max_upload_mb: float = 25.0
+    api_import_root: str | None = None  # server folder that manifests given to POST /ingest must live in
 
     # --- derived locations -------------------------------------------------------------------------------
     @property
@@ -73,6 +77,12 @@ class Settings:
     @property
     def uses_embedded_qdrant(self) -> bool:
         return self.qdrant_url is None
+
+    @property
+    def needs_exclusive_lock(self) -> bool:
+        """Embedded stores (SQLite file, local Qdrant folder) allow one writing process; a PostgreSQL server and a
+        Qdrant server take concurrent writers (API workers), kept consistent by transactions and constraints."""
+        return self.uses_embedded_qdrant or self.sqlalchemy_url.startswith("sqlite")
 
     def threshold_for(self, species: str) -> float:
         return self.match_threshold + self.species_threshold_offsets.get(species, 0.0)

@@ -129,9 +129,13 @@ class VectorIndex:
             self.client.upsert(collection, batch, wait=True)
 
     def set_individual(self, collection: str, image_ids: list[int], individual_id: int | None) -> None:
-        if image_ids:
+        """Point the images' vectors at an individual (None: no longer a candidate). Images without vectors yet
+        (pending) are skipped: they get the right payload when they are indexed."""
+        existing = [int(p.id) for p in self.client.retrieve(collection, ids=image_ids, with_payload=False,
+                                                              with_vectors=False)] if image_ids else []
+        if existing:
             self.client.set_payload(collection, {"individual_id": individual_id},
-                                    points=models.PointIdsList(points=image_ids), wait=True)
+                                    points=models.PointIdsList(points=existing), wait=True)
 
     def delete(self, collection: str, image_ids: list[int]) -> None:
         if image_ids:

@@ -155,9 +155,11 @@ def test_decisions_do_not_depend_on_the_batch_size(population: Path, tmp_path: P
         Registry.init(settings)
         with Registry(settings) as registry:
             registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
-            report = registry.ingest(population / "season2" / "manifest.csv", "s2", "identify")
-            outcomes.append([(row.line, i.outcome.outcome, i.individual_code, round(i.outcome.score or 0, 3))
-                             for row, i in report.identifications])
+            decided: list = []
+            registry.ingest(population / "season2" / "manifest.csv", "s2", "identify",
+                            on_identified=lambda row, i, decided=decided: decided.append(
+                                (row.line, i.outcome.outcome, i.individual_code, round(i.outcome.score or 0, 3))))
+            outcomes.append(decided)
     assert outcomes[0] == outcomes[1]
     assert len(outcomes[0]) >= 8
 

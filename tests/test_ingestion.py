@@ -1,0 +1,234 @@
+"""A season from the field: bad inputs reported and skipped, re-runs idempotent, `kill -9` at every write step
+repaired by re-running, and `registry doctor` finding and fixing planted inconsistencies. Real processes,
+real files, real SQLite and embedded Qdrant."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from registry.catalog import Catalog
+from registry.settings import Settings
+from registry.vector_index import VectorIndex, VectorPoint
+
+CLI = [sys.executable, "-m", "registry"]
+
+
+def _cli(data: Path, *args: str, env: dict[str, str] | None = None, expect: int | None = 0,
+         ) -> subprocess.CompletedProcess:
+    result = subprocess.run([*CLI, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=600,
+                            env={**os.environ, **(env or {})})
+    if expect is not None:
+        assert result.returncode == expect, result.stderr[-3000:]
+    return result
+
+
+def _rows(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest) as f:
+        return list(csv.DictReader(f))
+
+
+def _season(population: Path, season: int, out: Path, count: int | None = None) -> Path:
+    """A copy of a synthetic season's first `count` photos with its manifest (tests may damage it)."""
+    source = population / f"season{season}"
+    rows = _rows(source / "manifest.csv")[:count]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        shutil.copy(source / row["image"], out / row["image"])
+    with open(out / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "manifest.csv"
+
+
+def _init(data: Path, profile: str = "offline", batch_size: int = 2) -> None:
+    _cli(data, "init", "--profile", profile, "--no-download")
+    settings = json.loads((data / "settings.json").read_text())
+    settings["batch_size"] = batch_size  # several batches even in a small season
+    (data / "settings.json").write_text(json.dumps(settings))
+
+
+def test_a_season_with_planted_bad_inputs(tmp_path: Path, population: Path) -> None:
+    manifest = _season(population, 1, tmp_path / "season", count=6)
+    folder = manifest.parent
+    good = _rows(manifest)
+    data = (folder / good[0]["image"]).read_bytes()
+    (folder / "images" / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "images" / "notes.jpg").write_text("ranger's notes, not a photo")
+    (folder / "images" / "empty.jpg").write_bytes(b"")
+    Image.new("1", (12000, 12000)).save(folder / "images" / "huge.png")
+    header = [*good[0], "camera"]  # an unknown column: reported, ignored
+    planted = [
+        {"image": "images/truncated.jpg", "identity": "X1"},
+        {"image": "images/notes.jpg", "identity": "X2"},
+        {"image": "images/missing.jpg", "identity": "X3"},
+        {"image": "images/empty.jpg", "identity": "X4"},
+        {"image": "images/huge.png", "identity": "X5"},
+        {**good[1], "captured_at": "2024-02-30T10:00:00"},  # bad date
+        good[2],  # duplicated row
+    ]
+    with open(manifest, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=header)
+        writer.writeheader()
+        for row in good + planted:
+            writer.writerow({"species": "synleopard", **row, "camera": "cam-7"})
+
+    home = tmp_path / "reg"
+    _init(home)
+    first = _cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3)
+    report = json.loads(first.stdout)
+    assert report["added"] == 6 and report["skipped"] == 7
+    reasons = "\n".join(report["problems"])
+    for line, reason in ((8, "truncated"), (9, "not an image"), (10, "file not found"), (11, "empty file"),
+                         (12, "too large"), (13, "not ISO 8601"), (14, "duplicate of line 4")):
+        assert f"manifest.csv:{line}: " in reasons and reason in reasons, (line, reason, reasons)
+    assert any("'camera' is not used" in w for w in report["warnings"])
+    with open(report["problems_file"]) as f:
+        assert len(list(csv.DictReader(f))) == 7
+
+    again = json.loads(_cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3).stdout)
+    assert again["added"] == 0 and again["already_present"] == 6
+    stats = json.loads(_cli(home, "--json", "stats").stdout)
+    assert stats["images"] == 6 and stats["sightings"] == 6 and stats["pending_images"] == 0
+    renamed = folder / "images" / "same-photo-other-name.jpg"
+    shutil.copy(folder / good[3]["image"], renamed)
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    shutil.copy(renamed, plain / "x.jpg")
+    same = json.loads(_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species", "synleopard",
+                           "--mode", "identify").stdout)
+    assert same["added"] == 0 and same["already_present"] == 1  # recognised by content, not by name
+
+
+def test_folder_layouts(tmp_path: Path, population: Path) -> None:
+    rows = _rows(population / "season1" / "manifest.csv")
+    by_identity = tmp_path / "by-identity"
+    for row in rows:
+        (by_identity / row["identity"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(population / "season1" / row["image"], by_identity / row["identity"] / Path(row["image"]).name)
+    (by_identity / "README.txt").write_text("stray file")
+    home = tmp_path / "reg"
+    _init(home, batch_size=8)
+    report = json.loads(_cli(home, "--json", "ingest", str(by_identity), "--survey", "s1",
+                             "--species", "synleopard").stdout)
+    assert report["added"] == len(rows) and report["skipped"] == 0
+    names = {i["name"] for i in json.loads(_cli(home, "--json", "individuals").stdout)}
+    assert names == {r["identity"] for r in rows}
+
+    plain = tmp_path / "camera-card"
+    (plain / "DCIM").mkdir(parents=True)
+    second = _rows(population / "season2" / "manifest.csv")[:3]
+    for row in second:
+        shutil.copy(population / "season2" / row["image"], plain / "DCIM" / Path(row["image"]).name)
+    (plain / "DCIM" / "index.html").write_text("<html></html>")
+    missing_species = _cli(home, "ingest", str(plain), "--survey", "s2", expect=1)
+    assert "--species" in missing_species.stderr
+    identified = json.loads(_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species",
+                                 "synleopard", "--mode", "identify", "--layout", "plain").stdout)
+    assert identified["added"] == 3 and identified["matched"] + identified["new_individuals"] == 3
+    assert any("index.html" in w for w in identified["warnings"])
+
+
+def _snapshot(data: Path) -> dict:
+    """Everything a registry holds, keyed by content so that two registries can be compared."""
+    settings = Settings.load(data)
+    catalog = Catalog(settings.sqlalchemy_url)
+    states = catalog.image_states()
+    with catalog.transaction() as session:
+        from sqlalchemy import select
+
+        from registry.schema import Decision, Individual, Sighting
+
+        codes = dict(session.execute(select(Individual.id, Individual.code)).all())
+        individuals = sorted(session.execute(select(Individual.code, Individual.name, Individual.species)).all())
+        sightings = sorted((states[s.image_id]["sha256"], codes[s.individual_id], s.method, s.status)
+                           for s in session.scalars(select(Sighting)))
+        decisions = sorted((states[d.image_id]["sha256"], d.outcome, codes.get(d.individual_id),
+                            None if d.score is None else round(d.score, 4)) for d in session.scalars(select(Decision)))
+    catalog.close()
+    index = VectorIndex(path=settings.qdrant_path)
+    vectors = {}
+    for collection in index.collections():
+        vectors[collection] = sorted(
+            (states[i]["sha256"], codes.get(p["individual_id"])) for i, p in index.payloads(collection))
+    index.close()
+    return {"individuals": individuals, "sightings": sightings, "decisions": decisions, "vectors": vectors,
+            "statuses": sorted(s["status"] for s in states.values())}
+
+
+@pytest.mark.parametrize(("profile", "mode", "point"), [
+    ("offline", "reference", "after-features:2"),
+    ("offline", "reference", "after-sql:2"),
+    ("offline", "reference", "after-vectors:3"),
+    ("offline", "reference", "after-indexed:1"),
+    ("tiny-test", "reference", "between-collections:2"),
+    ("offline", "identify", "after-features:2"),
+    ("offline", "identify", "after-sql:3"),
+    ("offline", "identify", "after-vectors:2"),
+])
+def test_killed_mid_ingest_then_rerun_equals_an_uninterrupted_run(
+    tmp_path_factory: pytest.TempPathFactory, population: Path, profile: str, mode: str, point: str,
+) -> None:
+    root = tmp_path_factory.mktemp("crash")
+    reference = _season(population, 1, root / "s1", count=6)
+    queries = _season(population, 2, root / "s2", count=6)
+    results = {}
+    for name in ("uninterrupted", "killed"):
+        home = root / name
+        _init(home, profile=profile)
+        if mode == "identify":
+            _cli(home, "ingest", str(reference), "--survey", "s1")
+        season = reference if mode == "reference" else queries
+        if name == "killed":
+            killed = _cli(home, "ingest", str(season), "--survey", "s", "--mode", mode,
+                          env={"REGISTRY_CRASH_AT": point}, expect=None)
+            assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+            assert json.loads(_cli(home, "--json", "doctor", expect=None).stdout)["images"] >= 1
+        _cli(home, "ingest", str(season), "--survey", "s", "--mode", mode)
+        doctor = json.loads(_cli(home, "--json", "doctor").stdout)
+        assert doctor["consistent"], doctor
+        results[name] = _snapshot(home)
+    assert results["killed"] == results["uninterrupted"]
+    assert results["killed"]["statuses"] == ["indexed"] * len(results["killed"]["statuses"])
+
+
+def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, population: Path) -> None:
+    home = tmp_path / "reg"
+    _init(home, batch_size=8)
+    _cli(home, "ingest", str(population / "season1" / "manifest.csv"), "--survey", "s1")
+    assert json.loads(_cli(home, "--json", "doctor").stdout)["consistent"]
+    settings = Settings.load(home)
+    catalog = Catalog(settings.sqlalchemy_url)
+    states = catalog.image_states()
+    ids = sorted(states)
+    catalog.mark_pending([ids[0]])
+    catalog.close()
+    index = VectorIndex(path=settings.qdrant_path)
+    (collection,) = index.collections()
+    index.delete(collection, [ids[1]])
+    index.set_individual(collection, [ids[2]], 999)
+    index.upsert(collection, [VectorPoint(9999, np.ones(1280, dtype=np.float32), 1, "synleopard", None, None)])
+    index.close()
+    feature_files = sorted((home / "features").rglob(f"{states[ids[3]]['sha256']}.npz"))
+    feature_files[0].unlink()
+
+    broken = json.loads(_cli(home, "--json", "doctor", expect=5).stdout)
+    kinds = {(p["kind"], p["image_id"]) for p in broken["problems"]}
+    assert not broken["consistent"]
+    assert {("pending-image", ids[0]), ("missing-vector", ids[1]), ("wrong-individual", ids[2]),
+            ("orphan-vector", 9999), ("missing-features", ids[3])} <= kinds
+    repaired = json.loads(_cli(home, "--json", "doctor", "--repair").stdout)
+    assert repaired["unrepaired"] == 0 and repaired["repaired"] == len(repaired["problems"])
+    assert json.loads(_cli(home, "--json", "doctor").stdout) == {
+        "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "images": len(ids)}
