@@ -7,7 +7,7 @@ catalog is PostgreSQL and the index a Qdrant server, where transactions and cons
 Errors never carry stack traces: expected ones become 4xx with the reason, anything else a logged 500.
 """
 
-from __future__ import annotations
+
 
 import contextlib
 import hashlib
@@ -298,9 +298,10 @@ def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> Path:
         raise HTTPException(415, f"image type {kind} not accepted ({', '.join(UPLOAD_TYPES)})")
     path = folder / (hashlib.sha256(data).hexdigest() + UPLOAD_TYPES[kind])
     if not path.exists():
-        tmp = path.with_suffix(".part")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".part")  # concurrent uploads of one photo: no clash
+        with open(handle, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(path)
     return path
 
 

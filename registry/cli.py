@@ -228,7 +228,7 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--exhaustive", "exhaustive_limit", type=int, default=0,
               help="Also run the paper's exhaustive path on the first N queries, with wall time.")
 @click.option("--shortlist", type=int, default=100, show_default=True, help="Exhaustive path's shortlist size B.")
-@click.option("--limit", type=int, default=None, help="Only the first N queries (time order).")
+@click.option("--limit", type=int, default=None, help="Only N queries (a seeded random subset, run in time order).")
 @click.option("--calibration-pairs", type=int, default=None)
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of score distributions and sweep.")
 @click.option("--out", "json_out", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")

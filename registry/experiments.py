@@ -282,7 +282,10 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
                               "protocol": protocol}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
-        query_rows = sorted(query_rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))[:limit]
+        if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities
+            keep = set(np.random.default_rng(0).permutation(len(query_rows))[:limit].tolist())
+            query_rows = [r for i, r in enumerate(query_rows) if i in keep]
+        query_rows = sorted(query_rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
         started = time.perf_counter()
         progress = bar("reference", len(read_manifest(reference).rows))
         ingest = registry.ingest(reference, "evaluation-reference", "reference",
