@@ -319,7 +319,8 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
             score_distributions(results, sweep_report, registry.scorer, names, plot)  # type: ignore[arg-type]
             report["plot"] = str(plot)
         if exhaustive_limit:
-            subset = query_rows[:exhaustive_limit]
+            chosen = np.random.default_rng(1).permutation(len(query_rows))[:exhaustive_limit]
+            subset = [query_rows[i] for i in sorted(chosen.tolist())]  # known and unknown alike, in time order
             progress = bar("exhaustive", len(subset))
             full, seconds = exhaustive(registry, subset, known, names, shortlist,
                                        progress.update if progress else None)

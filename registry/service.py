@@ -201,7 +201,7 @@ class Registry:
                 self._scorer = CalibratedFusionScorer(
                     calibrations, pipeline.primary.name, pipeline.local.name, complementary, settings.alpha,
                     thresholds, settings.match_threshold,
-                    learned=settings.fusion == "learned" and calibrations.learned is not None)
+                    learned=settings.uses_learned_fusion and calibrations.learned is not None)
             else:
                 self._scorer = LocalMatchScorer(pipeline.local.name, settings.uncalibrated_threshold)
         return self._scorer

@@ -42,7 +42,10 @@ class Settings:
     rerank_images_per_individual: int = 1
     match_threshold: float = 0.35  # open-set rule (tau) on the calibrated fused score
     alpha: float = 0.5  # final = alpha * WildFusion + (1 - alpha) * complementary global matcher (EVA02)
-    fusion: str = "wildfusion"  # or "learned" once `registry calibrate` has trained one
+    # "wildfusion" (the paper's rule), "learned" (logistic fusion fitted by `registry calibrate`), or "auto":
+    # learned for the offline profile, whose ImageNet global embedding is weak (measured in docs/accuracy.md),
+    # WildFusion for the paper profile.
+    fusion: str = "auto"
     # Before `registry calibrate` has run, decisions fall back to raw LightGlue match counts and this threshold.
     uncalibrated_threshold: float = 40.0
     calibration_pairs: int = 1000  # positives and as many negatives per species
@@ -83,6 +86,10 @@ class Settings:
         """Embedded stores (SQLite file, local Qdrant folder) allow one writing process; a PostgreSQL server and a
         Qdrant server take concurrent writers (API workers), kept consistent by transactions and constraints."""
         return self.uses_embedded_qdrant or self.sqlalchemy_url.startswith("sqlite")
+
+    @property
+    def uses_learned_fusion(self) -> bool:
+        return self.fusion == "learned" or (self.fusion == "auto" and self.profile != "paper")
 
     def threshold_for(self, species: str) -> float:
         return self.match_threshold + self.species_threshold_offsets.get(species, 0.0)

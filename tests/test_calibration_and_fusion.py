@@ -114,7 +114,7 @@ def test_pairwise_clustering_against_a_hand_count() -> None:
 
 def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeline: Pipeline,
                                                tmp_path: Path) -> None:
-    settings = Settings(data_dir=tmp_path / "reg", profile="offline")
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline", fusion="wildfusion")
     Registry.init(settings)
     with Registry(settings, pipeline=offline_pipeline) as registry:
         registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
@@ -137,6 +137,12 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
         assert best.score == pytest.approx((best.calibrated["efficientnet-lite0"] + best.calibrated["aliked"]) / 2)
     with Registry(settings, pipeline=offline_pipeline) as reopened:  # the calibration is stored
         assert reopened.scorer.name.startswith("calibrated-wildfusion")
+    settings.fusion = "auto"  # the offline profile's default: the learned fusion
+    with Registry(settings, pipeline=offline_pipeline) as learned:
+        assert learned.scorer.name == "calibrated-learned-fusion"
+        answer = learned.identify(query, "synleopard")
+        best = answer.outcome.ranked[0].images[0]
+        assert best.score == pytest.approx(learned.scorer.calibrations.learned(best.calibrated))
 
 
 def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
