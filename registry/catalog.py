@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select
+from sqlalchemy import create_engine, event, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
@@ -152,8 +152,15 @@ class Catalog:
     def new_individual(
         self, session: Session, species: str, name: str | None = None, decision: Decision | None = None
     ) -> Individual:
-        """Create an individual with the next stable code for its species (e.g. NYA-0008)."""
-        for _attempt in range(5):
+        """Create an individual with the next stable code for its species (e.g. NYA-0008).
+
+        On PostgreSQL, concurrent writers (API workers) take a transaction-scoped advisory lock per species, so
+        the next number is computed by one transaction at a time; the unique (species, sequence) constraint and
+        the retry below remain the safety net (and the whole story on SQLite, which serialises writers).
+        """
+        if session.get_bind().dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"individual-code:{species}"})
+        for _attempt in range(20):
             seq = (session.scalar(
                 select(func.max(Individual.species_seq)).where(Individual.species == species)
             ) or 0) + 1
