@@ -71,9 +71,17 @@ def verify(settings: Settings, names: tuple[str, ...] | list[str] = ()) -> list[
         "eva02-l-14-336": lambda: embedders.load_eva02(settings.weights_dir, _explicit(settings, "eva02-l-14-336")),
         "efficientnet-lite0": lambda: embedders.load_efficientnet_lite0(
             settings.weights_dir, _explicit(settings, "efficientnet-lite0")),
-        "aliked-n16": lambda: local_matcher.AlikedLightGlue(weights_dir=settings.weights_dir),
-        "aliked-lightglue": lambda: local_matcher.AlikedLightGlue(weights_dir=settings.weights_dir),
+        # one object loads both ALIKED files: build it once for whichever of the two is asked first
+        "aliked-n16": lambda: aliked(),
+        "aliked-lightglue": lambda: aliked(),
     }
+    built: list[object] = []
+
+    def aliked() -> object:
+        if not built:
+            built.append(local_matcher.AlikedLightGlue(weights_dir=settings.weights_dir))
+        return built[0]
+
     statuses = model_status(settings, names)
     for status in statuses:
         if not status.resolved:
