@@ -5,8 +5,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 REGISTRY_HOME=/data
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY registry ./registry
-COPY migrations ./migrations
-RUN pip install --no-cache-dir -e '.[offline,postgres,server]' && useradd --system --home /data registry \
+RUN pip install --no-cache-dir '.[offline,postgres,server]' && useradd --system --home /data registry \
     && mkdir -p /data && chown registry /data
 USER registry
 VOLUME ["/data"]

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from registry.embedders import random_embedder
-from registry.local_matcher import AlikedLightGlue
+from registry.matching.embedders import random_embedder
+from registry.matching.local_matcher import AlikedLightGlue
 
 warnings.simplefilter("ignore")
 

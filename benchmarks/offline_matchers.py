@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from registry import synth
-from registry.embedders import load_efficientnet_lite0
-from registry.imaging import load_image
-from registry.local_matcher import AlikedLightGlue
+from registry.evaluate import synth
+from registry.matching.embedders import load_efficientnet_lite0
+from registry.matching.imaging import load_image
+from registry.matching.local_matcher import AlikedLightGlue
 
 
 def _season(root: Path, season: int) -> tuple[list, list[str]]:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from registry import synth
-from registry.service import Registry
+from registry.evaluate import synth
+from registry.services.registry import Registry
 from registry.settings import Settings
 
 
 def write_random_paper_weights(weights_dir: Path) -> None:
-    from registry.embedders import build_eva02, build_megadescriptor
+    from registry.matching.embedders import build_eva02, build_megadescriptor
 
     warnings.warn("random-initialised paper weights: throughput only, identities are meaningless", stacklevel=2)
     folder = weights_dir / "megadescriptor-l-384"
@@ -72,7 +72,7 @@ def main() -> None:
             write_random_paper_weights(settings.weights_dir)
         Registry.init(settings)
         with Registry(Settings.load(settings.data_dir)) as registry:
-            pipeline = registry.pipeline  # model loading is not part of the per-image cost
+            pipeline = registry.matching.pipeline  # model loading is not part of the per-image cost
             _ = registry.collections
             start = time.perf_counter()
             reference = registry.ingest(root / "photos" / "season1" / "manifest.csv", "s1", "reference")

@@ -1,3 +1,3 @@
-from registry.cli import main
+from registry.interfaces.cli.main import main
 
 main(prog_name="registry")

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from registry import synth
-from registry.pipeline import Pipeline
+from registry.evaluate import synth
+from registry.matching.pipeline import Pipeline
 from registry.settings import Settings
 
 torch.set_num_threads(2)

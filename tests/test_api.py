@@ -22,12 +22,12 @@ from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 from PIL import Image
 
-from registry import tokens
-from registry.api import create_app
-from registry.catalog import Catalog
-from registry.pipeline import Pipeline
-from registry.service import Registry
+from registry.interfaces import tokens
+from registry.interfaces.api import create_app
+from registry.matching.pipeline import Pipeline
+from registry.services.registry import Registry
 from registry.settings import Settings
+from registry.store.catalog import Catalog
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -43,7 +43,7 @@ def api(database_url: str, tmp_path: Path, population: Path, offline_pipeline: P
     registry = Registry(settings, pipeline=offline_pipeline)
     registry.ingest(population / "season1" / "manifest.csv", "season-1", "reference")
     registry.calibrate()
-    token = tokens.create(registry.catalog, "field-team")
+    token = tokens.create(registry.store.catalog, "field-team")
     with TestClient(create_app(settings, registry)) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield client
@@ -144,7 +144,7 @@ def test_parallel_record_requests_stay_consistent(api: TestClient, population: P
 
 def test_concurrent_writers_never_share_an_individual_code(database_url: str, tmp_path: Path) -> None:
     """Four writers with their own connections create individuals at once (as API workers would)."""
-    from registry import migrate
+    from registry.store import migrate
 
     catalog = Catalog(database_url)
     migrate.upgrade(catalog.engine)

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import experiments
-from registry.calibration import (
+from registry.decide.calibration import (
     CalibrationError,
     Calibrations,
     IsotonicCalibrator,
@@ -19,11 +18,12 @@ from registry.calibration import (
     LearnedFusion,
     fit_calibrations,
 )
-from registry.decision import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
-from registry.evaluation import evaluate, pairwise_clustering
-from registry.manifest import ManifestRow
-from registry.pipeline import Pipeline
-from registry.service import Registry
+from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
+from registry.evaluate import experiments
+from registry.evaluate.metrics import evaluate, pairwise_clustering
+from registry.ingest.sources import ManifestRow
+from registry.matching.pipeline import Pipeline
+from registry.services.registry import Registry
 from registry.settings import Settings
 
 
@@ -147,7 +147,7 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
 
 def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     """The CLI end to end on 12 synthetic animals: evaluate season 2 against season 1 (score >= 0.9), then tune."""
-    from registry import synth
+    from registry.evaluate import synth
 
     photos = tmp_path / "photos"
     synth.generate(photos, individuals=12, seasons=2, seed=7)

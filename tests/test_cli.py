@@ -10,7 +10,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from registry.cli import main
+from registry.interfaces.cli.main import main
 
 
 def _manifest(path: Path) -> list[dict]:

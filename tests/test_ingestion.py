@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from registry.catalog import Catalog
 from registry.settings import Settings
-from registry.vector_index import VectorIndex, VectorPoint
+from registry.store.catalog import Catalog
+from registry.store.vector_index import VectorIndex, VectorPoint
 
 CLI = [sys.executable, "-m", "registry"]
 
@@ -148,7 +148,7 @@ def _snapshot(data: Path) -> dict:
     with catalog.transaction() as session:
         from sqlalchemy import select
 
-        from registry.schema import Decision, Individual, Sighting
+        from registry.store.tables import Decision, Individual, Sighting
 
         codes = dict(session.execute(select(Individual.id, Individual.code)).all())
         individuals = sorted(session.execute(select(Individual.code, Individual.name, Individual.species)).all())

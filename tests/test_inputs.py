@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from registry.imaging import ImageError, inspect_image, load_image, normalise_orientation
-from registry.manifest import ManifestError, read_manifest
+from registry.ingest.sources import ManifestError, read_manifest
+from registry.matching.imaging import ImageError, inspect_image, load_image, normalise_orientation
 
 
 def _photo(path: Path, size: tuple[int, int] = (64, 48), **save: object) -> Path:

@@ -8,9 +8,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from registry import migrate
-from registry.catalog import Catalog, DuplicateImageError, UnknownIndividualError, species_prefix
-from registry.schema import Base, Individual, Sighting
+from registry.store import migrate
+from registry.store.catalog import Catalog, DuplicateImageError, UnknownIndividualError, species_prefix
+from registry.store.tables import Base, Individual, Sighting
 
 TABLES = {"surveys", "individuals", "images", "sightings", "decisions", "embedders", "calibrations"}
 

@@ -13,7 +13,7 @@ import timm
 import torch
 from PIL import Image
 
-from registry.embedders import (
+from registry.matching.embedders import (
     MEGADESCRIPTOR_L_384,
     build_eva02,
     five_crop_boxes,
@@ -21,10 +21,10 @@ from registry.embedders import (
     load_megadescriptor,
     random_embedder,
 )
-from registry.pipeline import Pipeline
-from registry.service import Registry
+from registry.matching.pipeline import Pipeline
+from registry.matching.weights import WeightsMismatchError, WeightsNotFoundError, resolve
+from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.weights import WeightsMismatchError, WeightsNotFoundError, resolve
 
 
 @pytest.mark.parametrize(("architecture", "dimension", "side", "mean"), [

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from registry.catalog import CatalogError
-from registry.imaging import ImageError
-from registry.locking import RegistryInUseError
-from registry.pipeline import Pipeline
-from registry.service import Registry, RegistryNotInitialisedError
+from registry.matching.imaging import ImageError
+from registry.matching.pipeline import Pipeline
+from registry.services.registry import Registry, RegistryNotInitialisedError
 from registry.settings import Settings
+from registry.store.catalog import CatalogError
+from registry.store.locking import RegistryInUseError
 
 
 def _rows(population: Path, season: int) -> list[dict]:
@@ -43,7 +43,7 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
 
         answer = registry.identify(population / "season2" / returning["image"], "synleopard")
         assert answer.outcome.outcome == "match" and answer.decision_id is None  # not recorded
-        matched_name = registry.catalog.history(answer.outcome.ranked[0].code)["name"]
+        matched_name = registry.store.catalog.history(answer.outcome.ranked[0].code)["name"]
         assert matched_name == returning["identity"]
 
         created = registry.identify(first, "synleopard", record=True, survey="s2")
@@ -53,10 +53,10 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
 
         with pytest.raises(CatalogError, match="already in the registry"):
             registry.identify(first, "synleopard", record=True)
-        stats = registry.catalog.stats()
+        stats = registry.store.catalog.stats()
         assert stats == {"individuals": 7, "images": 14, "sightings": 14, "decisions": 2, "surveys": 2,
                          "pending_images": 0}
-        history = registry.catalog.history("SYN-0007")
+        history = registry.store.catalog.history("SYN-0007")
         assert [s["method"] for s in history["sightings"]] == ["automatic", "automatic"]
 
     # closed and reopened from disk: individuals, sightings and vectors are all still there
@@ -96,14 +96,14 @@ def test_identify_mode_season_and_bad_inputs_are_reported_by_row(
         truth = {r["identity"] for r in _rows(population, 1)}
         new_truth = {r["identity"] for r in season2} - truth
         assert report.to_json()["new_individuals"] == len(new_truth)  # each newcomer created exactly once
-        assert registry.catalog.stats()["sightings"] == 12 + n
+        assert registry.store.catalog.stats()["sightings"] == 12 + n
 
 
 def test_second_writer_is_refused_and_uninitialised_registry_explains(
     settings: Settings, tmp_path: Path
 ) -> None:
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from registry.locking import RegistryLock; "
+        [sys.executable, "-c", "import sys, time; from registry.store.locking import RegistryLock; "
          f"RegistryLock({str(settings.data_dir)!r}).acquire(); print('locked', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry.vector_index import VectorIndex, VectorPoint, collection_name
+from registry.store.vector_index import VectorIndex, VectorPoint, collection_name
 
 
 def _points(rng: np.random.Generator) -> list[VectorPoint]:

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 import torch
 
-from registry.embedders import EFFICIENTNET_LITE0, five_crops, load_efficientnet_lite0, tiny_random_embedder
-from registry.feature_store import FeatureStore
-from registry.imaging import load_image
-from registry.local_matcher import ALIKED_N16, AlikedLightGlue
-from registry.weights import (
+from registry.matching.embedders import EFFICIENTNET_LITE0, five_crops, load_efficientnet_lite0, tiny_random_embedder
+from registry.matching.imaging import load_image
+from registry.matching.local_matcher import ALIKED_N16, AlikedLightGlue
+from registry.matching.weights import (
     WeightsMismatchError,
     WeightsNotFoundError,
     WeightsSpec,
     load_state_dict_strict,
     resolve,
 )
+from registry.store.feature_store import FeatureStore
 
 
 def test_resolver_finds_packaged_weights_and_prefers_explicit_files(tmp_path: Path) -> None:

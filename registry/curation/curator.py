@@ -1,0 +1,248 @@
+"""Curation by people: confirm, reassign or reject an automatic decision; merge two individuals; split one;
+undo any of these. Nothing is deleted, and every change is written to the `changes` audit table with the
+rows before and after, so `undo` restores exactly what was there.
+
+Write order: one SQL transaction (rows + audit entry), then the vector payloads of the affected images. SQL is
+the truth: a crash between the two leaves payloads that `registry doctor --repair` rewrites from SQL.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from registry.services.registry import Registry
+from registry.store.catalog import CatalogError
+from registry.store.tables import Change, Decision, Image, Individual, Sighting
+
+
+class CurationError(CatalogError):
+    pass
+
+
+def default_actor() -> str:
+    return os.environ.get("REGISTRY_ACTOR") or getpass.getuser()
+
+
+def _sighting_state(s: Sighting) -> dict[str, Any]:
+    return {"id": s.id, "image_id": s.image_id, "individual_id": s.individual_id, "method": s.method,
+            "status": s.status}
+
+
+def _individual_state(i: Individual) -> dict[str, Any]:
+    return {"id": i.id, "code": i.code, "merged_into_id": i.merged_into_id}
+
+
+def _decision_sighting(session: Session, decision_id: int) -> tuple[Decision, Sighting]:
+    decision = session.get(Decision, decision_id)
+    if decision is None:
+        raise CurationError(f"no decision {decision_id}")
+    sighting = session.scalar(select(Sighting).where(Sighting.image_id == decision.image_id))
+    if sighting is None:
+        raise CurationError(f"decision {decision_id} was never recorded as a sighting")
+    return decision, sighting
+
+
+class Curator:
+    """The curation commands over an open registry (CLI and HTTP API use the same object)."""
+
+    def __init__(self, registry: Registry, actor: str | None = None) -> None:
+        self.registry = registry
+        self.catalog = registry.store.catalog
+        self.actor = actor or default_actor()
+
+    # --- the write path -----------------------------------------------------------------------------------
+    def _record(self, session: Session, kind: str, summary: str, reason: str | None,
+                before: dict[str, Any], after: dict[str, Any], undoes: Change | None = None) -> Change:
+        change = Change(kind=kind, actor=self.actor, reason=reason, summary=summary, before=before, after=after,
+                        undoes_id=undoes.id if undoes else None)
+        session.add(change)
+        session.flush()
+        if undoes is not None:
+            undoes.undone_by_id = change.id
+        return change
+
+    def _sync_payloads(self, image_ids: list[int]) -> None:
+        """Make the vectors' payloads say what SQL now says about these images."""
+        states = self.catalog.image_states(image_ids)
+        by_individual: dict[int | None, list[int]] = {}
+        for image_id, state in states.items():
+            by_individual.setdefault(state["individual_id"], []).append(image_id)
+        for collection in self.registry.collections.values():
+            for individual_id, ids in by_individual.items():
+                self.registry.index.set_individual(collection, ids, individual_id)
+
+    def _result(self, change: Change, image_ids: list[int]) -> dict[str, Any]:
+        self._sync_payloads(image_ids)
+        return {"change": change.id, "kind": change.kind, "summary": change.summary, "images": len(image_ids)}
+
+    # --- decisions ----------------------------------------------------------------------------------------
+    def confirm(self, decision_id: int, reason: str | None = None) -> dict[str, Any]:
+        with self.catalog.transaction() as session:
+            _, sighting = _decision_sighting(session, decision_id)
+            if sighting.status != "active":
+                raise CurationError(f"decision {decision_id}'s sighting was rejected; reassign it instead")
+            if sighting.method in ("confirmed", "corrected", "reference"):
+                raise CurationError(f"decision {decision_id} is already {sighting.method}")
+            before = {"sightings": [_sighting_state(sighting)]}
+            sighting.method = "confirmed"
+            code = session.get(Individual, sighting.individual_id).code  # type: ignore[union-attr]
+            change = self._record(session, "confirm", f"confirmed decision {decision_id} ({code})", reason,
+                                  before, {"sightings": [_sighting_state(sighting)]})
+            image_ids = [sighting.image_id]
+        return self._result(change, image_ids)
+
+    def reassign(self, decision_id: int, individual: str | None = None, new: bool = False,
+                 reason: str | None = None) -> dict[str, Any]:
+        if new == (individual is not None):
+            raise CurationError("give either an individual or --new")
+        with self.catalog.transaction() as session:
+            decision, sighting = _decision_sighting(session, decision_id)
+            image = session.get(Image, decision.image_id)
+            before = {"sightings": [_sighting_state(sighting)]}
+            created: list[int] = []
+            if new:
+                target = self.catalog.new_individual(session, image.species)  # type: ignore[union-attr]
+                session.flush()
+                created.append(target.id)
+            else:
+                target = self.catalog.resolve(session, individual)  # type: ignore[arg-type]
+                if target.species != image.species:  # type: ignore[union-attr]
+                    raise CurationError(f"{target.code} is a {target.species}, the photo a "
+                                        f"{image.species}")  # type: ignore[union-attr]
+            old = session.get(Individual, sighting.individual_id)
+            sighting.individual_id, sighting.method, sighting.status = target.id, "corrected", "active"
+            change = self._record(session, "reassign",
+                                  f"decision {decision_id}: {old.code if old else '?'} -> {target.code}", reason,
+                                  before, {"sightings": [_sighting_state(sighting)], "created": created})
+            image_ids = [sighting.image_id]
+        return {**self._result(change, image_ids), "individual": target.code}
+
+    def reject(self, decision_id: int, reason: str | None = None) -> dict[str, Any]:
+        with self.catalog.transaction() as session:
+            _, sighting = _decision_sighting(session, decision_id)
+            if sighting.status == "rejected":
+                raise CurationError(f"decision {decision_id} is already rejected")
+            before = {"sightings": [_sighting_state(sighting)]}
+            sighting.status = "rejected"
+            change = self._record(session, "reject", f"rejected decision {decision_id}", reason, before,
+                                  {"sightings": [_sighting_state(sighting)]})
+            image_ids = [sighting.image_id]
+        return self._result(change, image_ids)
+
+    # --- individuals --------------------------------------------------------------------------------------
+    def merge(self, keep: str, absorb: str, reason: str | None = None) -> dict[str, Any]:
+        """`absorb`'s sightings move to `keep`; `absorb` stays, merged into `keep`, and resolves to it."""
+        with self.catalog.transaction() as session:
+            kept = self.catalog.resolve(session, keep)
+            absorbed = session.scalar(select(Individual).where(Individual.code == absorb)) or \
+                self.catalog.resolve(session, absorb)
+            if absorbed.merged_into_id is not None:
+                into = self.catalog.resolve(session, absorbed.code)
+                raise CurationError(f"{absorbed.code} is already merged into {into.code}")
+            if absorbed.id == kept.id:
+                raise CurationError(f"{keep} and {absorb} are the same individual ({kept.code})")
+            if absorbed.species != kept.species:
+                raise CurationError(f"cannot merge a {absorbed.species} into a {kept.species}")
+            moving = list(session.scalars(select(Sighting).where(Sighting.individual_id == absorbed.id)))
+            before = {"sightings": [_sighting_state(s) for s in moving],
+                      "individuals": [_individual_state(absorbed)]}
+            for sighting in moving:
+                sighting.individual_id = kept.id
+            absorbed.merged_into_id = kept.id
+            change = self._record(session, "merge", f"merged {absorbed.code} into {kept.code}", reason, before,
+                                  {"sightings": [_sighting_state(s) for s in moving],
+                                   "individuals": [_individual_state(absorbed)]})
+            image_ids = [s.image_id for s in moving]
+        return self._result(change, image_ids)
+
+    def split(self, individual: str, images: list[str], reason: str | None = None) -> dict[str, Any]:
+        """Move the sightings of these images (paths, sha256 or image ids) to a new individual."""
+        with self.catalog.transaction() as session:
+            source = self.catalog.resolve(session, individual)
+            image_ids = [self._image_id(session, key) for key in images]
+            moving = list(session.scalars(select(Sighting).where(Sighting.image_id.in_(image_ids))))
+            strangers = [s.image_id for s in moving if s.individual_id != source.id]
+            if strangers or len(moving) != len(set(image_ids)):
+                raise CurationError(f"images {strangers or image_ids} are not sightings of {source.code}")
+            remaining = session.scalar(select(Sighting.id).where(Sighting.individual_id == source.id,
+                                                                 Sighting.image_id.not_in(image_ids)))
+            if remaining is None:
+                raise CurationError(f"that would move every sighting of {source.code}; nothing to split")
+            before = {"sightings": [_sighting_state(s) for s in moving]}
+            target = self.catalog.new_individual(session, source.species)
+            session.flush()
+            for sighting in moving:
+                sighting.individual_id = target.id
+            change = self._record(session, "split", f"split {len(moving)} sightings of {source.code} into "
+                                  f"{target.code}", reason, before,
+                                  {"sightings": [_sighting_state(s) for s in moving], "created": [target.id]})
+        return {**self._result(change, image_ids), "individual": target.code}
+
+    def _image_id(self, session: Session, key: str) -> int:
+        if key.isdigit():
+            image = session.get(Image, int(key))
+        elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
+            image = session.scalar(select(Image).where(Image.sha256 == key))
+        else:
+            from pathlib import Path
+
+            image = session.scalar(select(Image).where(Image.path == str(Path(key).resolve())))
+        if image is None:
+            raise CurationError(f"no image {key!r} in the registry")
+        return image.id
+
+    # --- undo ---------------------------------------------------------------------------------------------
+    def undo(self, change_id: int, reason: str | None = None) -> dict[str, Any]:
+        """Restore the rows a change touched, if nothing changed them since."""
+        with self.catalog.transaction() as session:
+            change = session.get(Change, change_id)
+            if change is None:
+                raise CurationError(f"no change {change_id}")
+            if change.kind == "undo":
+                raise CurationError(f"change {change_id} is itself an undo")
+            if change.undone_by_id is not None:
+                raise CurationError(f"change {change_id} was already undone by change {change.undone_by_id}")
+            current_sightings = {s.id: s for s in session.scalars(
+                select(Sighting).where(Sighting.id.in_([s["id"] for s in change.after.get("sightings", [])])))}
+            for after in change.after.get("sightings", []):
+                if _sighting_state(current_sightings[after["id"]]) != after:
+                    raise CurationError(f"sighting {after['id']} changed after change {change_id}; "
+                                        "undo the later change first")
+            undo_before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
+                                           "individuals": []}
+            for state in change.before.get("sightings", []):
+                sighting = current_sightings[state["id"]]
+                sighting.individual_id, sighting.method, sighting.status = (
+                    state["individual_id"], state["method"], state["status"])
+            for state in change.before.get("individuals", []):
+                individual = session.get(Individual, state["id"])
+                undo_before["individuals"].append(_individual_state(individual))  # type: ignore[arg-type]
+                individual.merged_into_id = state["merged_into_id"]  # type: ignore[union-attr]
+            retired = []
+            for created_id in change.after.get("created", []):
+                # an individual made by the undone change keeps its row and code, and now resolves to where
+                # its photos went back to
+                created = session.get(Individual, created_id)
+                back_to = {s["individual_id"] for s in change.before.get("sightings", [])}
+                if created is not None and len(back_to) == 1:
+                    undo_before["individuals"].append(_individual_state(created))
+                    created.merged_into_id = back_to.pop()
+                    retired.append(_individual_state(created))
+            after = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
+                     "individuals": [_individual_state(session.get(Individual, i["id"]))  # type: ignore[arg-type]
+                                     for i in undo_before["individuals"]]}
+            record = self._record(session, "undo", f"undid change {change_id} ({change.summary})", reason,
+                                  undo_before, after, undoes=change)
+            image_ids = [s.image_id for s in current_sightings.values()]
+        return {**self._result(record, image_ids), "retired": [r["code"] for r in retired]}
+
+    def changes(self, limit: int = 50) -> list[dict[str, Any]]:
+        with self.catalog.transaction() as session:
+            rows = session.scalars(select(Change).order_by(Change.id.desc()).limit(limit))
+            return [{"id": c.id, "kind": c.kind, "actor": c.actor, "when": c.created_at.isoformat(timespec="seconds"),
+                     "summary": c.summary, "reason": c.reason, "undone_by": c.undone_by_id} for c in rows]

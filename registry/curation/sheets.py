@@ -1,0 +1,93 @@
+"""Match sheets: a decision drawn for a reviewer — the query photo beside each top candidate's best photo, the
+LightGlue correspondences between them as lines, and every matcher's score written underneath."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+from sqlalchemy import select
+
+from registry.services.registry import Registry
+from registry.store.tables import Decision
+from registry.store.tables import Image as ImageRow
+
+PANEL = (480, 320)  # each photo is fitted into this box
+HEADER = 40
+CAPTION = 36
+
+
+def _fit(image: Image.Image) -> tuple[Image.Image, float, tuple[int, int]]:
+    scale = min(PANEL[0] / image.width, PANEL[1] / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    offset = ((PANEL[0] - size[0]) // 2, (PANEL[1] - size[1]) // 2)
+    return image.resize(size, Image.Resampling.BILINEAR), scale, offset
+
+
+def _colour(confidence: float) -> tuple[int, int, int]:
+    """Confident correspondences green, doubtful ones red."""
+    c = max(0.0, min(1.0, confidence))
+    return int(255 * (1 - c)), int(200 * c + 40), 60
+
+
+def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3) -> dict[str, Any]:
+    """Draw the decision's query and its top `candidates` individuals into a PNG at `out`."""
+    with registry.store.catalog.transaction() as session:
+        decision = session.get(Decision, decision_id)
+        if decision is None:
+            raise ValueError(f"no decision {decision_id}")
+        query = session.get(ImageRow, decision.image_id)
+        ranked = (decision.candidates or [])[:candidates]
+        images = {row.id: row for row in session.scalars(
+            select(ImageRow).where(ImageRow.id.in_([c["best_image_id"] for c in ranked])))}
+        header = (f"decision {decision.id}: {decision.outcome}"
+                  f"{' ' + ranked[0]['code'] if decision.outcome == 'match' and ranked else ''}  "
+                  f"score {decision.score if decision.score is None else round(decision.score, 3)}  "
+                  f"threshold {decision.threshold:g}   query {Path(query.path).name}")  # type: ignore[union-attr]
+        query_info = (query.path, query.species, query.viewpoint, query.sha256)  # type: ignore[union-attr]
+        rows = [(c, images.get(c["best_image_id"])) for c in ranked]
+        rows = [(c, (i.path, i.species, i.viewpoint, i.sha256)) for c, i in rows if i is not None]
+    pipeline = registry.matching.pipeline
+    features = {sha: registry.features.get(sha) for sha in [query_info[3], *(info[3] for _, info in rows)]}
+
+    def photo(info: tuple[str, str, str | None, str]) -> tuple[Image.Image, float, tuple[int, int], float]:
+        image = pipeline.load(Path(info[0]), info[1], info[2])
+        feats = features.get(info[3])
+        frame = feats.image_size[0] / image.width if feats is not None else 1.0  # keypoint frame -> photo
+        fitted, scale, offset = _fit(image)
+        return fitted, scale, offset, frame
+
+    font = ImageFont.load_default()
+    sheet = Image.new("RGB", (2 * PANEL[0], HEADER + len(rows) * (PANEL[1] + CAPTION)), (250, 250, 248))
+    draw = ImageDraw.Draw(sheet)
+    draw.text((10, 12), header, fill=(0, 0, 0), font=font)
+    q_image, q_scale, q_offset, q_frame = photo(query_info)
+    lines = 0
+    for index, (candidate, info) in enumerate(rows):
+        top = HEADER + index * (PANEL[1] + CAPTION)
+        sheet.paste(q_image, (q_offset[0], top + q_offset[1]))
+        c_image, c_scale, c_offset, c_frame = photo(info)
+        sheet.paste(c_image, (PANEL[0] + c_offset[0], top + c_offset[1]))
+        q_features, c_features = features.get(query_info[3]), features.get(info[3])
+        if q_features is not None and c_features is not None:
+            matches = pipeline.local.match(q_features, [c_features])[0]
+            for qi, ci, confidence in zip(matches.query_idx, matches.candidate_idx, matches.confidence, strict=True):
+                if confidence < pipeline.local.min_confidence:
+                    continue
+                qx, qy = q_features.keypoints[qi] / q_frame * q_scale
+                cx, cy = c_features.keypoints[ci] / c_frame * c_scale
+                draw.line([(q_offset[0] + qx, top + q_offset[1] + qy),
+                           (PANEL[0] + c_offset[0] + cx, top + c_offset[1] + cy)], fill=_colour(float(confidence)),
+                          width=1)
+                lines += 1
+        scores = candidate["images"][0] if candidate.get("images") else {"raw": {}, "calibrated": {}}
+        parts = [f"{name} {raw:.3g}" + (f" -> {scores['calibrated'][name]:.2f}" if name in scores["calibrated"] else "")
+                 for name, raw in scores["raw"].items()]
+        draw.text((10, top + PANEL[1] + 4), f"#{index + 1} {candidate['code']}  fused {candidate['score']:.3f}",
+                  fill=(0, 0, 0), font=font)
+        draw.text((10, top + PANEL[1] + 18), "   ".join(parts) + f"   ({Path(info[0]).name})",
+                  fill=(60, 60, 60), font=font)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return {"out": str(out), "size": list(sheet.size), "candidates": len(rows), "correspondences_drawn": lines}

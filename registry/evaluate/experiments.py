@@ -1,0 +1,389 @@
+"""Running evaluations and tuning on labelled photos: the numbers a monitoring program needs before it trusts
+the registry's decisions.
+
+The matchers run once per query; every configuration (global only, local only, WildFusion, learned fusion,
+tuned thresholds) and every point of the τ/α sweeps is computed from the same stored candidate scores.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, wildfusion
+from registry.evaluate.metrics import Prediction, evaluate, pairwise_clustering, sequential_predictions
+from registry.ingest.sources import ManifestRow, read_manifest, write_manifest
+from registry.matching.imaging import ImageError
+from registry.services.registry import Registry
+from registry.settings import Settings
+
+TAUS = np.round(np.arange(0.0, 1.0001, 0.01), 2)
+ALPHAS = np.round(np.arange(0.0, 1.0001, 0.1), 1)
+ScoreFn = Callable[[CandidateScore], float]
+
+
+@dataclass
+class QueryResult:
+    """One query photo: its truth and every shortlisted candidate with raw and calibrated scores."""
+
+    row: ManifestRow
+    known: bool
+    candidates: list[CandidateScore]
+    seconds: float
+
+
+# --- splitting ---------------------------------------------------------------------------------------------
+def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3, seed: int = 0,
+                   default_species: str | None = None, max_identities: int | None = None) -> dict[str, Any]:
+    """A deterministic open-set split of one labelled manifest into reference.csv and queries.csv.
+
+    Per species, a `unknown_fraction` of identities (chosen by the seed) are entirely queries: the registry must
+    call them new. For the others, photos are grouped by capture time (photos of one clip or burst stay
+    together) and the earlier half of the groups is reference, the later half queries. `max_identities`
+    keeps a seeded random subset of identities per species (to bound a run's time).
+    """
+    rows = [r for r in read_manifest(manifest, default_species).rows if r.identity]
+    rng = np.random.default_rng(seed)
+    reference: list[ManifestRow] = []
+    queries: list[ManifestRow] = []
+    by_species: dict[str, dict[str, list[ManifestRow]]] = {}
+    for row in rows:
+        by_species.setdefault(row.species, {}).setdefault(row.identity, []).append(row)  # type: ignore[arg-type]
+    for _species, identities in sorted(by_species.items()):
+        names = sorted(identities)
+        if max_identities and len(names) > max_identities:
+            names = sorted(rng.permutation(names)[:max_identities].tolist())
+        unknown = set(rng.permutation(names)[: round(len(names) * unknown_fraction)].tolist())
+        for name in names:
+            photos = sorted(identities[name], key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
+            if name in unknown:
+                queries += photos
+                continue
+            groups: list[list[ManifestRow]] = []
+            for photo in photos:
+                if groups and photo.captured_at is not None and groups[-1][0].captured_at == photo.captured_at:
+                    groups[-1].append(photo)
+                else:
+                    groups.append([photo])
+            cut = max(1, (len(groups) + 1) // 2)
+            reference += [p for g in groups[:cut] for p in g]
+            queries += [p for g in groups[cut:] for p in g]
+    write_manifest(reference, out_dir / "reference.csv")
+    write_manifest(queries, out_dir / "queries.csv")
+    return {"reference": str(out_dir / "reference.csv"), "queries": str(out_dir / "queries.csv"),
+            "reference_images": len(reference), "query_images": len(queries),
+            "unknown_fraction": unknown_fraction, "seed": seed, "max_identities": max_identities}
+
+
+# --- collecting candidate scores ---------------------------------------------------------------------------
+def collect(registry: Registry, rows: list[ManifestRow], known_identities: set[tuple[str, str]],
+            progress: Callable[[int], None] | None = None) -> tuple[list[QueryResult], list[str]]:
+    """Identify each labelled query without recording it; keep every candidate's scores."""
+    results, problems = [], []
+    batch = max(1, registry.settings.batch_size)
+    for start in range(0, len(rows), batch):
+        chunk = rows[start : start + batch]
+        began = time.perf_counter()
+        described = registry._describe([r.image for r in chunk], [r.species for r in chunk],
+                                       [r.viewpoint for r in chunk])
+        describe_each = (time.perf_counter() - began) / len(chunk)
+        for row, item in zip(chunk, described, strict=True):
+            if isinstance(item, ImageError):
+                problems.append(f"{row.image}: {item}")
+                continue
+            began = time.perf_counter()
+            candidates = registry.candidates(item, row.species, row.viewpoint)
+            registry.judge(candidates, row.species)  # fills calibrated scores
+            results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates,
+                                       describe_each + time.perf_counter() - began))
+        if progress:
+            progress(len(chunk))
+    return results, problems
+
+
+def _ranked(result: QueryResult, score: ScoreFn) -> list[tuple[int, float]]:
+    best: dict[int, float] = {}
+    for candidate in result.candidates:
+        value = score(candidate)
+        if value > best.get(candidate.individual_id, -np.inf):
+            best[candidate.individual_id] = value
+    return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def predictions(results: list[QueryResult], score: ScoreFn, threshold: Callable[[str], float],
+                names: dict[int, str]) -> list[Prediction]:
+    """AnimalCLEF predictions under one scoring function and threshold rule."""
+    out = []
+    for result in results:
+        ranked = _ranked(result, score)
+        species, truth = result.row.species, result.row.identity or ""
+        chosen = names.get(ranked[0][0]) if ranked and ranked[0][1] >= threshold(species) else None
+        ranked_names = [names.get(i) for i, _ in ranked]
+        rank = ranked_names.index(truth) + 1 if result.known and truth in ranked_names else None
+        out.append(Prediction(species, truth, result.known, chosen, rank))
+    return out
+
+
+def _top(results: list[QueryResult], score: ScoreFn) -> list[tuple[int | None, float]]:
+    return [(r[0] if r else (None, -np.inf)) for r in (_ranked(q, score) for q in results)]
+
+
+def sweep(results: list[QueryResult], names: dict[int, str], scorer: CalibratedFusionScorer,
+          alphas: np.ndarray = ALPHAS, taus: np.ndarray = TAUS) -> dict[str, Any]:
+    """AnimalCLEF score for every (α, τ) on the grid, per species, from stored calibrated scores."""
+    if scorer.complementary is None:
+        alphas = np.array([scorer.alpha])
+    species = sorted({r.row.species for r in results})
+    grid: dict[str, list[list[float | None]]] = {sp: [] for sp in ["overall", *species]}
+    for alpha in alphas:
+        tops = _top(results, _fusion_fn(scorer, float(alpha)))
+        rows: dict[str, list[float | None]] = {sp: [] for sp in grid}
+        for tau in taus:
+            preds = [_prediction_from_top(q, top, float(tau), names) for q, top in zip(results, tops, strict=True)]
+            report = evaluate(preds)
+            rows["overall"].append(report["overall"]["score"])
+            for sp in species:
+                rows[sp].append(report["per_species"][sp]["score"])
+        for sp in grid:
+            grid[sp].append(rows[sp])
+    best = {}
+    for sp, table in grid.items():
+        values = np.array([[v if v is not None else -1 for v in row] for row in table], dtype=float)
+        ties = np.argwhere(values >= values.max() - 1e-12)  # a plateau: take its middle, the most robust point
+        a, t = ties[len(ties) // 2]
+        best[sp] = {"alpha": float(alphas[a]), "tau": float(taus[t]), "score": float(values[a, t])}
+    return {"alphas": alphas.tolist(), "taus": taus.tolist(), "score": grid, "best": best}
+
+
+def _prediction_from_top(result: QueryResult, top: tuple[int | None, float], tau: float,
+                         names: dict[int, str]) -> Prediction:
+    individual, value = top
+    chosen = names.get(individual) if individual is not None and value >= tau else None  # type: ignore[arg-type]
+    return Prediction(result.row.species, result.row.identity or "", result.known, chosen)
+
+
+def _fusion_fn(scorer: CalibratedFusionScorer, alpha: float) -> ScoreFn:
+    return lambda c: wildfusion(c.calibrated, scorer.primary, scorer.local, scorer.complementary, alpha)
+
+
+def cross_fitted_tau(results: list[QueryResult], names: dict[int, str], scorer: CalibratedFusionScorer,
+                     ) -> tuple[list[Prediction], dict[str, list[float]]]:
+    """Tuned-τ predictions without peeking: τ per species is chosen on one half of the queries (split by
+    identity) and applied to the other half, both ways."""
+    halves: list[list[QueryResult]] = [[], []]
+    for result in results:
+        halves[hash_identity(result.row.identity or "") % 2].append(result)
+    out: list[Prediction] = []
+    chosen: dict[str, list[float]] = {}
+    for fit, apply in ((0, 1), (1, 0)):
+        if not halves[fit] or not halves[apply]:
+            continue
+        best = sweep(halves[fit], names, scorer, alphas=np.array([scorer.alpha]))["best"]
+        taus = {sp: b["tau"] for sp, b in best.items() if sp != "overall"}
+        for sp, tau in taus.items():
+            chosen.setdefault(sp, []).append(tau)
+        out += predictions(halves[apply], _fusion_fn(scorer, scorer.alpha),
+                           lambda sp, taus=taus: taus.get(sp, scorer.default_threshold), names)
+    return out, chosen
+
+
+def hash_identity(identity: str) -> int:
+    """A stable small hash (Python's own is salted per process)."""
+    return sum(identity.encode()) * 2654435761 % 2**32
+
+
+# --- the evaluation itself ---------------------------------------------------------------------------------
+def configurations(registry: Registry, results: list[QueryResult], names: dict[int, str]) -> dict[str, Any]:
+    """Accuracy of each scoring configuration on the same candidates."""
+    scorer = registry.scorer
+    if not isinstance(scorer, CalibratedFusionScorer):
+        raise ValueError("the registry is not calibrated: run `registry calibrate` first")
+    tau = scorer.threshold_for
+    primary, local, complementary = scorer.primary, scorer.local, scorer.complementary
+    configs: dict[str, ScoreFn] = {
+        f"global only ({primary})": lambda c: c.calibrated[primary],
+        f"local only ({local})": lambda c: c.calibrated[local],
+    }
+    if complementary:
+        configs[f"global only ({complementary})"] = lambda c: c.calibrated[complementary]
+    configs[f"WildFusion (alpha {scorer.alpha:g})"] = _fusion_fn(scorer, scorer.alpha)
+    if scorer.calibrations.learned is not None:
+        learned = scorer.calibrations.learned
+        configs["learned fusion (logistic)"] = lambda c: learned(c.calibrated)
+    out = {name: evaluate(predictions(results, fn, tau, names)) for name, fn in configs.items()}
+    tuned, chosen = cross_fitted_tau(results, names, scorer)
+    if tuned:
+        out["WildFusion, tau tuned per species (2-fold by identity)"] = {**evaluate(tuned), "taus": chosen}
+    return out
+
+
+def exhaustive(registry: Registry, rows: list[ManifestRow], known_identities: set[tuple[str, str]],
+               names: dict[int, str], shortlist: int = 100,
+               progress: Callable[[int], None] | None = None) -> tuple[list[QueryResult], float]:
+    """The paper's own path: exact global similarity to every reference image of the species (no ANN), and the
+    local matcher on all `shortlist` best images (not one per individual). Returns results and seconds/query."""
+    pipeline = registry.matching.pipeline
+    primary = pipeline.primary.name
+    collection = registry.collections[primary]
+    ids = {i["image_id"]: i for i in registry.store.catalog.labelled_images()}
+    reference_ids = np.array(sorted(ids))
+    reference = registry.index.vectors(collection, reference_ids.tolist())
+    matrix = np.stack([reference[int(i)] for i in reference_ids])
+    species_of = np.array([ids[int(i)]["species"] for i in reference_ids])
+    viewpoint_of = np.array([ids[int(i)]["viewpoint"] or "" for i in reference_ids])
+    individual_of = {int(i): ids[int(i)]["individual_id"] for i in reference_ids}
+    results, spent = [], 0.0
+    for row in rows:
+        began = time.perf_counter()
+        described = registry._describe([row.image], [row.species], [row.viewpoint])[0]
+        if isinstance(described, ImageError):
+            continue
+        similarity = matrix @ described.vectors[primary]
+        allowed = species_of == row.species
+        if row.viewpoint:
+            allowed &= viewpoint_of == row.viewpoint
+        similarity[~allowed] = -np.inf
+        order = np.argsort(-similarity)[: min(shortlist, int(allowed.sum()))]
+        chosen = [int(reference_ids[i]) for i in order]
+        features = registry._candidate_features(chosen)
+        chosen = [i for i in chosen if i in features]
+        others = registry._global_similarities(described.vectors, chosen, skip=primary)
+        local = pipeline.local.scores(described.local, [features[i] for i in chosen])
+        candidates = []
+        for position, image_id in enumerate(chosen):
+            raw = {primary: float(similarity[order[position]]), **{n: s[image_id] for n, s in others.items()},
+                   pipeline.local.name: local[position]}
+            candidates.append(CandidateScore(image_id, individual_of[image_id], raw))
+        registry.judge(candidates, row.species)
+        seconds = time.perf_counter() - began
+        spent += seconds
+        results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates, seconds))
+        if progress:
+            progress(1)
+    return results, spent / max(1, len(results))
+
+
+def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline", protocol: str = "closed",
+        exhaustive_limit: int = 0, shortlist: int = 100, calibration_pairs: int | None = None,
+        limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
+        progress_factory: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
+    """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report."""
+    def bar(label: str, total: int) -> Any:
+        return progress_factory(label, total) if progress_factory else None
+
+    settings = Settings.for_profile(profile, data_dir=work_dir / "registry")
+    Registry.init(settings)
+    report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
+                              "protocol": protocol}
+    with Registry(Settings.load(settings.data_dir)) as registry:
+        query_rows = read_manifest(queries).rows
+        if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities
+            keep = set(np.random.default_rng(0).permutation(len(query_rows))[:limit].tolist())
+            query_rows = [r for i, r in enumerate(query_rows) if i in keep]
+        query_rows = sorted(query_rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
+        started = time.perf_counter()
+        progress = bar("reference", len(read_manifest(reference).rows))
+        ingest = registry.ingest(reference, "evaluation-reference", "reference",
+                                 progress=progress.update if progress else None)
+        if progress:
+            progress.close()
+        report["reference_images"] = ingest.added
+        report["skipped"] = [str(p) for p in ingest.problems]
+        say(f"reference: {ingest.added} photos in {time.perf_counter() - started:.0f} s; calibrating ...")
+        report["calibration"] = registry.calibrate(per_class=calibration_pairs)
+        individuals = registry.store.catalog.individuals()
+        names = {i["id"]: i["name"] for i in individuals}
+        known = {(i["species"], i["name"]) for i in individuals}
+        if protocol == "sequential":
+            report.update(_sequential(registry, queries, query_rows, known, bar))
+            return report
+        progress = bar("queries", len(query_rows))
+        results, problems = collect(registry, query_rows, known, progress.update if progress else None)
+        if progress:
+            progress.close()
+        report["skipped"] += problems
+        actual = evaluate(predictions(results, lambda c: c.score, registry.scorer.threshold_for, names))
+        report.update(actual)
+        report["seconds_per_query"] = float(np.mean([r.seconds for r in results])) if results else None
+        report["configurations"] = configurations(registry, results, names)
+        sweep_report = sweep(results, names, registry.scorer)  # type: ignore[arg-type]
+        report["sweep"] = {"best": sweep_report["best"], "alphas": sweep_report["alphas"]}
+        if plot:
+            from registry.evaluate.plots import score_distributions
+
+            score_distributions(results, sweep_report, registry.scorer, names, plot)  # type: ignore[arg-type]
+            report["plot"] = str(plot)
+        if exhaustive_limit:
+            chosen = np.random.default_rng(1).permutation(len(query_rows))[:exhaustive_limit]
+            subset = [query_rows[i] for i in sorted(chosen.tolist())]  # known and unknown alike, in time order
+            progress = bar("exhaustive", len(subset))
+            full, seconds = exhaustive(registry, subset, known, names, shortlist,
+                                       progress.update if progress else None)
+            if progress:
+                progress.close()
+            paths = {str(r.row.image) for r in full}
+            same = [r for r in results if str(r.row.image) in paths]
+            report["exhaustive"] = {
+                "queries": len(full), "shortlist": shortlist,
+                "exhaustive": {**evaluate(predictions(full, lambda c: c.score, registry.scorer.threshold_for,
+                                                      names))["overall"], "seconds_per_query": seconds},
+                "registry_ann": {**evaluate(predictions(same, lambda c: c.score, registry.scorer.threshold_for,
+                                                        names))["overall"],
+                                 "seconds_per_query": float(np.mean([r.seconds for r in same])) if same else None},
+            }
+    return report
+
+
+def _sequential(registry: Registry, queries: Path, rows: list[ManifestRow], known: set[tuple[str, str]],
+                bar: Callable[[str, int], Any]) -> dict[str, Any]:
+    """The registry's real life: each query identified against everything recorded so far, then recorded."""
+    ordered = write_manifest(rows, queries.parent / f".{queries.stem}-ordered.csv")
+    progress = bar("sequential", len(rows))
+    decided: list[tuple[ManifestRow, Any]] = []
+    ingest = registry.ingest(ordered, "evaluation-queries", "identify", progress=progress.update if progress else None,
+                             on_identified=lambda row, ident: decided.append((row, ident)))
+    if progress:
+        progress.close()
+    labels = {i["code"]: i["name"] for i in registry.store.catalog.individuals() if i["name"]}
+    events = [(row.species, row.identity or "", ident.outcome.outcome, ident.individual_code,
+               [c.code for c in ident.outcome.ranked]) for row, ident in decided]
+    result = evaluate(sequential_predictions(events, labels))
+    truth = {str(row.image.resolve()): row.identity or "" for row, _ in decided}
+    predicted = {str(row.image.resolve()): ident.individual_code or "" for row, ident in decided}
+    keys = sorted(truth)
+    result["clustering"] = pairwise_clustering([predicted[k] for k in keys], [truth[k] for k in keys])
+    result["skipped"] = [str(p) for p in ingest.problems]
+    return result
+
+
+def tune(registry: Registry, queries: Path, tune_alpha: bool = True,
+         progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+    """Choose τ per species (and α) on labelled validation photos that are not recorded, maximising the
+    AnimalCLEF score, and store them in the registry's settings."""
+    scorer = registry.scorer
+    if not isinstance(scorer, CalibratedFusionScorer):
+        raise ValueError("the registry is not calibrated: run `registry calibrate` first")
+    individuals = registry.store.catalog.individuals()
+    names = {i["id"]: i["name"] for i in individuals}
+    known = {(i["species"], i["name"]) for i in individuals}
+    rows = [r for r in read_manifest(queries).rows if r.identity]
+    results, problems = collect(registry, rows, known, progress)
+    before = evaluate(predictions(results, lambda c: c.score, scorer.threshold_for, names))
+    found = sweep(results, names, scorer, alphas=ALPHAS if tune_alpha else np.array([scorer.alpha]))
+    settings = registry.settings
+    alpha = found["best"]["overall"]["alpha"]
+    refit = sweep(results, names, scorer, alphas=np.array([alpha]))["best"]
+    settings.alpha = alpha
+    settings.species_threshold_offsets = {
+        sp: round(best["tau"] - settings.match_threshold, 4) for sp, best in refit.items() if sp != "overall"}
+    settings.save()
+    registry._scorer = None  # the next decision uses the stored values
+    return {"queries": len(results), "skipped": problems, "alpha": alpha,
+            "thresholds": {sp: b["tau"] for sp, b in refit.items() if sp != "overall"},
+            "score_before": before["overall"]["score"],
+            "score_after_on_these_queries": {sp: b["score"] for sp, b in refit.items()}}

@@ -1,0 +1,348 @@
+"""The HTTP API (FastAPI): the same `Registry`, `Curator`, review and export code the CLI uses, over HTTP.
+
+Write endpoints need a bearer token (`registry token create NAME`); read endpoints too unless
+`api_public_reads` is set. One process serves one registry object; its requests run one at a time (models and
+an embedded vector index are not shared across threads), and several worker processes are allowed when the
+catalog is PostgreSQL and the index a Qdrant server, where transactions and constraints keep writers consistent.
+Errors never carry stack traces: expected ones become 4xx with the reason, anything else a logged 500.
+"""
+
+
+
+import contextlib
+import hashlib
+import io
+import logging
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from PIL import Image as PILImage
+from pydantic import BaseModel
+from sqlalchemy import text
+
+from registry.curation import exports, review
+from registry.curation.curator import CurationError, Curator
+from registry.ingest.sources import LAYOUTS, ManifestError
+from registry.interfaces import tokens
+from registry.matching.imaging import ImageError
+from registry.services.registry import Registry
+from registry.settings import Settings
+from registry.store.catalog import CatalogError, UnknownIndividualError
+from registry.store.tables import Job, utcnow
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+UPLOAD_TYPES = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
+
+
+class IngestRequest(BaseModel):
+    manifest: str  # a CSV or folder inside the server's import folder (api_import_root)
+    survey: str
+    mode: str = "reference"
+    species: str | None = None
+    layout: str = "auto"
+
+
+class ReassignRequest(BaseModel):
+    individual: str | None = None
+    new: bool = False
+    reason: str | None = None
+
+
+class ReasonRequest(BaseModel):
+    reason: str | None = None
+
+
+class MergeRequest(BaseModel):
+    keep: str
+    absorb: str
+    reason: str | None = None
+
+
+class SplitRequest(BaseModel):
+    images: list[str]
+    reason: str | None = None
+
+
+class Service:
+    """The registry a server process holds, with the lock that serialises its use."""
+
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or Registry(settings)
+        self.lock = threading.Lock()
+        self.uploads = settings.data_dir / "uploads"
+        self.uploads.mkdir(parents=True, exist_ok=True)
+        root = settings.api_import_root
+        self.import_root = Path(root).resolve() if root else (settings.data_dir / "imports").resolve()
+
+    def run(self, work: Callable[[Registry], T], timeout: float = 60.0) -> T:
+        if not self.lock.acquire(timeout=timeout):
+            raise HTTPException(503, "the registry is busy (an ingest is running); retry later",
+                                headers={"Retry-After": "30"})
+        try:
+            return work(self.registry)
+        finally:
+            self.lock.release()
+
+    def close(self) -> None:
+        with self.lock:
+            self.registry.close()
+
+
+def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
+    service = Service(settings, registry)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        service.close()
+
+    app = FastAPI(title="Animal identity registry", version="0.1.0", lifespan=lifespan,
+                  description="Which animal is this photo, and where has it been seen?")
+    app.state.service = service
+    bearer = HTTPBearer(auto_error=False)
+
+    def caller(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+        if credentials is None or credentials.scheme.lower() != "bearer":
+            return None
+        return tokens.verify(service.registry.store.catalog, credentials.credentials)
+
+    def writer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
+        name = caller(credentials)
+        if name is None:
+            raise HTTPException(401, "a valid bearer token is required (registry token create NAME)",
+                                headers={"WWW-Authenticate": "Bearer"})
+        return name
+
+    def reader(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str | None:
+        if settings.api_public_reads:
+            return caller(credentials)
+        return writer(credentials)
+
+    Writer = Annotated[str, Depends(writer)]
+    Reader = Annotated[str | None, Depends(reader)]
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return JSONResponse({"detail": "internal error; the server log has the details"}, status_code=500)
+
+    for error, status in ((UnknownIndividualError, 404), (CurationError, 409), (CatalogError, 409),
+                          (ImageError, 415), (ManifestError, 400), (ValueError, 400)):
+        def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
+            return JSONResponse({"detail": str(exc)}, status_code=status)
+
+        app.add_exception_handler(error, handler)
+
+    # --- health and reads ------------------------------------------------------------------------------
+    @app.get("/health")
+    def health() -> JSONResponse:
+        """Liveness and storage reachability (no token needed)."""
+        checks: dict[str, Any] = {}
+        try:
+            with service.registry.store.catalog.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # reported, not raised: this endpoint must always answer
+            checks["database"] = f"error: {type(exc).__name__}"
+        try:
+            service.registry.index.collections()
+            checks["vector_index"] = "ok"
+        except Exception as exc:
+            checks["vector_index"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "degraded", **checks}, status_code=200 if ok else 503)
+
+    @app.get("/individuals")
+    def individuals(_: Reader, species: str | None = None) -> list[dict[str, Any]]:
+        return service.run(lambda r: r.catalog.individuals(species))
+
+    @app.get("/individuals/{code}/history")
+    def history(code: str, _: Reader) -> dict[str, Any]:
+        return service.run(lambda r: r.catalog.history(code))
+
+    @app.get("/images/{sha256}/history")
+    def image_history(sha256: str, _: Reader) -> dict[str, Any]:
+        return service.run(lambda r: r.catalog.history(r.catalog.individual_of_image(sha256)))
+
+    @app.get("/review")
+    def review_queue(_: Reader, species: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 20,
+                     margin: float = 0.15) -> list[dict[str, Any]]:
+        return service.run(lambda r: review.queue(r.catalog, species, limit, margin))
+
+    @app.get("/stats")
+    def stats(_: Reader) -> dict[str, int]:
+        return service.run(lambda r: r.catalog.stats())
+
+    @app.get("/exports/sightings.csv", response_class=PlainTextResponse)
+    def export_sightings(_: Reader, species: str | None = None) -> str:
+        return service.run(lambda r: _via_file(lambda out: exports.write_sightings(r.catalog, out, species)))
+
+    @app.get("/exports/capture-history", response_class=PlainTextResponse)
+    def export_capture_history(_: Reader, occasion: str = "survey", species: str | None = None,
+                               format: str = "csv") -> str:
+        return service.run(lambda r: _via_file(
+            lambda out: exports.write_capture_history(r.catalog, out, occasion, species, format)))
+
+    # --- identification --------------------------------------------------------------------------------
+    @app.post("/identify")
+    def identify(
+        user: Writer,
+        request: Request,
+        image: Annotated[UploadFile, File(description="the photo")],
+        species: Annotated[str, Form()],
+        viewpoint: Annotated[str | None, Form()] = None,
+        captured_at: Annotated[datetime | None, Form()] = None,
+        latitude: Annotated[float | None, Form(ge=-90, le=90)] = None,
+        longitude: Annotated[float | None, Form(ge=-180, le=180)] = None,
+        survey: Annotated[str | None, Form()] = None,
+        record: Annotated[bool, Form()] = False,
+    ) -> dict[str, Any]:
+        """Identify an uploaded photo; with `record`, file the decision as a sighting or a new individual."""
+        path = _store_upload(image, service.uploads, settings.api_max_upload_mb)
+        result = service.run(lambda r: r.identify(path, species, viewpoint, record=record, survey=survey,
+                                                  captured_at=captured_at, latitude=latitude, longitude=longitude))
+        return {**result.to_json(), "image": path.name, "by": user}
+
+    # --- ingestion jobs ---------------------------------------------------------------------------------
+    @app.post("/ingest", status_code=202)
+    def ingest(user: Writer, body: IngestRequest) -> dict[str, Any]:
+        """Start ingesting a season that lies in the server's import folder; poll GET /jobs/{id}."""
+        if body.mode not in ("reference", "identify") or body.layout not in LAYOUTS:
+            raise HTTPException(400, f"mode must be reference or identify, layout one of {', '.join(LAYOUTS)}")
+        source = (service.import_root / body.manifest).resolve()
+        if not source.is_relative_to(service.import_root):
+            raise HTTPException(400, "the manifest must be inside the server's import folder")
+        if not source.exists():
+            raise HTTPException(404, f"{body.manifest} is not in the import folder")
+        with service.registry.store.catalog.transaction() as session:
+            job = Job(kind="ingest", status="queued", report={"request": body.model_dump(), "by": user})
+            session.add(job)
+            session.flush()
+            job_id = job.id
+        threading.Thread(target=_run_ingest, args=(service, job_id, source, body), daemon=True).start()
+        return {"job": job_id, "status": "queued", "poll": f"/jobs/{job_id}"}
+
+    @app.get("/jobs/{job_id}")
+    def job_status(job_id: int, _: Reader) -> dict[str, Any]:
+        with service.registry.store.catalog.transaction() as session:
+            job = session.get(Job, job_id)
+            if job is None:
+                raise HTTPException(404, f"no job {job_id}")
+            return {"job": job.id, "kind": job.kind, "status": job.status, "done": job.done, "total": job.total,
+                    "report": job.report, "error": job.error,
+                    "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+
+    # --- curation ---------------------------------------------------------------------------------------
+    @app.post("/decisions/{decision_id}/confirm")
+    def confirm(decision_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).confirm(decision_id, body.reason if body else None))
+
+    @app.post("/decisions/{decision_id}/reassign")
+    def reassign(decision_id: int, user: Writer, body: ReassignRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).reassign(decision_id, body.individual, body.new, body.reason))
+
+    @app.post("/decisions/{decision_id}/reject")
+    def reject(decision_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).reject(decision_id, body.reason if body else None))
+
+    @app.post("/individuals/merge")
+    def merge(user: Writer, body: MergeRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).merge(body.keep, body.absorb, body.reason))
+
+    @app.post("/individuals/{code}/split")
+    def split(code: str, user: Writer, body: SplitRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).split(code, body.images, body.reason))
+
+    @app.post("/changes/{change_id}/undo")
+    def undo(change_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r, user).undo(change_id, body.reason if body else None))
+
+    @app.get("/changes")
+    def changes(_: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
+        return service.run(lambda r: Curator(r).changes(limit))
+
+    return app
+
+
+def _via_file(write: Callable[[Path], Any]) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "export"
+        write(out)
+        return out.read_text()
+
+
+def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> Path:
+    """Keep an uploaded photo under a name made from its content (no caller-chosen paths), after checking size
+    and that it decodes as an image of a supported type."""
+    limit = int(max_mb * 1024 * 1024)
+    data = upload.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, f"upload larger than {max_mb:g} MB")
+    if not data:
+        raise HTTPException(400, "empty upload")
+    try:
+        with PILImage.open(io.BytesIO(data)) as probe:
+            kind = probe.format
+            probe.verify()
+    except Exception as exc:  # PIL raises many types for bad data; all mean the same to the caller
+        raise HTTPException(415, f"{upload.filename or 'upload'}: not a supported image") from exc
+    if kind not in UPLOAD_TYPES:
+        raise HTTPException(415, f"image type {kind} not accepted ({', '.join(UPLOAD_TYPES)})")
+    path = folder / (hashlib.sha256(data).hexdigest() + UPLOAD_TYPES[kind])
+    if not path.exists():
+        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".part")  # concurrent uploads of one photo: no clash
+        with open(handle, "wb") as f:
+            f.write(data)
+        Path(tmp).replace(path)
+    return path
+
+
+def _run_ingest(service: Service, job_id: int, source: Path, body: IngestRequest) -> None:
+    """A background ingest: progress and the final report go to the `jobs` row."""
+    catalog = service.registry.store.catalog
+
+    def update(**fields: Any) -> None:
+        with catalog.transaction() as session:
+            job = session.get(Job, job_id)
+            for key, value in fields.items():
+                setattr(job, key, value)
+
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        update(done=done[0])
+
+    try:
+        total = sum(1 for _ in _rows_of(source))
+        update(status="running", total=total)
+        report = service.run(lambda r: r.ingest(source, body.survey, body.mode, body.species, progress=progress,
+                                                layout=body.layout, allowed_root=service.import_root),
+                             timeout=3600)
+        update(status="done", report=report.to_json(), finished_at=utcnow())
+    except Exception as exc:  # recorded on the job for the caller; the traceback goes to the server log
+        log.exception("ingest job %s failed", job_id)
+        update(status="failed", error=str(exc), finished_at=utcnow())
+
+
+def _rows_of(source: Path) -> Iterator[Path]:
+    if source.is_dir():
+        yield from (p for p in source.rglob("*") if p.is_file())
+    else:
+        with open(source, errors="replace") as f:
+            yield from (Path(line) for line in list(f)[1:] if line.strip())
+
+
+
+def app_from_environment() -> FastAPI:
+    """The app for `uvicorn --factory` (several workers): settings from REGISTRY_HOME and the other variables."""
+    return create_app(Settings.load())

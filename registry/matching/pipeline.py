@@ -1,0 +1,122 @@
+"""The matchers of a pipeline profile, loaded once per process and reused for every image.
+
+`paper`: MegaDescriptor-L-384 + EVA02-L-14-336 global embeddings + ALIKED/LightGlue (the AnimalCLEF 2025 paper).
+`offline`: EfficientNet-Lite0 (ImageNet) global embedding + ALIKED/LightGlue, all from packaged weights.
+`tiny-test`: random-initialised small architectures for tests of code paths; loud warnings, meaningless scores.
+
+Every profile has one *primary* global embedder (retrieval and WildFusion's global half) and at most one
+*complementary* global embedder (EVA02's role: fused with weight 1 - alpha).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from registry.matching.embedders import (
+    TorchEmbedder,
+    load_efficientnet_lite0,
+    load_eva02,
+    load_megadescriptor,
+    tiny_random_embedder,
+)
+from registry.matching.imaging import ImageError, load_image, normalise_orientation
+from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures
+from registry.settings import Settings
+
+
+@dataclass
+class Described:
+    """What the pipeline extracts from one photo: a vector per global embedder and the local features."""
+
+    vectors: dict[str, np.ndarray]
+    local: LocalFeatures
+
+
+class Pipeline:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.profile = settings.profile
+        self.device = settings.resolved_device()
+        torch.set_grad_enabled(False)
+        if self.device == "cuda":  # TF32 matmuls: the accuracy of fp32 embeddings at tensor-core speed
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        options = {"device": self.device, "test_time_augmentation": settings.test_time_augmentation,
+                   "batch_size": settings.batch_size, "precision": settings.precision}
+
+        def explicit(name: str) -> Path | None:
+            return Path(settings.weights[name]) if name in settings.weights else None
+
+        random_local = False
+        if self.profile == "paper":
+            self.embedders: list[TorchEmbedder] = [
+                load_megadescriptor(settings.weights_dir, explicit("megadescriptor-l-384"),
+                                    settings.allow_download, **options),
+                load_eva02(settings.weights_dir, explicit("eva02-l-14-336"), settings.allow_download, **options),
+            ]
+        elif self.profile == "offline":
+            self.embedders = [load_efficientnet_lite0(settings.weights_dir, explicit("efficientnet-lite0"),
+                                                      **options)]
+        elif self.profile == "tiny-test":
+            self.embedders = [tiny_random_embedder(seed, **options) for seed in (0, 1)]
+            random_local = True
+        else:
+            raise ValueError(f"unknown profile {self.profile!r}")
+        local = settings.local
+        self.local = AlikedLightGlue(
+            device=self.device, max_keypoints=local.max_keypoints, long_side=local.long_side,
+            min_confidence=local.min_confidence, weights_dir=settings.weights_dir,
+            allow_download=settings.allow_download, random_init_for_tests=random_local,
+            pair_batch=local.pair_batch, precision=settings.precision)
+        self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
+
+    @property
+    def primary(self) -> TorchEmbedder:
+        """The embedder used for retrieval and as WildFusion's global matcher."""
+        return self.embedders[0]
+
+    @property
+    def complementary(self) -> TorchEmbedder | None:
+        """The embedder fused with weight 1 - alpha (EVA02 in the paper profile)."""
+        return self.embedders[1] if len(self.embedders) > 1 else None
+
+    @property
+    def matcher_names(self) -> list[str]:
+        return [e.name for e in self.embedders] + [self.local.name]
+
+    @property
+    def versions(self) -> dict[str, str]:
+        return {**{e.name: e.version for e in self.embedders}, self.local.name: self.local.version}
+
+    @property
+    def working_side(self) -> int:
+        """Decode size: large enough for every model's input (and its crops), never the camera's full size."""
+        needed = [self.settings.local.long_side, *(max(e.input_size) for e in self.embedders)]
+        return int(max(needed) * (1.25 if self.settings.test_time_augmentation else 1.0))
+
+    def load(self, path: Path, species: str, viewpoint: str | None) -> Image.Image:
+        """Decode at working size and apply the species' orientation rule for this viewpoint."""
+        image = load_image(path, max_side=self.working_side)
+        return normalise_orientation(image, viewpoint, self.settings.orientation_rules.get(species, {}))
+
+    def load_many(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
+                  ) -> list[Image.Image | ImageError]:
+        """Decode a batch on worker threads (PIL releases the GIL while decoding); failures come back as errors."""
+        def one(args: tuple[Path, str, str | None]) -> Image.Image | ImageError:
+            try:
+                return self.load(*args)
+            except ImageError as exc:
+                return exc
+
+        return list(self._decoder.map(one, zip(paths, species, viewpoints, strict=True)))
+
+    def describe(self, images: list[Image.Image]) -> list[Described]:
+        vectors = {e.name: e.embed(images) for e in self.embedders}
+        local = self.local.extract(images)
+        return [Described({name: v[i] for name, v in vectors.items()}, f) for i, f in enumerate(local)]
