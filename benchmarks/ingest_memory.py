@@ -45,12 +45,12 @@ settings = Settings(data_dir=data, profile="offline")
 settings.local.long_side = long_side
 Registry.init(settings)
 with Registry(Settings.load(data)) as registry:
-    _ = registry.matching.pipeline, registry.collections
+    _ = registry.pipeline, registry.collections
     threading.Thread(target=sample, daemon=True).start()
     start = time.perf_counter()
-    report = registry.ingest(manifest, "s", "reference", progress=lambda n: done.__setitem__(0, done[0] + n))
+    report = Ingestor(registry).ingest(manifest, "s", "reference", progress=lambda n: done.__setitem__(0, done[0] + n))
     seconds = time.perf_counter() - start
-    dimension = registry.matching.pipeline.primary.dimension
+    dimension = registry.pipeline.primary.dimension
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 at = lambda share: max((r for n, r in samples if n <= share * total), default=None)
 print(json.dumps({"added": report.added, "seconds": seconds, "peak_mb": peak, "rss_10pct": at(0.1),

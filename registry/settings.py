@@ -23,6 +23,9 @@ class LocalMatcherSettings:
     min_confidence: float = 0.5  # a LightGlue correspondence counts when its confidence reaches this
     pair_batch: int = 0  # candidate pairs per LightGlue call; 0 = per device (1 on CPU, 32 on GPU; measured)
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
 
 @dataclass
 class Settings:
@@ -49,6 +52,14 @@ class Settings:
     # Before `registry calibrate` has run, decisions fall back to raw LightGlue match counts and this threshold.
     uncalibrated_threshold: float = 40.0
     calibration_pairs: int = 1000  # positives and as many negatives per species
+    # Calibration positives must be re-sightings, not frames of one burst: photos from different surveys, or at
+    # least this far apart in time when both have capture times.
+    calibration_min_gap_hours: float = 1.0
+    # With several writers (server stores), a writer resumes only pending writes older than this (a write in
+    # flight in another worker is younger); a single writer resumes every pending write.
+    resume_grace_seconds: float = 300.0
+    # Photo paths are stored relative to this folder (when under it), so a moved archive needs only a new root.
+    photo_root: str | None = None
     species_threshold_offsets: dict[str, float] = field(default_factory=dict)
     orientation_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # species -> viewpoint -> deg
     test_time_augmentation: bool = False
@@ -59,11 +70,23 @@ class Settings:
     api_public_reads: bool = False  # read endpoints without a token
     api_max_upload_mb: float = 25.0
     api_import_root: str | None = None  # server folder that manifests given to POST /ingest must live in
+    # Not stored: whether the profile was chosen (stored settings, `init --profile`) rather than defaulted, so
+    # a machine without a settings file takes the profile of the catalog's decision policy.
+    profile_explicit: bool = field(default=False, compare=False)
 
     # --- derived locations -------------------------------------------------------------------------------
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'registry.sqlite').resolve()}"
+
+    @property
+    def display_database(self) -> str:
+        """The catalog's location for messages: never a password."""
+        if self.database_url is None:
+            return self.sqlalchemy_url
+        from sqlalchemy.engine import make_url
+
+        return make_url(self.database_url).render_as_string(hide_password=True)
 
     @property
     def qdrant_path(self) -> Path:
@@ -100,7 +123,7 @@ class Settings:
         top-10 rerank suffices; the offline ImageNet embedding needs a broad rerank (measured in benchmarks)."""
         if profile not in PROFILES:
             raise ValueError(f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-        settings = cls(profile=profile, **values)  # type: ignore[arg-type]
+        settings = cls(profile=profile, profile_explicit=True, **values)  # type: ignore[arg-type]
         if profile == "paper":
             settings.test_time_augmentation = True
             settings.rerank_individuals = 10
@@ -121,7 +144,7 @@ class Settings:
     def to_json(self) -> dict:
         """What is stored with the registry; connection targets and secrets stay out of the file."""
         data = asdict(self)
-        for transient in ("data_dir", "database_url", "qdrant_url", "qdrant_api_key"):
+        for transient in ("data_dir", "database_url", "qdrant_url", "qdrant_api_key", "profile_explicit"):
             data.pop(transient)
         return data
 
@@ -154,11 +177,13 @@ class Settings:
                 if key == "local":
                     value = LocalMatcherSettings(**value)
                 setattr(settings, key, value)
+            settings.profile_explicit = True
         settings.database_url = database_url or os.environ.get("REGISTRY_DATABASE_URL") or settings.database_url
         settings.qdrant_url = qdrant_url or os.environ.get("REGISTRY_QDRANT_URL") or settings.qdrant_url
         settings.qdrant_api_key = (
             qdrant_api_key or os.environ.get("REGISTRY_QDRANT_API_KEY") or settings.qdrant_api_key
         )
+        settings.photo_root = os.environ.get("REGISTRY_PHOTO_ROOT") or settings.photo_root
         if settings.profile not in PROFILES:
             raise ValueError(f"{path}: unknown profile {settings.profile!r}; known: {', '.join(PROFILES)}")
         return settings

@@ -10,7 +10,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -22,6 +21,7 @@ from fastapi.testclient import TestClient
 from openapi_spec_validator import validate
 from PIL import Image
 
+from registry.ingest.ingestion import Ingestor
 from registry.interfaces import tokens
 from registry.interfaces.api import create_app
 from registry.matching.pipeline import Pipeline
@@ -41,9 +41,9 @@ def api(database_url: str, tmp_path: Path, population: Path, offline_pipeline: P
                         api_max_upload_mb=1.0, api_import_root=str(population))
     Registry.init(settings)
     registry = Registry(settings, pipeline=offline_pipeline)
-    registry.ingest(population / "season1" / "manifest.csv", "season-1", "reference")
+    Ingestor(registry).ingest(population / "season1" / "manifest.csv", "season-1", "reference")
     registry.calibrate()
-    token = tokens.create(registry.store.catalog, "field-team")
+    token = tokens.create(registry.catalog, "field-team", scope="admin")
     with TestClient(create_app(settings, registry)) as client:
         client.headers["Authorization"] = f"Bearer {token}"
         yield client
@@ -142,28 +142,48 @@ def test_parallel_record_requests_stay_consistent(api: TestClient, population: P
     assert stats["individuals"] == 6 + sum(r["decision"] == "new" for r in recorded)
 
 
-def test_concurrent_writers_never_share_an_individual_code(database_url: str, tmp_path: Path) -> None:
-    """Four writers with their own connections create individuals at once (as API workers would)."""
+WRITER = """
+import sys
+from registry.store.catalog import Catalog
+url, go, count, ready = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+catalog = Catalog(url)
+with catalog.engine.connect():
+    open(ready, "w").close()
+import os, time
+while not os.path.exists(go):  # start together
+    time.sleep(0.01)
+codes = []
+for _ in range(count):
+    with catalog.transaction() as session:
+        codes.append(catalog.new_individual(session, "nyala").code)
+print(" ".join(codes))
+"""
+
+
+@pytest.mark.postgres
+def test_writer_processes_in_parallel_never_share_an_individual_code(database_url: str, tmp_path: Path) -> None:
+    """Four processes with their own connections create individuals at the same moment (as API workers on
+    PostgreSQL would): every code is distinct and the numbering has no gap."""
+    if not database_url.startswith("postgresql"):
+        pytest.skip("parallel writer processes need a server database (SQLite serialises writers by design)")
     from registry.store import migrate
 
     catalog = Catalog(database_url)
     migrate.upgrade(catalog.engine)
-    barrier = threading.Barrier(4)
-
-    def writer(_: int) -> list[str]:
-        own = Catalog(database_url)
-        barrier.wait()
-        codes = []
-        for _ in range(10):
-            with own.transaction() as session:
-                codes.append(own.new_individual(session, "nyala").code)
-        own.close()
-        return codes
-
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        codes = [c for batch in pool.map(writer, range(4)) for c in batch]
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready-{k}" for k in range(4)]
+    workers = [subprocess.Popen([sys.executable, "-c", WRITER, database_url, str(go), "10", str(r)],
+                                stdout=subprocess.PIPE, text=True) for r in ready]
+    for _ in range(1200):
+        if all(r.exists() for r in ready):
+            break
+        time.sleep(0.05)
+    go.touch()
+    outputs = [w.communicate(timeout=120)[0] for w in workers]
+    assert all(w.returncode == 0 for w in workers)
+    codes = [c for out in outputs for c in out.split()]
     assert len(codes) == len(set(codes)) == 40
-    assert sorted(codes) == [f"NYA-{n:04d}" for n in range(1, 41)]
+    assert sorted(int(c.split("-")[1]) for c in codes) == list(range(1, 41))
     catalog.close()
 
 
@@ -198,8 +218,92 @@ def test_real_server_process_smoke(tmp_path: Path) -> None:
         request = urllib.request.Request(f"{base}/stats", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.loads(response.read())["images"] == 0
-        busy = subprocess.run([*cli, "stats"], capture_output=True, text=True)
+        reading = subprocess.run([*cli, "stats", "--json"], capture_output=True, text=True)
+        assert reading.returncode == 0 and json.loads(reading.stdout)["images"] == 0  # readers need no lock
+        busy = subprocess.run([*cli, "ingest", str(tmp_path), "--survey", "x", "--species", "s"], capture_output=True,
+                              text=True)
         assert busy.returncode == 1 and f"in use by PID {server.pid}" in busy.stderr
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_every_route_enforces_its_scope(api: TestClient, population: Path) -> None:
+    """Walk the OpenAPI document: without a token every route but /health is refused; each scope reaches exactly
+    the routes it covers (read: browse; review: identify and decide; admin: everything)."""
+    registry = api.app.state.service.registry
+    expired = tokens.create(registry.catalog, "expired", scope="admin", expires_days=-1)
+    scoped = {s: tokens.create(registry.catalog, f"who-{s}", scope=s) for s in tokens.SCOPES}
+    review_routes = {"/identify", "/decisions/{decision_id}/confirm", "/decisions/{decision_id}/reassign",
+                     "/decisions/{decision_id}/reject"}
+    anonymous = TestClient(api.app)
+    document = api.get("/openapi.json").json()
+    walked = 0
+    for path, methods in document["paths"].items():
+        url = path.replace("{decision_id}", "999999").replace("{change_id}", "999999").replace(
+            "{code}", "NOPE-0001").replace("{sha256}", "0" * 64).replace("{job_id}", "999999")
+        for method in methods:
+            walked += 1
+            def call(token: str | None, method: str = method, url: str = url) -> int:
+                headers = {"Authorization": f"Bearer {token}"} if token else {}
+                return anonymous.request(method.upper(), url, headers=headers, json={}).status_code
+            if path == "/health":
+                assert call(None) == 200
+                continue
+            needed = "read" if method == "get" else "review" if path in review_routes else "admin"
+            assert call(None) == 401, (method, path)
+            assert call(expired) == 401, (method, path)
+            for scope, token in scoped.items():
+                status = call(token)
+                if tokens.allows(scope, needed):
+                    assert status not in (401, 403), (scope, method, path, status)
+                else:
+                    assert status == 403, (scope, method, path, status)
+    assert walked >= 18
+
+
+def test_body_limit_applies_while_streaming_and_before_auth(api: TestClient) -> None:
+    """1 MB limit: a bigger body is refused with 413 whether it declares its length or streams without one, and
+    an anonymous caller gets 413 too: the body is bounded before anything (auth included) reads it."""
+    limit = int(1.0 * 1024 * 1024)
+    anonymous = TestClient(api.app)
+    declared = anonymous.post("/identify", content=b"x" * (limit + 200_000),
+                              headers={"content-type": "multipart/form-data; boundary=b"})
+    assert declared.status_code == 413
+
+    def chunks():  # a well-formed multipart upload, sent without a length
+        yield (b'--b\r\nContent-Disposition: form-data; name="species"\r\n\r\nsynleopard\r\n'
+               b'--b\r\nContent-Disposition: form-data; name="image"; filename="big.jpg"\r\n'
+               b"Content-Type: image/jpeg\r\n\r\n")
+        for _ in range(40):
+            yield b"y" * 65536
+        yield b"\r\n--b--\r\n"
+
+    streamed = api.post("/identify", content=chunks(), headers={"content-type": "multipart/form-data; boundary=b"})
+    assert streamed.status_code == 413
+    assert api.get("/stats").status_code == 200  # the server is fine afterwards
+
+
+def test_unrecorded_uploads_are_not_kept_and_errors_name_no_server_path(api: TestClient, population: Path) -> None:
+    service = api.app.state.service
+    photo = population / "season2" / _rows(population / "season2" / "manifest.csv")[0]["image"]
+    answer = api.post("/identify", files=_upload(photo), data={"species": "synleopard"})
+    assert answer.status_code == 200 and answer.json()["decision_id"] is None
+    assert list(service.uploads.iterdir()) == []
+    recorded = api.post("/identify", files=_upload(photo), data={"species": "synleopard", "record": "true"})
+    assert recorded.status_code == 200 and len(list(service.uploads.iterdir())) == 1
+    again = api.post("/identify", files=_upload(photo), data={"species": "synleopard", "record": "true"})
+    assert again.status_code == 409
+    assert str(service.uploads) not in again.text and str(service.settings.data_dir) not in again.text
+
+
+def test_reads_do_not_wait_behind_a_long_write(api: TestClient) -> None:
+    service = api.app.state.service
+    assert service.lock.acquire(timeout=5)  # an ingest job holds the registry
+    try:
+        started = time.monotonic()
+        for path in ("/stats", "/individuals", "/review", "/changes", "/exports/sightings.csv"):
+            assert api.get(path).status_code == 200, path
+        assert time.monotonic() - started < 30
+    finally:
+        service.lock.release()

@@ -21,7 +21,8 @@ from registry.decide.calibration import (
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
 from registry.evaluate import experiments
 from registry.evaluate.metrics import evaluate, pairwise_clustering
-from registry.ingest.sources import ManifestRow
+from registry.ingest.ingestion import Ingestor
+from registry.ingest.sources import PhotoRow
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -82,7 +83,7 @@ def test_open_set_rule_at_below_and_above_the_threshold() -> None:
 def _query(identity: str, known: bool, candidates: list[tuple[int, float, float]]) -> experiments.QueryResult:
     """candidates: (individual id, calibrated global, calibrated local)."""
     scored = [CandidateScore(100 + i, ind, {}, {"g": g, "l": loc}) for i, (ind, g, loc) in enumerate(candidates)]
-    return experiments.QueryResult(ManifestRow(1, Path(f"{identity}.jpg"), "sp", identity), known, scored, 0.0)
+    return experiments.QueryResult(PhotoRow(1, Path(f"{identity}.jpg"), "sp", identity), known, scored, 0.0)
 
 
 def test_sweep_best_equals_a_direct_evaluation_at_that_threshold() -> None:
@@ -117,7 +118,7 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
     settings = Settings(data_dir=tmp_path / "reg", profile="offline", fusion="wildfusion")
     Registry.init(settings)
     with Registry(settings, pipeline=offline_pipeline) as registry:
-        registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
         pairs = registry.sample_calibration_pairs(per_class=8, seed=3)
         assert all(p.query_image_id != p.candidate_image_id for p in pairs)
         keys = {tuple(sorted((p.query_image_id, p.candidate_image_id))) for p in pairs}

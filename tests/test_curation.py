@@ -14,6 +14,7 @@ from sqlalchemy import select
 from registry.curation import exports, review
 from registry.curation.curator import CurationError, Curator
 from registry.curation.sheets import CAPTION, HEADER, PANEL, render
+from registry.ingest.ingestion import Ingestor
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -30,14 +31,14 @@ def registry(database_url: str, tmp_path: Path, population: Path, offline_pipeli
     settings = Settings(data_dir=tmp_path / "reg", database_url=database_url, profile="offline")
     Registry.init(settings)
     registry = Registry(settings, pipeline=offline_pipeline)
-    registry.ingest(population / "season1" / "manifest.csv", "season-1", "reference")
+    Ingestor(registry).ingest(population / "season1" / "manifest.csv", "season-1", "reference")
     yield registry
     registry.close()
 
 
 def _state(registry: Registry) -> dict:
     """SQL rows curation may touch, and every vector payload's individual."""
-    with registry.store.catalog.transaction() as session:
+    with registry.catalog.transaction() as session:
         sightings = sorted((s.id, s.image_id, s.individual_id, s.method, s.status)
                            for s in session.scalars(select(Sighting)))
         individuals = sorted((i.id, i.code, i.merged_into_id) for i in session.scalars(select(Individual)))
@@ -47,13 +48,13 @@ def _state(registry: Registry) -> dict:
 
 
 def test_merge_then_undo_restores_rows_and_payloads_exactly(registry: Registry) -> None:
-    curator = Curator(registry, actor="tester")
-    individuals = registry.store.catalog.individuals()
+    curator = Curator(registry.stores, actor="tester")
+    individuals = registry.catalog.individuals()
     keep, absorb = individuals[0]["code"], individuals[1]["code"]
     before = _state(registry)
     merged = curator.merge(keep, absorb, reason="same spots")
     assert merged["summary"] == f"merged {absorb} into {keep}"
-    history = registry.store.catalog.history(absorb)  # the absorbed code resolves to the survivor
+    history = registry.catalog.history(absorb)  # the absorbed code resolves to the survivor
     assert history["individual"] == keep and len(history["sightings"]) == 4
     assert history["merges"][0]["summary"] == merged["summary"]
     payload_individuals = {p for c in _state(registry)["payloads"].values() for _, p in c}
@@ -64,11 +65,11 @@ def test_merge_then_undo_restores_rows_and_payloads_exactly(registry: Registry) 
     assert _state(registry) == before
     with pytest.raises(CurationError, match="already undone"):
         curator.undo(merged["change"])
-    assert registry.store.catalog.history(absorb)["individual"] == absorb
+    assert registry.catalog.history(absorb)["individual"] == absorb
 
 
 def test_decisions_confirmed_reassigned_rejected_and_histories(registry: Registry, population: Path) -> None:
-    curator = Curator(registry, actor="tester")
+    curator = Curator(registry.stores, actor="tester")
     known = {r["identity"] for r in _rows(population / "season1" / "manifest.csv")}
     queries = [r for r in _rows(population / "season2" / "manifest.csv") if r["identity"] in known][:3]
     answers = [registry.identify(population / "season2" / q["image"], "synleopard", record=True, survey="season-2")
@@ -79,46 +80,46 @@ def test_decisions_confirmed_reassigned_rejected_and_histories(registry: Registr
     curator.confirm(first.decision_id)
     with pytest.raises(CurationError, match="already confirmed"):
         curator.confirm(first.decision_id)
-    other = next(i["code"] for i in registry.store.catalog.individuals() if i["code"] != second.individual_code)
+    other = next(i["code"] for i in registry.catalog.individuals() if i["code"] != second.individual_code)
     moved = curator.reassign(second.decision_id, other, reason="tail notch")
     assert moved["individual"] == other
     curator.reject(third.decision_id, reason="two animals in the photo")
 
-    by_image = registry.store.catalog.individual_of_image(str(population / "season2" / queries[0]["image"]))
-    history = registry.store.catalog.history(by_image)
+    by_image = registry.catalog.individual_of_image(str(population / "season2" / queries[0]["image"]))
+    history = registry.catalog.history(by_image)
     methods = {Path(s["image"]).name: s["method"] for s in history["sightings"]}
     assert methods[Path(queries[0]["image"]).name] == "confirmed"
-    assert [s["method"] for s in registry.store.catalog.history(other)["sightings"]].count("corrected") == 1
-    rejected = registry.store.catalog.history(third.individual_code)["sightings"]
+    assert [s["method"] for s in registry.catalog.history(other)["sightings"]].count("corrected") == 1
+    rejected = registry.catalog.history(third.individual_code)["sightings"]
     assert Path(queries[2]["image"]).name not in {Path(s["image"]).name for s in rejected}
-    states = registry.store.catalog.image_states([third.image_id])
+    states = registry.catalog.image_states([third.image_id])
     assert states[third.image_id]["individual_id"] is None
     payloads = dict(registry.index.payloads(registry.collections["efficientnet-lite0"]))
     assert payloads[third.image_id].get("individual_id") is None  # a rejected photo is no longer a candidate
 
     new = curator.reassign(first.decision_id, new=True)
-    split_source = registry.store.catalog.history(new["individual"])
+    split_source = registry.catalog.history(new["individual"])
     assert len(split_source["sightings"]) == 1 and split_source["sightings"][0]["method"] == "corrected"
     undone = curator.undo(new["change"])
     assert undone["retired"] == [new["individual"]]
-    assert registry.store.catalog.history(new["individual"])["individual"] == first.individual_code
+    assert registry.catalog.history(new["individual"])["individual"] == first.individual_code
 
 
 def test_split_moves_chosen_photos_to_a_new_individual(registry: Registry) -> None:
-    curator = Curator(registry)
-    code = registry.store.catalog.individuals()[0]["code"]
-    photos = registry.store.catalog.history(code)["sightings"]
+    curator = Curator(registry.stores)
+    code = registry.catalog.individuals()[0]["code"]
+    photos = registry.catalog.history(code)["sightings"]
     result = curator.split(code, [photos[0]["sha256"]], reason="two animals")
-    assert len(registry.store.catalog.history(result["individual"])["sightings"]) == 1
-    assert len(registry.store.catalog.history(code)["sightings"]) == len(photos) - 1
+    assert len(registry.catalog.history(result["individual"])["sightings"]) == 1
+    assert len(registry.catalog.history(code)["sightings"]) == len(photos) - 1
     with pytest.raises(CurationError, match="nothing to split"):
         curator.split(result["individual"], [photos[0]["image"]])
     curator.undo(result["change"])
-    assert len(registry.store.catalog.history(code)["sightings"]) == len(photos)
+    assert len(registry.catalog.history(code)["sightings"]) == len(photos)
 
 
 def _plant(registry: Registry, outcome: str, score: float, runner_up: float | None) -> int:
-    with registry.store.catalog.transaction() as session:
+    with registry.catalog.transaction() as session:
         image = Image(sha256=f"{len(str(score))}{score}{runner_up}".ljust(64, "0")[:64], path=f"/p/{score}.jpg",
                       species="synleopard", width=1, height=1, status="indexed")
         session.add(image)
@@ -141,30 +142,30 @@ def test_review_queue_puts_the_most_uncertain_first(registry: Registry) -> None:
     near_threshold = _plant(registry, "match", 0.40, 0.05)  # 0.05 above tau
     close_runner_up = _plant(registry, "match", 0.70, 0.68)  # runner-up 0.02 behind
     almost_matched = _plant(registry, "new", 0.32, 0.10)  # best candidate 0.03 below tau
-    queue = review.queue(registry.store.catalog, limit=10, margin=0.15)
+    queue = review.queue(registry.catalog, limit=10, margin=0.15)
     assert [e["decision"] for e in queue] == [close_runner_up, almost_matched, near_threshold]
     assert confident not in {e["decision"] for e in queue}
     assert "runner-up" in queue[0]["reason"]
-    Curator(registry).confirm(close_runner_up)
-    assert close_runner_up not in {e["decision"] for e in review.queue(registry.store.catalog)}
+    Curator(registry.stores).confirm(close_runner_up)
+    assert close_runner_up not in {e["decision"] for e in review.queue(registry.catalog)}
 
 
 def test_capture_history_matches_the_truth_and_mark_format(registry: Registry, population: Path,
                                                            tmp_path: Path) -> None:
-    registry.ingest(population / "season2" / "manifest.csv", "season-2", "reference")
+    Ingestor(registry).ingest(population / "season2" / "manifest.csv", "season-2", "reference")
     truth: dict[str, set[str]] = {}
     for season in (1, 2):
         for row in _rows(population / f"season{season}" / "manifest.csv"):
             truth.setdefault(row["identity"], set()).add(f"season-{season}")
-    code_of = {i["name"]: i["code"] for i in registry.store.catalog.individuals()}
-    occasions, matrix, undated = exports.capture_history(registry.store.catalog, "survey")
+    code_of = {i["name"]: i["code"] for i in registry.catalog.individuals()}
+    occasions, matrix, undated = exports.capture_history(registry.catalog, "survey")
     assert occasions == ["season-1", "season-2"] and undated == 0
     assert matrix == {code_of[name]: [int("season-1" in s), int("season-2" in s)] for name, s in truth.items()}
-    years, by_year, _ = exports.capture_history(registry.store.catalog, "year")
+    years, by_year, _ = exports.capture_history(registry.catalog, "year")
     assert years == ["2021", "2022"] and by_year == matrix
 
     inp = tmp_path / "histories.inp"
-    exports.write_capture_history(registry.store.catalog, inp, "survey", fmt="mark")
+    exports.write_capture_history(registry.catalog, inp, "survey", fmt="mark")
     lines = inp.read_text().splitlines()
     assert lines[0].startswith("/*") and lines[0].endswith("*/")
     parsed = {}
@@ -175,12 +176,12 @@ def test_capture_history_matches_the_truth_and_mark_format(registry: Registry, p
     assert parsed == matrix
 
     a, b = sorted(code_of.values())[:2]
-    Curator(registry).merge(a, b)
-    _, merged, _ = exports.capture_history(registry.store.catalog, "survey")
+    Curator(registry.stores).merge(a, b)
+    _, merged, _ = exports.capture_history(registry.catalog, "survey")
     assert b not in merged and merged[a] == [x | y for x, y in zip(matrix[a], matrix[b], strict=True)]
-    count = exports.write_sightings(registry.store.catalog, tmp_path / "sightings.csv")
+    count = exports.write_sightings(registry.catalog, tmp_path / "sightings.csv")
     rows = _rows(tmp_path / "sightings.csv")
-    assert count == len(rows) == registry.store.catalog.stats()["sightings"]
+    assert count == len(rows) == registry.catalog.stats()["sightings"]
     assert {r["individual"] for r in rows} == set(merged)
 
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect, select
+from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
 
 from registry.store import migrate
 from registry.store.catalog import Catalog, DuplicateImageError, UnknownIndividualError, species_prefix
 from registry.store.tables import Base, Individual, Sighting
 
-TABLES = {"surveys", "individuals", "images", "sightings", "decisions", "embedders", "calibrations"}
+TABLES = {"surveys", "individuals", "images", "sightings", "decisions", "embedders", "calibrations", "species",
+          "decision_policies", "changes", "api_tokens", "jobs"}
 
 
 def _image_fields(sha: str, **extra: object) -> dict:
@@ -53,7 +54,7 @@ def test_individual_codes_are_stable_and_per_species(catalog: Catalog) -> None:
     with catalog.transaction() as session:
         codes = [catalog.new_individual(session, "nyala").code for _ in range(3)]
         codes.append(catalog.new_individual(session, "cow", name="cow_1").code)
-    assert codes == ["NYA-0001", "NYA-0002", "NYA-0003", "COW-0001"]
+    assert codes == ["NYA-0001", "NYA-0002", "NYA-0003", "COW-0001"]  # codes are the program's, by design
     assert species_prefix("sea turtle") == "SEA"
     with pytest.raises(IntegrityError), catalog.transaction() as session:  # one name per species
         session.add(Individual(code="COW-0099", species="cow", species_seq=99, name="cow_1"))
@@ -85,6 +86,58 @@ def test_history_is_in_time_order_and_stats_count(catalog: Catalog) -> None:
     assert history["first_seen"].startswith("2024-05-03") and history["surveys"] == 2
     assert catalog.stats() == {"individuals": 1, "images": 3, "sightings": 3, "decisions": 0, "surveys": 2,
                                "pending_images": 3}
-    with pytest.raises(IntegrityError), catalog.transaction() as session:  # methods are a closed set
-        image = session.scalar(select(Sighting)).image
-        session.add(Sighting(image_id=image.id + 100, individual_id=individual.id, method="guessed"))
+
+
+def test_sighting_methods_are_a_closed_set(catalog: Catalog) -> None:
+    """The same row is accepted with a known method and refused with an unknown one: only the CHECK differs."""
+    with catalog.transaction() as session:
+        individual = catalog.new_individual(session, "nyala")
+        images = [catalog.add_image(session, **_image_fields(c * 64)) for c in "bc"]
+        individual_id, image_ids = individual.id, [i.id for i in images]
+    with catalog.transaction() as session:
+        session.add(Sighting(image_id=image_ids[0], individual_id=individual_id, method="confirmed"))
+    with pytest.raises(IntegrityError), catalog.transaction() as session:
+        session.add(Sighting(image_id=image_ids[1], individual_id=individual_id, method="guessed"))
+    assert catalog.stats()["sightings"] == 1
+
+
+def test_species_sharing_letters_get_distinct_code_prefixes(catalog: Catalog) -> None:
+    """synleopard and synlynx both start with SYN: the second species must still create individuals."""
+    with catalog.transaction() as session:
+        leopards = [catalog.new_individual(session, "synleopard").code for _ in range(2)]
+        lynxes = [catalog.new_individual(session, "synlynx").code for _ in range(2)]
+        sylphs = [catalog.new_individual(session, "syn").code]
+    codes = leopards + lynxes + sylphs
+    assert len(set(codes)) == len(codes)
+    prefixes = {c.rsplit("-", 1)[0] for c in leopards}, {c.rsplit("-", 1)[0] for c in lynxes}
+    assert len(prefixes[0]) == len(prefixes[1]) == 1 and prefixes[0] != prefixes[1]
+    assert [c.rsplit("-", 1)[1] for c in lynxes] == ["0001", "0002"]
+
+
+def test_upgrade_from_0002_gives_each_species_its_prefix_and_continues_numbering(database_url: str) -> None:
+    from sqlalchemy import text
+
+    catalog = Catalog(database_url)
+    migrate.upgrade(catalog.engine, "0002")
+    with catalog.engine.begin() as connection:
+        for seq in (1, 2, 3):
+            connection.execute(text("INSERT INTO individuals (code, species, species_seq, created_at) "
+                                    "VALUES (:c, 'nyala', :s, CURRENT_TIMESTAMP)"), {"c": f"NYA-{seq:04d}", "s": seq})
+    migrate.upgrade(catalog.engine)
+    with catalog.transaction() as session:
+        assert catalog.new_individual(session, "nyala").code == "NYA-0004"
+        assert catalog.new_individual(session, "nyalabis").code.startswith("NYAL-")
+    catalog.close()
+
+
+def test_decision_policy_versions_are_kept_and_the_newest_is_in_force(catalog: Catalog) -> None:
+    from registry.decide.policy import DecisionPolicy
+
+    assert catalog.current_policy() is None
+    first = catalog.save_policy(DecisionPolicy("offline", "learned", 0.5, 0.35, 40.0, reason="init"))
+    second = catalog.save_policy(first.derive("tune", "tester", thresholds={"nyala": 0.61}))
+    assert catalog.current_policy() == second and second.parent == first.version
+    assert second.threshold_for("nyala") == 0.61 and second.threshold_for("cow") == 0.35
+    assert [p.version for p in catalog.policy_history()] == [first.version, second.version]
+    with pytest.raises(ValueError, match="fusion"):
+        DecisionPolicy("offline", "average", 0.5, 0.35, 40.0)

@@ -13,6 +13,7 @@ import timm
 import torch
 from PIL import Image
 
+from registry.ingest.ingestion import Ingestor
 from registry.matching.embedders import (
     MEGADESCRIPTOR_L_384,
     build_eva02,
@@ -120,7 +121,7 @@ def test_paper_profile_runs_from_local_files(paper_weights: Path, population: Pa
     manifest = season / "first-six.csv"  # image paths are relative to the manifest
     manifest.write_text("\n".join((season / "manifest.csv").read_text().splitlines()[:7]) + "\n")
     with Registry(Settings.load(settings.data_dir), pipeline=pipeline) as registry:
-        report = registry.ingest(manifest, "s1", "reference")
+        report = Ingestor(registry).ingest(manifest, "s1", "reference")
         assert report.added == 6 and not report.problems
         assert set(registry.collections) == {"megadescriptor-l-384", "eva02-l-14-336"}
         assert {registry.index.count(c) for c in registry.collections.values()} == {6}
@@ -136,7 +137,7 @@ def test_rerank_reads_cached_candidate_features(offline_pipeline: Pipeline, popu
     Registry.init(settings)
     query = sorted((population / "season2" / "images").glob("*.jpg"))[0]
     with Registry(settings, pipeline=offline_pipeline) as registry:
-        registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
         before = offline_pipeline.local.extractions
         first = registry.identify(query, "synleopard")
         second = registry.identify(query, "synleopard")
@@ -154,9 +155,9 @@ def test_decisions_do_not_depend_on_the_batch_size(population: Path, tmp_path: P
         settings = Settings(data_dir=tmp_path / f"b{batch_size}", profile="offline", batch_size=batch_size)
         Registry.init(settings)
         with Registry(settings) as registry:
-            registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+            Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
             decided: list = []
-            registry.ingest(population / "season2" / "manifest.csv", "s2", "identify",
+            Ingestor(registry).ingest(population / "season2" / "manifest.csv", "s2", "identify",
                             on_identified=lambda row, i, decided=decided: decided.append(
                                 (row.line, i.outcome.outcome, i.individual_code, round(i.outcome.score or 0, 3))))
             outcomes.append(decided)

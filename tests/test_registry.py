@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from registry.ingest.ingestion import Ingestor
 from registry.matching.imaging import ImageError
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry, RegistryNotInitialisedError
@@ -33,7 +34,7 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
     settings: Settings, population: Path, offline_pipeline: Pipeline
 ) -> None:
     with Registry(settings, pipeline=offline_pipeline) as registry:
-        report = registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        report = Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
         assert report.added == 12 and not report.problems
         known = {r["identity"] for r in _rows(population, 1)}
         season2 = _rows(population, 2)
@@ -43,7 +44,7 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
 
         answer = registry.identify(population / "season2" / returning["image"], "synleopard")
         assert answer.outcome.outcome == "match" and answer.decision_id is None  # not recorded
-        matched_name = registry.store.catalog.history(answer.outcome.ranked[0].code)["name"]
+        matched_name = registry.catalog.history(answer.outcome.ranked[0].code)["name"]
         assert matched_name == returning["identity"]
 
         created = registry.identify(first, "synleopard", record=True, survey="s2")
@@ -53,10 +54,10 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
 
         with pytest.raises(CatalogError, match="already in the registry"):
             registry.identify(first, "synleopard", record=True)
-        stats = registry.store.catalog.stats()
+        stats = registry.catalog.stats()
         assert stats == {"individuals": 7, "images": 14, "sightings": 14, "decisions": 2, "surveys": 2,
                          "pending_images": 0}
-        history = registry.store.catalog.history("SYN-0007")
+        history = registry.catalog.history("SYN-0007")
         assert [s["method"] for s in history["sightings"]] == ["automatic", "automatic"]
 
     # closed and reopened from disk: individuals, sightings and vectors are all still there
@@ -66,7 +67,7 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
         payload = dict(again.index.payloads(again.collections["efficientnet-lite0"]))
         sightings = {s["sha256"] for s in again.catalog.history("SYN-0007")["sightings"]}
         assert len(sightings) == 2 and sum(1 for p in payload.values() if p["individual_id"] == 7) == 2
-        repeat = again.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        repeat = Ingestor(again).ingest(population / "season1" / "manifest.csv", "s1", "reference")
         assert repeat.added == 0 and repeat.already_present == 12  # idempotent by content
 
 
@@ -85,8 +86,8 @@ def test_identify_mode_season_and_bad_inputs_are_reported_by_row(
         writer.writerow({**season2[0], "image": str(tmp_path / "missing.jpg")})
         writer.writerow({**season2[0], "image": "x.jpg", "captured_at": "last tuesday"})
     with Registry(settings, pipeline=offline_pipeline) as registry:
-        registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
-        report = registry.ingest(manifest, "s2", "identify")
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        report = Ingestor(registry).ingest(manifest, "s2", "identify")
         problems = {p.line: p.reason for p in report.problems}
         n = len(season2)
         assert set(problems) == {n + 2, n + 3, n + 4}
@@ -96,7 +97,7 @@ def test_identify_mode_season_and_bad_inputs_are_reported_by_row(
         truth = {r["identity"] for r in _rows(population, 1)}
         new_truth = {r["identity"] for r in season2} - truth
         assert report.to_json()["new_individuals"] == len(new_truth)  # each newcomer created exactly once
-        assert registry.store.catalog.stats()["sightings"] == 12 + n
+        assert registry.catalog.stats()["sightings"] == 12 + n
 
 
 def test_second_writer_is_refused_and_uninitialised_registry_explains(
@@ -104,7 +105,7 @@ def test_second_writer_is_refused_and_uninitialised_registry_explains(
 ) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from registry.store.locking import RegistryLock; "
-         f"RegistryLock({str(settings.data_dir)!r}).acquire(); print('locked', flush=True); time.sleep(30)"],
+         f"lock = RegistryLock({str(settings.data_dir)!r}); lock.acquire(); print('locked', flush=True); time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
@@ -128,7 +129,7 @@ def test_unreadable_query_names_the_file(settings: Settings, offline_pipeline: P
 def test_a_different_model_version_is_refused(settings: Settings, population: Path,
                                               offline_pipeline: Pipeline) -> None:
     with Registry(settings, pipeline=offline_pipeline) as registry:
-        registry.ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
     original = offline_pipeline.primary.weights_sha256
     offline_pipeline.primary.weights_sha256 = "f" * 64  # as if other weights were loaded
     try:

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from registry.services.registry import Registry
-from registry.store.catalog import CatalogError
+from registry.store.catalog import Catalog, CatalogError
+from registry.store.stores import Stores
 from registry.store.tables import Change, Decision, Image, Individual, Sighting
 
 
@@ -34,7 +35,14 @@ def _sighting_state(s: Sighting) -> dict[str, Any]:
 
 
 def _individual_state(i: Individual) -> dict[str, Any]:
-    return {"id": i.id, "code": i.code, "merged_into_id": i.merged_into_id}
+    return {"id": i.id, "code": i.code, "merged_into_id": i.merged_into_id,
+            "retired_at": i.retired_at.isoformat() if i.retired_at else None}
+
+
+def _restore_individual(i: Individual, state: dict[str, Any]) -> None:
+    i.merged_into_id = state["merged_into_id"]
+    retired = state.get("retired_at")
+    i.retired_at = datetime.fromisoformat(retired) if retired else None
 
 
 def _decision_sighting(session: Session, decision_id: int) -> tuple[Decision, Sighting]:
@@ -48,11 +56,12 @@ def _decision_sighting(session: Session, decision_id: int) -> tuple[Decision, Si
 
 
 class Curator:
-    """The curation commands over an open registry (CLI and HTTP API use the same object)."""
+    """The curation commands over a registry's stores (CLI and HTTP API use the same object). No model is
+    loaded: the vectors' collections are the ones recorded in the `embedders` table."""
 
-    def __init__(self, registry: Registry, actor: str | None = None) -> None:
-        self.registry = registry
-        self.catalog = registry.store.catalog
+    def __init__(self, stores: Stores, actor: str | None = None) -> None:
+        self.stores = stores
+        self.catalog = stores.catalog
         self.actor = actor or default_actor()
 
     # --- the write path -----------------------------------------------------------------------------------
@@ -72,9 +81,28 @@ class Curator:
         by_individual: dict[int | None, list[int]] = {}
         for image_id, state in states.items():
             by_individual.setdefault(state["individual_id"], []).append(image_id)
-        for collection in self.registry.collections.values():
+        for collection in self.stores.registered_collections().values():
             for individual_id, ids in by_individual.items():
-                self.registry.index.set_individual(collection, ids, individual_id)
+                self.stores.index.set_individual(collection, ids, individual_id)
+
+    def _retire(self, session: Session, individual_ids: set[int], before: dict[str, Any],
+                after: dict[str, Any]) -> list[str]:
+        """Retire the individuals this change left without an active sighting, recorded so undo restores them."""
+        states = {i.id: _individual_state(i) for i in session.scalars(
+            select(Individual).where(Individual.id.in_(individual_ids)))}
+        retired = self.catalog.retire_unsighted(session, individual_ids)
+        for individual in retired:
+            before.setdefault("individuals", []).append(states[individual.id])
+            after.setdefault("individuals", []).append(_individual_state(individual))
+        return [i.code for i in retired]
+
+    def _unretire(self, session: Session, individual: Individual, before: dict[str, Any],
+                  after: dict[str, Any]) -> None:
+        """A sighting given to a retired individual brings it back."""
+        if individual.retired_at is not None:
+            before.setdefault("individuals", []).append(_individual_state(individual))
+            individual.retired_at = None
+            after.setdefault("individuals", []).append(_individual_state(individual))
 
     def _result(self, change: Change, image_ids: list[int]) -> dict[str, Any]:
         self._sync_payloads(image_ids)
@@ -103,7 +131,7 @@ class Curator:
         with self.catalog.transaction() as session:
             decision, sighting = _decision_sighting(session, decision_id)
             image = session.get(Image, decision.image_id)
-            before = {"sightings": [_sighting_state(sighting)]}
+            before: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
             created: list[int] = []
             if new:
                 target = self.catalog.new_individual(session, image.species)  # type: ignore[union-attr]
@@ -116,23 +144,29 @@ class Curator:
                                         f"{image.species}")  # type: ignore[union-attr]
             old = session.get(Individual, sighting.individual_id)
             sighting.individual_id, sighting.method, sighting.status = target.id, "corrected", "active"
+            session.flush()
+            after: dict[str, Any] = {"sightings": [_sighting_state(sighting)], "created": created}
+            self._unretire(session, target, before, after)
+            retired = self._retire(session, {old.id} if old else set(), before, after)
             change = self._record(session, "reassign",
                                   f"decision {decision_id}: {old.code if old else '?'} -> {target.code}", reason,
-                                  before, {"sightings": [_sighting_state(sighting)], "created": created})
+                                  before, after)
             image_ids = [sighting.image_id]
-        return {**self._result(change, image_ids), "individual": target.code}
+        return {**self._result(change, image_ids), "individual": target.code, "retired": retired}
 
     def reject(self, decision_id: int, reason: str | None = None) -> dict[str, Any]:
         with self.catalog.transaction() as session:
             _, sighting = _decision_sighting(session, decision_id)
             if sighting.status == "rejected":
                 raise CurationError(f"decision {decision_id} is already rejected")
-            before = {"sightings": [_sighting_state(sighting)]}
+            before: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
             sighting.status = "rejected"
-            change = self._record(session, "reject", f"rejected decision {decision_id}", reason, before,
-                                  {"sightings": [_sighting_state(sighting)]})
+            session.flush()
+            after: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
+            retired = self._retire(session, {sighting.individual_id}, before, after)
+            change = self._record(session, "reject", f"rejected decision {decision_id}", reason, before, after)
             image_ids = [sighting.image_id]
-        return self._result(change, image_ids)
+        return {**self._result(change, image_ids), "retired": retired}
 
     # --- individuals --------------------------------------------------------------------------------------
     def merge(self, keep: str, absorb: str, reason: str | None = None) -> dict[str, Any]:
@@ -184,14 +218,7 @@ class Curator:
         return {**self._result(change, image_ids), "individual": target.code}
 
     def _image_id(self, session: Session, key: str) -> int:
-        if key.isdigit():
-            image = session.get(Image, int(key))
-        elif len(key) == 64 and all(c in "0123456789abcdef" for c in key):
-            image = session.scalar(select(Image).where(Image.sha256 == key))
-        else:
-            from pathlib import Path
-
-            image = session.scalar(select(Image).where(Image.path == str(Path(key).resolve())))
+        image = self.catalog.image_by_key(session, key)
         if image is None:
             raise CurationError(f"no image {key!r} in the registry")
         return image.id
@@ -222,27 +249,34 @@ class Curator:
             for state in change.before.get("individuals", []):
                 individual = session.get(Individual, state["id"])
                 undo_before["individuals"].append(_individual_state(individual))  # type: ignore[arg-type]
-                individual.merged_into_id = state["merged_into_id"]  # type: ignore[union-attr]
+                _restore_individual(individual, state)  # type: ignore[arg-type]
             retired = []
+            followers: list[int] = []
             for created_id in change.after.get("created", []):
                 # an individual made by the undone change keeps its row and code, and now resolves to where
-                # its photos went back to
+                # its photos went back to; photos matched to it in the meantime follow it there
                 created = session.get(Individual, created_id)
                 back_to = {s["individual_id"] for s in change.before.get("sightings", [])}
                 if created is not None and len(back_to) == 1:
                     undo_before["individuals"].append(_individual_state(created))
                     created.merged_into_id = back_to.pop()
                     retired.append(_individual_state(created))
+                    followers += session.scalars(select(Sighting.image_id).where(Sighting.individual_id == created_id))
             after = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
                      "individuals": [_individual_state(session.get(Individual, i["id"]))  # type: ignore[arg-type]
                                      for i in undo_before["individuals"]]}
             record = self._record(session, "undo", f"undid change {change_id} ({change.summary})", reason,
                                   undo_before, after, undoes=change)
-            image_ids = [s.image_id for s in current_sightings.values()]
+            image_ids = sorted({s.image_id for s in current_sightings.values()} | set(followers))
         return {**self._result(record, image_ids), "retired": [r["code"] for r in retired]}
 
     def changes(self, limit: int = 50) -> list[dict[str, Any]]:
-        with self.catalog.transaction() as session:
+        return self.changes_in(self.catalog, limit)
+
+    @staticmethod
+    def changes_in(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
+        """The audit trail, newest first (a read: no vector index needed)."""
+        with catalog.transaction() as session:
             rows = session.scalars(select(Change).order_by(Change.id.desc()).limit(limit))
             return [{"id": c.id, "kind": c.kind, "actor": c.actor, "when": c.created_at.isoformat(timespec="seconds"),
                      "summary": c.summary, "reason": c.reason, "undone_by": c.undone_by_id} for c in rows]

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from registry.store.catalog import Catalog
+from registry.store.catalog import Catalog, CatalogError, follow_merges
 from registry.store.tables import Decision, Image, Individual, Sighting, Survey
 
 OCCASIONS = ("survey", "year", "month")
@@ -24,12 +24,10 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
     """Active sightings in time order, each attributed to the individual it resolves to now."""
     with catalog.transaction() as session:
         individuals = {i.id: i for i in session.scalars(select(Individual))}
+        merged = catalog.merge_links(session)
 
         def resolved(individual_id: int) -> Individual:
-            individual = individuals[individual_id]
-            while individual.merged_into_id is not None:
-                individual = individuals[individual.merged_into_id]
-            return individual
+            return individuals[follow_merges(individual_id, merged.get)]
 
         query = (select(Sighting, Image, Survey.name, Decision)
                  .join(Image, Image.id == Sighting.image_id)
@@ -44,7 +42,7 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
             yield {
                 "individual": individual.code, "species": individual.species, "name": individual.name or "",
                 "captured_at": image.captured_at.isoformat() if image.captured_at else "", "survey": survey or "",
-                "latitude": image.latitude, "longitude": image.longitude, "image": image.path,
+                "latitude": image.latitude, "longitude": image.longitude, "image": str(catalog.paths.local(image.path)),
                 "sha256": image.sha256, "viewpoint": image.viewpoint or "", "method": sighting.method,
                 "decision_id": sighting.decision_id or "", "decision_outcome": decision.outcome if decision else "",
                 "score": decision.score if decision else "", "threshold": decision.threshold if decision else "",
@@ -63,32 +61,50 @@ def write_sightings(catalog: Catalog, out: Path, species: str | None = None) -> 
     return count
 
 
-def _occasion(row: dict[str, Any], occasion: str) -> str | None:
-    if occasion == "survey":
-        return row["survey"] or None
-    if not row["captured_at"]:
-        return None
-    return row["captured_at"][:4] if occasion == "year" else row["captured_at"][:7]
+def _period(value: str, occasion: str) -> str:
+    return value[:4] if occasion == "year" else value[:7]
+
+
+def _occasions(catalog: Catalog, occasion: str) -> tuple[list[str], dict[str, str]]:
+    """The sampling occasions, from the sampling itself rather than from the detections: every survey (ordered
+    by its start date or first photo, then name), or every year/month in which any photo was taken. A survey
+    in which no animal was identified is still an occasion: its zeros are data."""
+    with catalog.transaction() as session:
+        if occasion == "survey":
+            rows = session.execute(
+                select(Survey.name, Survey.start_date, func.min(Image.captured_at), Survey.id)
+                .outerjoin(Image, Image.survey_id == Survey.id).group_by(Survey.id)).all()
+            keyed = sorted(rows, key=lambda r: (str(r[1] or r[2] or "~"), r[0]))
+            return [r[0] for r in keyed], {}
+        times = session.scalars(select(Image.captured_at).where(Image.captured_at.is_not(None)).distinct())
+        periods = sorted({_period(t.isoformat(), occasion) for t in times})
+        return periods, {}
 
 
 def capture_history(catalog: Catalog, occasion: str = "survey", species: str | None = None,
                     ) -> tuple[list[str], dict[str, list[int]], int]:
-    """(occasions in order, individual code -> 0/1 per occasion, sightings without an occasion)."""
+    """(occasions in order, individual code -> 0/1 per occasion, sightings without an occasion), for one
+    species: a capture history mixing species is meaningless, so a registry of several needs `species`."""
     if occasion not in OCCASIONS:
         raise ValueError(f"occasion must be one of {', '.join(OCCASIONS)}")
+    if species is None:
+        known = catalog.species()
+        if len(known) > 1:
+            raise CatalogError(f"this registry holds {len(known)} species ({', '.join(known)}): give --species "
+                               "(one capture history per species)")
+        species = known[0] if known else None
+    occasions, _ = _occasions(catalog, occasion)
     seen: dict[str, set[str]] = {}
-    first_time: dict[str, str] = {}
     undated = 0
     for row in sightings(catalog, species):
-        key = _occasion(row, occasion)
+        if occasion == "survey":
+            key = row["survey"] or None
+        else:
+            key = _period(row["captured_at"], occasion) if row["captured_at"] else None
         if key is None:
             undated += 1
             continue
         seen.setdefault(row["individual"], set()).add(key)
-        if row["captured_at"] and (key not in first_time or row["captured_at"] < first_time[key]):
-            first_time[key] = row["captured_at"]
-        first_time.setdefault(key, "~" + key)  # surveys without dates sort by name, after dated ones
-    occasions = sorted(first_time, key=lambda k: (first_time[k], k))
     matrix = {code: [int(o in keys) for o in occasions] for code, keys in sorted(seen.items())}
     return occasions, matrix, undated
 
@@ -109,4 +125,4 @@ def write_capture_history(catalog: Catalog, out: Path, occasion: str = "survey",
         else:
             raise ValueError(f"unknown format {fmt!r} (csv or mark)")
     return {"out": str(out), "occasions": occasions, "individuals": len(matrix), "undated_sightings": undated,
-            "format": fmt}
+            "format": fmt, "species": species or (catalog.species() or [None])[0]}

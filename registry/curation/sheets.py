@@ -33,7 +33,7 @@ def _colour(confidence: float) -> tuple[int, int, int]:
 
 def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3) -> dict[str, Any]:
     """Draw the decision's query and its top `candidates` individuals into a PNG at `out`."""
-    with registry.store.catalog.transaction() as session:
+    with registry.catalog.transaction() as session:
         decision = session.get(Decision, decision_id)
         if decision is None:
             raise ValueError(f"no decision {decision_id}")
@@ -48,11 +48,11 @@ def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3)
         query_info = (query.path, query.species, query.viewpoint, query.sha256)  # type: ignore[union-attr]
         rows = [(c, images.get(c["best_image_id"])) for c in ranked]
         rows = [(c, (i.path, i.species, i.viewpoint, i.sha256)) for c, i in rows if i is not None]
-    pipeline = registry.matching.pipeline
+    pipeline = registry.pipeline
     features = {sha: registry.features.get(sha) for sha in [query_info[3], *(info[3] for _, info in rows)]}
 
     def photo(info: tuple[str, str, str | None, str]) -> tuple[Image.Image, float, tuple[int, int], float]:
-        image = pipeline.load(Path(info[0]), info[1], info[2])
+        image = pipeline.load(registry.catalog.paths.local(info[0]), info[1], info[2])
         feats = features.get(info[3])
         frame = feats.image_size[0] / image.width if feats is not None else 1.0  # keypoint frame -> photo
         fitted, scale, offset = _fit(image)

@@ -54,6 +54,8 @@ class Outcome:
     score: float | None
     threshold: float
     ranked: list[IndividualScore]
+    policy_version: int | None = None  # the decision policy that decided
+    scorer: str = ""
 
 
 class Scorer(Protocol):
@@ -94,14 +96,20 @@ def wildfusion(calibrated: dict[str, float], primary: str, local: str, complemen
 
 
 class CalibratedFusionScorer:
-    """Calibrate every matcher's raw score, then fuse (WildFusion + alpha, or the learned fusion)."""
+    """Calibrate every matcher's raw score, then fuse (WildFusion + alpha, or the learned fusion).
 
-    def __init__(self, calibrations: Calibrations, primary: str, local: str, complementary: str | None,
-                 alpha: float, thresholds: dict[str, float] | None = None, default_threshold: float = 0.35,
-                 learned: bool = False) -> None:
-        if learned and calibrations.learned is None:
-            raise ValueError("learned fusion requested but none is stored: run `registry calibrate --learned`")
-        self.calibrations = calibrations
+    `calibrations` maps a species (or "*", every other species) to the calibrators fitted for it, so one species
+    can be recalibrated without touching the others'.
+    """
+
+    def __init__(self, calibrations: dict[str, Calibrations] | Calibrations, primary: str, local: str,
+                 complementary: str | None, alpha: float, thresholds: dict[str, float] | None = None,
+                 default_threshold: float = 0.35, learned: bool = False) -> None:
+        if isinstance(calibrations, Calibrations):
+            calibrations = {"*": calibrations}
+        if learned and any(c.learned is None for c in calibrations.values()):
+            raise ValueError("learned fusion requested but none is stored: run `registry calibrate`")
+        self.by_species = calibrations
         self.primary, self.local, self.complementary = primary, local, complementary
         self.alpha = alpha
         self.thresholds = thresholds or {}
@@ -109,13 +117,23 @@ class CalibratedFusionScorer:
         self.learned = learned
         self.name = "calibrated-learned-fusion" if learned else f"calibrated-wildfusion-alpha{alpha:g}"
 
+    def calibrations_for(self, species: str) -> Calibrations:
+        found = self.by_species.get(species) or self.by_species.get("*")
+        if found is None:
+            raise KeyError(f"no calibration for species {species!r}: run `registry calibrate --species {species}`")
+        return found
+
     def score(self, candidate: CandidateScore, species: str) -> None:
-        candidate.calibrated = {m: self.calibrations.calibrate(m, species, raw) for m, raw in candidate.raw.items()}
+        calibrations = self.calibrations_for(species)
+        candidate.calibrated = {m: calibrations.calibrate(m, species, raw) for m, raw in candidate.raw.items()}
+        candidate.score = self.fuse(candidate.calibrated, species)
+
+    def fuse(self, calibrated: dict[str, float], species: str, alpha: float | None = None) -> float:
+        """The score this scorer decides with, from calibrated matcher scores (alpha overridable for sweeps)."""
         if self.learned:
-            candidate.score = self.calibrations.learned(candidate.calibrated)  # type: ignore[misc]
-        else:
-            candidate.score = wildfusion(candidate.calibrated, self.primary, self.local, self.complementary,
-                                         self.alpha)
+            return self.calibrations_for(species).learned(calibrated)  # type: ignore[misc]
+        return wildfusion(calibrated, self.primary, self.local, self.complementary,
+                          self.alpha if alpha is None else alpha)
 
     def threshold_for(self, species: str) -> float:
         return self.thresholds.get(species, self.default_threshold)

@@ -10,6 +10,7 @@ from typing import Any
 
 from registry.evaluate import synth
 from registry.evaluate.metrics import evaluate, sequential_predictions
+from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import count_rows
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -52,7 +53,7 @@ def run_demo(
             n_rows = count_rows(manifest)
             say(f"Season {season}: ingesting {n_rows} photos in {mode} mode ...")
             bar = progress_factory(f"season {season}", n_rows) if progress_factory else None
-            reports.append(registry.ingest(manifest, f"synthetic-season-{season}", mode,
+            reports.append(Ingestor(registry).ingest(manifest, f"synthetic-season-{season}", mode,
                                            progress=bar.update if bar else None,
                                            on_identified=lambda row, ident: decisions.append((row, ident))))
             if bar:
@@ -62,7 +63,7 @@ def run_demo(
                 calibration = registry.calibrate()
                 say(f"  {calibration['positives']} same-individual and {calibration['negatives']} "
                     "different-individual pairs; decisions now use calibrated WildFusion scores")
-        reference_labels = {ind["code"]: ind["name"] for ind in registry.store.catalog.individuals() if ind["name"]}
+        reference_labels = {ind["code"]: ind["name"] for ind in registry.catalog.individuals() if ind["name"]}
         events = [
             (row.species, truth_by_path[str(row.image.resolve())], ident.outcome.outcome, ident.individual_code,
              [c.code for c in ident.outcome.ranked])
@@ -72,8 +73,8 @@ def run_demo(
         matched = [i for _, i in decisions if i.outcome.outcome == "match"]
         created = [i for _, i in decisions if i.outcome.outcome == "new"]
         sample = max(matched, key=lambda i: i.outcome.score or 0).individual_code if matched else None
-        history = registry.store.catalog.history(sample) if sample else None
-        stats = registry.store.catalog.stats()
+        history = registry.catalog.history(sample) if sample else None
+        stats = registry.catalog.stats()
     true_new = {truth for _, truth, *_ in events} - set(reference_labels.values())
     return {
         "data_dir": str(data_dir),

@@ -17,21 +17,22 @@ import numpy as np
 
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, wildfusion
 from registry.evaluate.metrics import Prediction, evaluate, pairwise_clustering, sequential_predictions
-from registry.ingest.sources import ManifestRow, read_manifest, write_manifest
-from registry.matching.imaging import ImageError
+from registry.ingest.ingestion import Ingestor
+from registry.ingest.sources import PhotoRow, read_manifest, write_manifest
+from registry.matching.imaging import ImageError, sha256_of_file
 from registry.services.registry import Registry
 from registry.settings import Settings
 
 TAUS = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 ALPHAS = np.round(np.arange(0.0, 1.0001, 0.1), 1)
-ScoreFn = Callable[[CandidateScore], float]
+ScoreFn = Callable[[CandidateScore, str], float]  # (candidate, species) -> score
 
 
 @dataclass
 class QueryResult:
     """One query photo: its truth and every shortlisted candidate with raw and calibrated scores."""
 
-    row: ManifestRow
+    row: PhotoRow
     known: bool
     candidates: list[CandidateScore]
     seconds: float
@@ -49,9 +50,9 @@ def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3,
     """
     rows = [r for r in read_manifest(manifest, default_species).rows if r.identity]
     rng = np.random.default_rng(seed)
-    reference: list[ManifestRow] = []
-    queries: list[ManifestRow] = []
-    by_species: dict[str, dict[str, list[ManifestRow]]] = {}
+    reference: list[PhotoRow] = []
+    queries: list[PhotoRow] = []
+    by_species: dict[str, dict[str, list[PhotoRow]]] = {}
     for row in rows:
         by_species.setdefault(row.species, {}).setdefault(row.identity, []).append(row)  # type: ignore[arg-type]
     for _species, identities in sorted(by_species.items()):
@@ -64,7 +65,7 @@ def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3,
             if name in unknown:
                 queries += photos
                 continue
-            groups: list[list[ManifestRow]] = []
+            groups: list[list[PhotoRow]] = []
             for photo in photos:
                 if groups and photo.captured_at is not None and groups[-1][0].captured_at == photo.captured_at:
                     groups[-1].append(photo)
@@ -81,24 +82,27 @@ def split_manifest(manifest: Path, out_dir: Path, unknown_fraction: float = 0.3,
 
 
 # --- collecting candidate scores ---------------------------------------------------------------------------
-def collect(registry: Registry, rows: list[ManifestRow], known_identities: set[tuple[str, str]],
+def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tuple[str, str]],
             progress: Callable[[int], None] | None = None) -> tuple[list[QueryResult], list[str]]:
     """Identify each labelled query without recording it; keep every candidate's scores."""
     results, problems = [], []
     batch = max(1, registry.settings.batch_size)
+    identification = registry.identification
     for start in range(0, len(rows), batch):
         chunk = rows[start : start + batch]
         began = time.perf_counter()
-        described = registry._describe([r.image for r in chunk], [r.species for r in chunk],
-                                       [r.viewpoint for r in chunk])
+        own = _own_images(registry, chunk)
+        described = identification.describe([r.image for r in chunk], [r.species for r in chunk],
+                                             [r.viewpoint for r in chunk])
         describe_each = (time.perf_counter() - began) / len(chunk)
         for row, item in zip(chunk, described, strict=True):
             if isinstance(item, ImageError):
                 problems.append(f"{row.image}: {item}")
                 continue
             began = time.perf_counter()
-            candidates = registry.candidates(item, row.species, row.viewpoint)
-            registry.judge(candidates, row.species)  # fills calibrated scores
+            exclude = (own[row.image],) if row.image in own else ()  # a query never matches its own photo
+            candidates = identification.candidates(item, row.species, row.viewpoint, exclude)
+            identification.judge(candidates, row.species)  # fills calibrated scores
             results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates,
                                        describe_each + time.perf_counter() - began))
         if progress:
@@ -106,10 +110,22 @@ def collect(registry: Registry, rows: list[ManifestRow], known_identities: set[t
     return results, problems
 
 
+def _own_images(registry: Registry, rows: list[PhotoRow]) -> dict[Path, int]:
+    """Query photos that are in the registry themselves (same content), and their image ids."""
+    shas = {}
+    for row in rows:
+        try:
+            shas[row.image] = sha256_of_file(row.image)
+        except ImageError:
+            continue
+    ids = registry.catalog.image_ids_by_sha(list(shas.values()))
+    return {path: ids[sha] for path, sha in shas.items() if sha in ids}
+
+
 def _ranked(result: QueryResult, score: ScoreFn) -> list[tuple[int, float]]:
     best: dict[int, float] = {}
     for candidate in result.candidates:
-        value = score(candidate)
+        value = score(candidate, result.row.species)
         if value > best.get(candidate.individual_id, -np.inf):
             best[candidate.individual_id] = value
     return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
@@ -136,7 +152,7 @@ def _top(results: list[QueryResult], score: ScoreFn) -> list[tuple[int | None, f
 def sweep(results: list[QueryResult], names: dict[int, str], scorer: CalibratedFusionScorer,
           alphas: np.ndarray = ALPHAS, taus: np.ndarray = TAUS) -> dict[str, Any]:
     """AnimalCLEF score for every (α, τ) on the grid, per species, from stored calibrated scores."""
-    if scorer.complementary is None:
+    if scorer.complementary is None or scorer.learned:  # alpha plays no part in these scores
         alphas = np.array([scorer.alpha])
     species = sorted({r.row.species for r in results})
     grid: dict[str, list[list[float | None]]] = {sp: [] for sp in ["overall", *species]}
@@ -168,7 +184,12 @@ def _prediction_from_top(result: QueryResult, top: tuple[int | None, float], tau
 
 
 def _fusion_fn(scorer: CalibratedFusionScorer, alpha: float) -> ScoreFn:
-    return lambda c: wildfusion(c.calibrated, scorer.primary, scorer.local, scorer.complementary, alpha)
+    """The score the policy decides with (learned fusion or WildFusion), with alpha overridden for sweeps."""
+    return lambda c, species: scorer.fuse(c.calibrated, species, alpha)
+
+
+def _wildfusion_fn(scorer: CalibratedFusionScorer, alpha: float) -> ScoreFn:
+    return lambda c, _sp: wildfusion(c.calibrated, scorer.primary, scorer.local, scorer.complementary, alpha)
 
 
 def cross_fitted_tau(results: list[QueryResult], names: dict[int, str], scorer: CalibratedFusionScorer,
@@ -206,31 +227,30 @@ def configurations(registry: Registry, results: list[QueryResult], names: dict[i
     tau = scorer.threshold_for
     primary, local, complementary = scorer.primary, scorer.local, scorer.complementary
     configs: dict[str, ScoreFn] = {
-        f"global only ({primary})": lambda c: c.calibrated[primary],
-        f"local only ({local})": lambda c: c.calibrated[local],
+        f"global only ({primary})": lambda c, _sp: c.calibrated[primary],
+        f"local only ({local})": lambda c, _sp: c.calibrated[local],
     }
     if complementary:
-        configs[f"global only ({complementary})"] = lambda c: c.calibrated[complementary]
-    configs[f"WildFusion (alpha {scorer.alpha:g})"] = _fusion_fn(scorer, scorer.alpha)
-    if scorer.calibrations.learned is not None:
-        learned = scorer.calibrations.learned
-        configs["learned fusion (logistic)"] = lambda c: learned(c.calibrated)
+        configs[f"global only ({complementary})"] = lambda c, _sp: c.calibrated[complementary]
+    configs[f"WildFusion (alpha {scorer.alpha:g})"] = _wildfusion_fn(scorer, scorer.alpha)
+    if all(c.learned is not None for c in scorer.by_species.values()):
+        configs["learned fusion (logistic)"] = lambda c, sp: scorer.calibrations_for(sp).learned(c.calibrated)  # type: ignore[misc]
     out = {name: evaluate(predictions(results, fn, tau, names)) for name, fn in configs.items()}
     tuned, chosen = cross_fitted_tau(results, names, scorer)
     if tuned:
-        out["WildFusion, tau tuned per species (2-fold by identity)"] = {**evaluate(tuned), "taus": chosen}
+        out[f"{scorer.name}, tau tuned per species (2-fold by identity)"] = {**evaluate(tuned), "taus": chosen}
     return out
 
 
-def exhaustive(registry: Registry, rows: list[ManifestRow], known_identities: set[tuple[str, str]],
+def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[tuple[str, str]],
                names: dict[int, str], shortlist: int = 100,
                progress: Callable[[int], None] | None = None) -> tuple[list[QueryResult], float]:
     """The paper's own path: exact global similarity to every reference image of the species (no ANN), and the
     local matcher on all `shortlist` best images (not one per individual). Returns results and seconds/query."""
-    pipeline = registry.matching.pipeline
+    pipeline = registry.pipeline
     primary = pipeline.primary.name
     collection = registry.collections[primary]
-    ids = {i["image_id"]: i for i in registry.store.catalog.labelled_images()}
+    ids = {i["image_id"]: i for i in registry.catalog.labelled_images()}
     reference_ids = np.array(sorted(ids))
     reference = registry.index.vectors(collection, reference_ids.tolist())
     matrix = np.stack([reference[int(i)] for i in reference_ids])
@@ -240,7 +260,7 @@ def exhaustive(registry: Registry, rows: list[ManifestRow], known_identities: se
     results, spent = [], 0.0
     for row in rows:
         began = time.perf_counter()
-        described = registry._describe([row.image], [row.species], [row.viewpoint])[0]
+        described = registry.identification.describe([row.image], [row.species], [row.viewpoint])[0]
         if isinstance(described, ImageError):
             continue
         similarity = matrix @ described.vectors[primary]
@@ -250,16 +270,16 @@ def exhaustive(registry: Registry, rows: list[ManifestRow], known_identities: se
         similarity[~allowed] = -np.inf
         order = np.argsort(-similarity)[: min(shortlist, int(allowed.sum()))]
         chosen = [int(reference_ids[i]) for i in order]
-        features = registry._candidate_features(chosen)
+        features = registry.identification.candidate_features(chosen)
         chosen = [i for i in chosen if i in features]
-        others = registry._global_similarities(described.vectors, chosen, skip=primary)
+        others = registry.identification.global_similarities(described.vectors, chosen, skip=primary)
         local = pipeline.local.scores(described.local, [features[i] for i in chosen])
         candidates = []
         for position, image_id in enumerate(chosen):
             raw = {primary: float(similarity[order[position]]), **{n: s[image_id] for n, s in others.items()},
                    pipeline.local.name: local[position]}
             candidates.append(CandidateScore(image_id, individual_of[image_id], raw))
-        registry.judge(candidates, row.species)
+        registry.identification.judge(candidates, row.species)
         seconds = time.perf_counter() - began
         spent += seconds
         results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates, seconds))
@@ -288,7 +308,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         query_rows = sorted(query_rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
         started = time.perf_counter()
         progress = bar("reference", len(read_manifest(reference).rows))
-        ingest = registry.ingest(reference, "evaluation-reference", "reference",
+        ingest = Ingestor(registry).ingest(reference, "evaluation-reference", "reference",
                                  progress=progress.update if progress else None)
         if progress:
             progress.close()
@@ -296,7 +316,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         report["skipped"] = [str(p) for p in ingest.problems]
         say(f"reference: {ingest.added} photos in {time.perf_counter() - started:.0f} s; calibrating ...")
         report["calibration"] = registry.calibrate(per_class=calibration_pairs)
-        individuals = registry.store.catalog.individuals()
+        individuals = registry.catalog.individuals()
         names = {i["id"]: i["name"] for i in individuals}
         known = {(i["species"], i["name"]) for i in individuals}
         if protocol == "sequential":
@@ -307,7 +327,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         if progress:
             progress.close()
         report["skipped"] += problems
-        actual = evaluate(predictions(results, lambda c: c.score, registry.scorer.threshold_for, names))
+        actual = evaluate(predictions(results, lambda c, _sp: c.score, registry.scorer.threshold_for, names))
         report.update(actual)
         report["seconds_per_query"] = float(np.mean([r.seconds for r in results])) if results else None
         report["configurations"] = configurations(registry, results, names)
@@ -330,26 +350,27 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
             same = [r for r in results if str(r.row.image) in paths]
             report["exhaustive"] = {
                 "queries": len(full), "shortlist": shortlist,
-                "exhaustive": {**evaluate(predictions(full, lambda c: c.score, registry.scorer.threshold_for,
+                "exhaustive": {**evaluate(predictions(full, lambda c, _sp: c.score, registry.scorer.threshold_for,
                                                       names))["overall"], "seconds_per_query": seconds},
-                "registry_ann": {**evaluate(predictions(same, lambda c: c.score, registry.scorer.threshold_for,
+                "registry_ann": {**evaluate(predictions(same, lambda c, _sp: c.score, registry.scorer.threshold_for,
                                                         names))["overall"],
                                  "seconds_per_query": float(np.mean([r.seconds for r in same])) if same else None},
             }
     return report
 
 
-def _sequential(registry: Registry, queries: Path, rows: list[ManifestRow], known: set[tuple[str, str]],
+def _sequential(registry: Registry, queries: Path, rows: list[PhotoRow], known: set[tuple[str, str]],
                 bar: Callable[[str, int], Any]) -> dict[str, Any]:
     """The registry's real life: each query identified against everything recorded so far, then recorded."""
     ordered = write_manifest(rows, queries.parent / f".{queries.stem}-ordered.csv")
     progress = bar("sequential", len(rows))
-    decided: list[tuple[ManifestRow, Any]] = []
-    ingest = registry.ingest(ordered, "evaluation-queries", "identify", progress=progress.update if progress else None,
-                             on_identified=lambda row, ident: decided.append((row, ident)))
+    decided: list[tuple[PhotoRow, Any]] = []
+    ingest = Ingestor(registry).ingest(ordered, "evaluation-queries", "identify",
+                                       progress=progress.update if progress else None,
+                                       on_identified=lambda row, ident: decided.append((row, ident)))
     if progress:
         progress.close()
-    labels = {i["code"]: i["name"] for i in registry.store.catalog.individuals() if i["name"]}
+    labels = {i["code"]: i["name"] for i in registry.catalog.individuals() if i["name"]}
     events = [(row.species, row.identity or "", ident.outcome.outcome, ident.individual_code,
                [c.code for c in ident.outcome.ranked]) for row, ident in decided]
     result = evaluate(sequential_predictions(events, labels))
@@ -362,28 +383,34 @@ def _sequential(registry: Registry, queries: Path, rows: list[ManifestRow], know
 
 
 def tune(registry: Registry, queries: Path, tune_alpha: bool = True,
-         progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Choose τ per species (and α) on labelled validation photos that are not recorded, maximising the
-    AnimalCLEF score, and store them in the registry's settings."""
+         progress: Callable[[int], None] | None = None, actor: str = "registry tune") -> dict[str, Any]:
+    """Choose τ per species (and α, for WildFusion) on labelled validation photos that are not recorded,
+    maximising the AnimalCLEF score of the score the policy decides with, and put them into force as a new
+    policy version. A query photo that is itself in the registry never matches its own image."""
     scorer = registry.scorer
     if not isinstance(scorer, CalibratedFusionScorer):
         raise ValueError("the registry is not calibrated: run `registry calibrate` first")
-    individuals = registry.store.catalog.individuals()
+    individuals = registry.catalog.individuals()
     names = {i["id"]: i["name"] for i in individuals}
     known = {(i["species"], i["name"]) for i in individuals}
     rows = [r for r in read_manifest(queries).rows if r.identity]
     results, problems = collect(registry, rows, known, progress)
-    before = evaluate(predictions(results, lambda c: c.score, scorer.threshold_for, names))
-    found = sweep(results, names, scorer, alphas=ALPHAS if tune_alpha else np.array([scorer.alpha]))
-    settings = registry.settings
+    before = evaluate(predictions(results, lambda c, _sp: c.score, scorer.threshold_for, names))
+    alphas = ALPHAS if tune_alpha and not scorer.learned else np.array([scorer.alpha])
+    found = sweep(results, names, scorer, alphas=alphas)
     alpha = found["best"]["overall"]["alpha"]
     refit = sweep(results, names, scorer, alphas=np.array([alpha]))["best"]
-    settings.alpha = alpha
-    settings.species_threshold_offsets = {
-        sp: round(best["tau"] - settings.match_threshold, 4) for sp, best in refit.items() if sp != "overall"}
-    settings.save()
-    registry._scorer = None  # the next decision uses the stored values
-    return {"queries": len(results), "skipped": problems, "alpha": alpha,
-            "thresholds": {sp: b["tau"] for sp, b in refit.items() if sp != "overall"},
-            "score_before": before["overall"]["score"],
-            "score_after_on_these_queries": {sp: b["score"] for sp, b in refit.items()}}
+    thresholds = {sp: b["tau"] for sp, b in refit.items() if sp != "overall"}
+    tuned = CalibratedFusionScorer(scorer.by_species, scorer.primary, scorer.local, scorer.complementary, alpha,
+                                   thresholds, scorer.default_threshold, learned=scorer.learned)
+    after = evaluate(predictions(results, _fusion_fn(tuned, alpha), tuned.threshold_for, names))
+    expected = {"score": scorer.name if not tuned.learned else tuned.name, "queries": len(results),
+                "before": before["overall"]["score"], "after_on_these_queries": after["overall"]["score"],
+                "per_species_after": {sp: b["score"] for sp, b in refit.items() if sp != "overall"}}
+    policy = registry.set_policy(registry.policy.derive(
+        f"tune on {queries.name} ({len(results)} queries)", actor, alpha=alpha, thresholds=thresholds,
+        expected=expected))
+    return {"queries": len(results), "skipped": problems, "alpha": alpha, "fusion": tuned.name,
+            "thresholds": thresholds, "score_before": before["overall"]["score"],
+            "score_after_on_these_queries": after["overall"]["score"],
+            "per_species_after": expected["per_species_after"], "policy_version": policy.version}

@@ -29,7 +29,7 @@ class Problem:
 
 def check(registry: Registry, repair: bool = False) -> dict[str, Any]:
     """{"consistent": bool, "problems": [...], "repaired": n, "unrepaired": n} over the whole registry."""
-    states = registry.store.catalog.image_states()
+    states = registry.catalog.image_states()
     problems: list[Problem] = []
     for image_id, state in states.items():
         if state["status"] == "pending":
@@ -71,7 +71,7 @@ def _repair(registry: Registry, problems: list[Problem], states: dict[int, dict[
     # pending images, missing vectors and missing features all mean: describe the photo again from its file
     redo = sorted({p.image_id for p in problems if p.kind in ("pending-image", "missing-vector", "missing-features")})
     if redo:
-        done, failures = registry.reindex(redo)
+        done, failures = registry.recorder.reindex(redo)
         for problem in problems:
             if problem.image_id in done and problem.kind in ("pending-image", "missing-vector", "missing-features"):
                 problem.repaired = True

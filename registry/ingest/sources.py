@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from registry.services.recording import PhotoRow
+
 REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude"}
 ANIMALCLEF_COLUMNS = {"image_id", "identity", "path", "species", "orientation", "date", "split"}
 UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
@@ -19,18 +21,6 @@ UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
 
 class ManifestError(ValueError):
     pass
-
-
-@dataclass(frozen=True)
-class ManifestRow:
-    line: int  # line number in the CSV file (the header is line 1)
-    image: Path
-    species: str
-    identity: str | None = None
-    viewpoint: str | None = None
-    captured_at: datetime | None = None
-    latitude: float | None = None
-    longitude: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,7 +37,7 @@ class RowProblem:
 class Manifest:
     path: Path
     format: str
-    rows: list[ManifestRow]
+    rows: list[PhotoRow]
     problems: list[RowProblem]
     warnings: list[str]
 
@@ -113,7 +103,7 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
         raise ManifestError(f"{path}: no 'species' column; give the species on the command line (--species)")
     warnings = [f"{path}: column {c!r} is not used" for c in header if c not in known]
 
-    rows: list[ManifestRow] = []
+    rows: list[PhotoRow] = []
     problems: list[RowProblem] = []
     seen: dict[str, int] = {}
     base = path.parent
@@ -135,7 +125,7 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
             identity = _text(raw.get("identity"))
             if identity is not None and identity.lower() in UNKNOWN_IDENTITY:
                 identity = None
-            row = ManifestRow(
+            row = PhotoRow(
                 line=line, image=image, species=species, identity=identity,
                 viewpoint=_text(raw.get(view_col)),
                 captured_at=_datetime(raw.get(date_col)),
@@ -154,6 +144,13 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
     return Manifest(path, fmt, rows, problems, warnings)
 
 
+def count_items(source: Path) -> int:
+    """How many photos a source names (for progress): a CSV's data rows, or the files under a folder."""
+    if source.is_dir():
+        return sum(1 for p in source.rglob("*") if p.is_file())
+    return count_rows(source) if source.is_file() else 0
+
+
 def count_rows(path: Path) -> int:
     """Data rows in a CSV file (for progress bars); 0 when the file cannot be read."""
     try:
@@ -163,7 +160,7 @@ def count_rows(path: Path) -> int:
         return 0
 
 
-def write_manifest(rows: list[ManifestRow], path: Path) -> Path:
+def write_manifest(rows: list[PhotoRow], path: Path) -> Path:
     """Write rows as a registry CSV with absolute image paths (so the file can live anywhere)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -206,7 +203,7 @@ def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manife
     if layout == "auto":  # sub-folders and no photos beside them: one folder per animal
         loose_photos = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
         layout = "identity-folders" if any(e.is_dir() for e in entries) and not loose_photos else "plain"
-    rows: list[ManifestRow] = []
+    rows: list[PhotoRow] = []
     warnings: list[str] = []
     if layout == "identity-folders":
         stray = [e.name for e in entries if not e.is_dir()]
@@ -221,7 +218,7 @@ def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manife
         if photo.suffix.lower() not in IMAGE_SUFFIXES:
             warnings.append(f"{photo}: not an image file name, not used")
             continue
-        rows.append(ManifestRow(number + 1, photo, species, identity, None, _exif_time(photo)))
+        rows.append(PhotoRow(number + 1, photo, species, identity, None, _exif_time(photo)))
     return Manifest(path, layout, rows, [], warnings)
 
 

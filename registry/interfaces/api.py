@@ -1,21 +1,23 @@
 """The HTTP API (FastAPI): the same `Registry`, `Curator`, review and export code the CLI uses, over HTTP.
 
-Write endpoints need a bearer token (`registry token create NAME`); read endpoints too unless
-`api_public_reads` is set. One process serves one registry object; its requests run one at a time (models and
-an embedded vector index are not shared across threads), and several worker processes are allowed when the
-catalog is PostgreSQL and the index a Qdrant server, where transactions and constraints keep writers consistent.
-Errors never carry stack traces: expected ones become 4xx with the reason, anything else a logged 500.
+Every route but `/health` needs a bearer token (`registry token create NAME --scope ...`) whose scope covers it:
+`read` browses, `review` also identifies and decides, `admin` also ingests, merges, splits and undoes (reads
+need no token when `api_public_reads` is set). Writes that use the models or the embedded vector index run one
+at a time in a process; reads go straight to SQL on their own sessions, so they never wait behind an ingest.
+Several worker processes are allowed when the catalog is PostgreSQL and the index a Qdrant server. Request
+bodies are bounded while they stream in, before anything parses them. Errors never carry stack traces or server
+paths: expected ones become 4xx with the reason, anything else a logged 500.
 """
-
-
 
 import contextlib
 import hashlib
 import io
+import json
 import logging
+import re
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -26,15 +28,18 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image as PILImage
 from pydantic import BaseModel
 from sqlalchemy import text
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from registry.curation import exports, review
 from registry.curation.curator import CurationError, Curator
-from registry.ingest.sources import LAYOUTS, ManifestError
+from registry.ingest.ingestion import Ingestor
+from registry.ingest.sources import LAYOUTS, ManifestError, count_items
 from registry.interfaces import tokens
+from registry.interfaces.tokens import Caller
 from registry.matching.imaging import ImageError
 from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.store.catalog import CatalogError, UnknownIndividualError
+from registry.store.catalog import Catalog, CatalogError, UnknownIndividualError
 from registry.store.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -71,12 +76,76 @@ class SplitRequest(BaseModel):
     reason: str | None = None
 
 
+FORM_SLACK = 64 * 1024  # form fields and multipart framing beside the photo
+PATH = re.compile(r"(?:[A-Za-z]:)?[\\/](?:[^\s'\"\\/]+[\\/])+([^\s'\"\\/,;:)]+)")
+
+
+def redact(message: str) -> str:
+    """A message fit for a client: server paths shortened to their file name."""
+    return PATH.sub(lambda m: m.group(1), message)
+
+
+class BodyTooLargeError(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: a request body larger than `limit` bytes gets 413 as soon as it is known — from its
+    Content-Length, or while it streams — so no route, form parser or auth check ever reads more than that."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+        exceeded = refused = False
+
+        async def bounded_receive() -> Message:
+            nonlocal seen, exceeded
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    exceeded = True
+                    raise BodyTooLargeError  # stops the form parser mid-stream
+            return message
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal refused
+            if not exceeded:
+                await send(message)
+            elif not refused:  # whatever the app made of the interrupted body, the caller gets 413
+                refused = True
+                await self._refuse(send)
+
+        try:
+            await self.app(scope, bounded_receive, guarded_send)
+        except BodyTooLargeError:
+            if not refused:
+                await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"detail": f"request body larger than {self.limit // (1024 * 1024)} MB"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
 class Service:
-    """The registry a server process holds, with the lock that serialises its use."""
+    """The registry a server process holds, the lock that serialises its model and vector work, and a catalog
+    for reads that never waits for that lock."""
 
     def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.registry = registry or Registry(settings)
+        self.reads = Catalog(settings.sqlalchemy_url, settings.photo_root)
         self.lock = threading.Lock()
         self.uploads = settings.data_dir / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
@@ -95,6 +164,7 @@ class Service:
     def close(self) -> None:
         with self.lock:
             self.registry.close()
+            self.reads.close()
 
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
@@ -108,27 +178,30 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     app = FastAPI(title="Animal identity registry", version="0.1.0", lifespan=lifespan,
                   description="Which animal is this photo, and where has it been seen?")
     app.state.service = service
+    app.add_middleware(BodyLimit, limit=int(settings.api_max_upload_mb * 1024 * 1024) + FORM_SLACK)
     bearer = HTTPBearer(auto_error=False)
 
-    def caller(credentials: HTTPAuthorizationCredentials | None) -> str | None:
+    def caller(credentials: HTTPAuthorizationCredentials | None) -> Caller | None:
         if credentials is None or credentials.scheme.lower() != "bearer":
             return None
-        return tokens.verify(service.registry.store.catalog, credentials.credentials)
+        return tokens.verify(service.reads, credentials.credentials)
 
-    def writer(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str:
-        name = caller(credentials)
-        if name is None:
-            raise HTTPException(401, "a valid bearer token is required (registry token create NAME)",
-                                headers={"WWW-Authenticate": "Bearer"})
-        return name
+    def needs(scope: str) -> Callable[..., Caller | None]:
+        def check(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Caller | None:
+            found = caller(credentials)
+            if found is None:
+                if scope == "read" and settings.api_public_reads:
+                    return None
+                raise HTTPException(401, "a valid bearer token is required (registry token create NAME)",
+                                    headers={"WWW-Authenticate": "Bearer"})
+            if not tokens.allows(found.scope, scope):
+                raise HTTPException(403, f"this token's scope is {found.scope!r}; this needs {scope!r}")
+            return found
+        return check
 
-    def reader(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> str | None:
-        if settings.api_public_reads:
-            return caller(credentials)
-        return writer(credentials)
-
-    Writer = Annotated[str, Depends(writer)]
-    Reader = Annotated[str | None, Depends(reader)]
+    Reader = Annotated[Caller | None, Depends(needs("read"))]
+    Reviewer = Annotated[Caller, Depends(needs("review"))]
+    Admin = Annotated[Caller, Depends(needs("admin"))]
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -138,7 +211,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     for error, status in ((UnknownIndividualError, 404), (CurationError, 409), (CatalogError, 409),
                           (ImageError, 415), (ManifestError, 400), (ValueError, 400)):
         def handler(_request: Request, exc: Exception, status: int = status) -> JSONResponse:
-            return JSONResponse({"detail": str(exc)}, status_code=status)
+            return JSONResponse({"detail": redact(str(exc))}, status_code=status)
 
         app.add_exception_handler(error, handler)
 
@@ -148,7 +221,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         """Liveness and storage reachability (no token needed)."""
         checks: dict[str, Any] = {}
         try:
-            with service.registry.store.catalog.engine.connect() as connection:
+            with service.reads.engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
             checks["database"] = "ok"
         except Exception as exc:  # reported, not raised: this endpoint must always answer
@@ -163,40 +236,38 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/individuals")
     def individuals(_: Reader, species: str | None = None) -> list[dict[str, Any]]:
-        return service.run(lambda r: r.catalog.individuals(species))
+        return service.reads.individuals(species)
 
     @app.get("/individuals/{code}/history")
     def history(code: str, _: Reader) -> dict[str, Any]:
-        return service.run(lambda r: r.catalog.history(code))
+        return service.reads.history(code)
 
     @app.get("/images/{sha256}/history")
     def image_history(sha256: str, _: Reader) -> dict[str, Any]:
-        return service.run(lambda r: r.catalog.history(r.catalog.individual_of_image(sha256)))
+        return service.reads.history(service.reads.individual_of_image(sha256))
 
     @app.get("/review")
     def review_queue(_: Reader, species: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 20,
                      margin: float = 0.15) -> list[dict[str, Any]]:
-        return service.run(lambda r: review.queue(r.catalog, species, limit, margin))
+        return review.queue(service.reads, species, limit, margin)
 
     @app.get("/stats")
     def stats(_: Reader) -> dict[str, int]:
-        return service.run(lambda r: r.catalog.stats())
+        return service.reads.stats()
 
     @app.get("/exports/sightings.csv", response_class=PlainTextResponse)
     def export_sightings(_: Reader, species: str | None = None) -> str:
-        return service.run(lambda r: _via_file(lambda out: exports.write_sightings(r.catalog, out, species)))
+        return _via_file(lambda out: exports.write_sightings(service.reads, out, species))
 
     @app.get("/exports/capture-history", response_class=PlainTextResponse)
     def export_capture_history(_: Reader, occasion: str = "survey", species: str | None = None,
                                format: str = "csv") -> str:
-        return service.run(lambda r: _via_file(
-            lambda out: exports.write_capture_history(r.catalog, out, occasion, species, format)))
+        return _via_file(lambda out: exports.write_capture_history(service.reads, out, occasion, species, format))
 
     # --- identification --------------------------------------------------------------------------------
     @app.post("/identify")
     def identify(
-        user: Writer,
-        request: Request,
+        user: Reviewer,
         image: Annotated[UploadFile, File(description="the photo")],
         species: Annotated[str, Form()],
         viewpoint: Annotated[str | None, Form()] = None,
@@ -208,13 +279,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     ) -> dict[str, Any]:
         """Identify an uploaded photo; with `record`, file the decision as a sighting or a new individual."""
         path = _store_upload(image, service.uploads, settings.api_max_upload_mb)
-        result = service.run(lambda r: r.identify(path, species, viewpoint, record=record, survey=survey,
-                                                  captured_at=captured_at, latitude=latitude, longitude=longitude))
-        return {**result.to_json(), "image": path.name, "by": user}
+        try:
+            result = service.run(lambda r: r.identify(path, species, viewpoint, record=record, survey=survey,
+                                                      captured_at=captured_at, latitude=latitude,
+                                                      longitude=longitude))
+        finally:
+            if not record:  # nothing refers to the photo: it is not kept
+                path.unlink(missing_ok=True)
+        return {**result.to_json(), "image": path.name, "by": user.name}
 
     # --- ingestion jobs ---------------------------------------------------------------------------------
     @app.post("/ingest", status_code=202)
-    def ingest(user: Writer, body: IngestRequest) -> dict[str, Any]:
+    def ingest(user: Admin, body: IngestRequest) -> dict[str, Any]:
         """Start ingesting a season that lies in the server's import folder; poll GET /jobs/{id}."""
         if body.mode not in ("reference", "identify") or body.layout not in LAYOUTS:
             raise HTTPException(400, f"mode must be reference or identify, layout one of {', '.join(LAYOUTS)}")
@@ -223,8 +299,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             raise HTTPException(400, "the manifest must be inside the server's import folder")
         if not source.exists():
             raise HTTPException(404, f"{body.manifest} is not in the import folder")
-        with service.registry.store.catalog.transaction() as session:
-            job = Job(kind="ingest", status="queued", report={"request": body.model_dump(), "by": user})
+        with service.reads.transaction() as session:
+            job = Job(kind="ingest", status="queued", report={"request": body.model_dump(), "by": user.name})
             session.add(job)
             session.flush()
             job_id = job.id
@@ -233,7 +309,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/jobs/{job_id}")
     def job_status(job_id: int, _: Reader) -> dict[str, Any]:
-        with service.registry.store.catalog.transaction() as session:
+        with service.reads.transaction() as session:
             job = session.get(Job, job_id)
             if job is None:
                 raise HTTPException(404, f"no job {job_id}")
@@ -243,32 +319,33 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     # --- curation ---------------------------------------------------------------------------------------
     @app.post("/decisions/{decision_id}/confirm")
-    def confirm(decision_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).confirm(decision_id, body.reason if body else None))
+    def confirm(decision_id: int, user: Reviewer, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).confirm(decision_id, body.reason if body else None))
 
     @app.post("/decisions/{decision_id}/reassign")
-    def reassign(decision_id: int, user: Writer, body: ReassignRequest) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).reassign(decision_id, body.individual, body.new, body.reason))
+    def reassign(decision_id: int, user: Reviewer, body: ReassignRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).reassign(decision_id, body.individual, body.new,
+                                                                          body.reason))
 
     @app.post("/decisions/{decision_id}/reject")
-    def reject(decision_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).reject(decision_id, body.reason if body else None))
+    def reject(decision_id: int, user: Reviewer, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).reject(decision_id, body.reason if body else None))
 
     @app.post("/individuals/merge")
-    def merge(user: Writer, body: MergeRequest) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).merge(body.keep, body.absorb, body.reason))
+    def merge(user: Admin, body: MergeRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).merge(body.keep, body.absorb, body.reason))
 
     @app.post("/individuals/{code}/split")
-    def split(code: str, user: Writer, body: SplitRequest) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).split(code, body.images, body.reason))
+    def split(code: str, user: Admin, body: SplitRequest) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).split(code, body.images, body.reason))
 
     @app.post("/changes/{change_id}/undo")
-    def undo(change_id: int, user: Writer, body: ReasonRequest | None = None) -> dict[str, Any]:
-        return service.run(lambda r: Curator(r, user).undo(change_id, body.reason if body else None))
+    def undo(change_id: int, user: Admin, body: ReasonRequest | None = None) -> dict[str, Any]:
+        return service.run(lambda r: Curator(r.stores, user.name).undo(change_id, body.reason if body else None))
 
     @app.get("/changes")
     def changes(_: Reader, limit: Annotated[int, Query(ge=1, le=1000)] = 50) -> list[dict[str, Any]]:
-        return service.run(lambda r: Curator(r).changes(limit))
+        return Curator.changes_in(service.reads, limit)
 
     return app
 
@@ -308,7 +385,7 @@ def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> Path:
 
 def _run_ingest(service: Service, job_id: int, source: Path, body: IngestRequest) -> None:
     """A background ingest: progress and the final report go to the `jobs` row."""
-    catalog = service.registry.store.catalog
+    catalog = service.reads
 
     def update(**fields: Any) -> None:
         with catalog.transaction() as session:
@@ -323,24 +400,16 @@ def _run_ingest(service: Service, job_id: int, source: Path, body: IngestRequest
         update(done=done[0])
 
     try:
-        total = sum(1 for _ in _rows_of(source))
+        total = count_items(source)
         update(status="running", total=total)
-        report = service.run(lambda r: r.ingest(source, body.survey, body.mode, body.species, progress=progress,
-                                                layout=body.layout, allowed_root=service.import_root),
+        report = service.run(lambda r: Ingestor(r).ingest(source, body.survey, body.mode, body.species,
+                                                          progress=progress, layout=body.layout,
+                                                          allowed_root=service.import_root),
                              timeout=3600)
         update(status="done", report=report.to_json(), finished_at=utcnow())
     except Exception as exc:  # recorded on the job for the caller; the traceback goes to the server log
         log.exception("ingest job %s failed", job_id)
         update(status="failed", error=str(exc), finished_at=utcnow())
-
-
-def _rows_of(source: Path) -> Iterator[Path]:
-    if source.is_dir():
-        yield from (p for p in source.rglob("*") if p.is_file())
-    else:
-        with open(source, errors="replace") as f:
-            yield from (Path(line) for line in list(f)[1:] if line.strip())
-
 
 
 def app_from_environment() -> FastAPI:

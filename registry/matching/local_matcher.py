@@ -113,10 +113,19 @@ class AlikedLightGlue:
         self.matcher.eval().to(self.device)
 
     @property
-    def version(self) -> str:
+    def extractor_version(self) -> str:
         """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
         weights = self.weights_sha256.get("aliked-n16", "random")[:12]
         return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}"
+
+    @property
+    def version(self) -> str:
+        """Changes whenever a pair's raw score could differ: the features, the LightGlue weights, the confidence
+        that counts a correspondence, and batched vs pair-by-pair matching (batches skip LightGlue's point
+        pruning). Calibrations are tied to it, so they never apply to scores of another version."""
+        matcher = self.weights_sha256.get("aliked-lightglue", "random")[:12]
+        mode = "pairs" if self.pair_batch == 1 else f"batch{self.pair_batch}"
+        return f"{self.extractor_version}-lightglue-{matcher}-c{self.min_confidence:g}-{mode}"
 
     def _prepare(self, image: Image.Image) -> torch.Tensor:
         scale = self.long_side / max(image.size)

@@ -6,19 +6,36 @@ open their own session. The schema itself is created only by the Alembic migrati
 
 from __future__ import annotations
 
+import itertools
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import create_engine, event, func, select, text
+from sqlalchemy import create_engine, event, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from registry.decide.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
-from registry.store.tables import Calibration, Change, Decision, Image, Individual, Sighting, Survey
+from registry.decide.policy import DecisionPolicy
+from registry.matching.imaging import sha256_of_file
+from registry.store.photo_paths import PhotoPaths
+from registry.store.photo_paths import relocate as relocate_path
+from registry.store.tables import (
+    Calibration,
+    Change,
+    Decision,
+    DecisionPolicyRow,
+    Image,
+    Individual,
+    Sighting,
+    Species,
+    Survey,
+    utcnow,
+)
 
 
 class CatalogError(RuntimeError):
@@ -34,8 +51,32 @@ class UnknownIndividualError(CatalogError):
 
 
 def species_prefix(species: str) -> str:
+    """The preferred code prefix of a species (its first three letters); `Catalog` makes it unique."""
     letters = re.sub(r"[^A-Za-z]", "", species).upper()
     return (letters[:3] or "IND").ljust(3, "X")
+
+
+def prefix_candidates(species: str) -> Iterator[str]:
+    """Prefixes to try, in order, until one is free: SYN, SYNL, SYNLY, ... then SYN2, SYN3, ..."""
+    letters = re.sub(r"[^A-Za-z]", "", species).upper() or "IND"
+    first = species_prefix(species)
+    yield first
+    for length in range(4, min(len(letters), 8) + 1):
+        yield letters[:length]
+    for number in itertools.count(2):
+        yield f"{first}{number}"
+
+
+def follow_merges(start: int, merged_into: Callable[[int], int | None]) -> int:
+    """The individual `start` belongs to now: follow `merged_into` links to the end (a cycle is an error)."""
+    seen = {start}
+    current = start
+    while (nxt := merged_into(current)) is not None:
+        if nxt in seen:
+            raise CatalogError(f"the merge chain of individual {start} loops")
+        seen.add(nxt)
+        current = nxt
+    return current
 
 
 def make_engine(url: str) -> Engine:
@@ -55,10 +96,11 @@ def make_engine(url: str) -> Engine:
 
 
 class Catalog:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, photo_root: str | Path | None = None) -> None:
         self.url = url
         self.engine = make_engine(url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self.paths = PhotoPaths(photo_root)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -84,10 +126,14 @@ class Catalog:
 
     def known_sha256s(self, sha256s: list[str]) -> set[str]:
         """Which of these photo contents are already catalogued (one query for a whole batch)."""
+        return set(self.image_ids_by_sha(sha256s))
+
+    def image_ids_by_sha(self, sha256s: list[str]) -> dict[str, int]:
+        """sha256 -> image id for those of these photo contents that are catalogued."""
         if not sha256s:
-            return set()
+            return {}
         with self._sessions() as session:
-            return set(session.scalars(select(Image.sha256).where(Image.sha256.in_(sha256s))))
+            return dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(sha256s))).all())  # type: ignore[arg-type]
 
     def add_image(self, session: Session, **fields: Any) -> Image:
         """Insert an image in state `pending`; a photo already catalogued (same content) is refused by name."""
@@ -107,9 +153,26 @@ class Catalog:
             ) from exc
         return image
 
-    def pending_images(self) -> list[Image]:
+    def relocate(self, old: str, new: str) -> dict[str, int]:
+        """Rewrite stored photo paths under `old` to lie under `new` (whole path components), in one transaction."""
+        rewritten = missing = 0
+        with self.transaction() as session:
+            for image in session.scalars(select(Image)):
+                moved = relocate_path(image.path, old, new)
+                if moved is None:
+                    continue
+                image.path = moved
+                rewritten += 1
+                missing += not self.paths.local(moved).exists()
+        return {"rewritten": rewritten, "missing_now": missing}
+
+    def pending_images(self, older_than: datetime | None = None) -> list[Image]:
+        """Images written to SQL whose vectors were never confirmed (only those written before `older_than`)."""
         with self._sessions() as session:
-            return list(session.scalars(select(Image).where(Image.status == "pending").order_by(Image.id)))
+            query = select(Image).where(Image.status == "pending").order_by(Image.id)
+            if older_than is not None:
+                query = query.where(Image.ingested_at < older_than)
+            return list(session.scalars(query))
 
     def mark_indexed(self, image_ids: list[int]) -> None:
         if not image_ids:
@@ -136,48 +199,86 @@ class Catalog:
             if image_ids is not None:
                 query = query.where(Image.id.in_(image_ids))
             rows = session.execute(query).all()
-            merged = dict(session.execute(select(Individual.id, Individual.merged_into_id)
-                                          .where(Individual.merged_into_id.is_not(None))).all())
+            merged = self.merge_links(session)
         out = {}
         for image_id, status, sha, path, species, viewpoint, survey_id, individual_id, sighting_status in rows:
             if sighting_status != "active":
                 individual_id = None
-            while individual_id in merged:
-                individual_id = merged[individual_id]
-            out[image_id] = {"status": status, "sha256": sha, "path": path, "species": species,
+            elif individual_id is not None:
+                individual_id = follow_merges(individual_id, merged.get)
+            out[image_id] = {"status": status, "sha256": sha, "path": str(self.paths.local(path)),
+                             "species": species,
                              "viewpoint": viewpoint, "survey_id": survey_id, "individual_id": individual_id}
         return out
 
     # --- individuals -----------------------------------------------------------------------------------
+    def merge_links(self, session: Session) -> dict[int, int]:
+        """individual id -> the individual it was merged into, for every merged individual."""
+        return dict(session.execute(select(Individual.id, Individual.merged_into_id)
+                                    .where(Individual.merged_into_id.is_not(None))).all())  # type: ignore[arg-type]
+
+    def _species_row(self, session: Session, species: str) -> Species:
+        """The species' row, created with the first free code prefix on its first individual."""
+        row = session.get(Species, species)
+        if row is not None:
+            return row
+        for prefix in prefix_candidates(species):
+            if session.scalar(select(Species.name).where(Species.code_prefix == prefix)) is not None:
+                continue
+            try:
+                with session.begin_nested():
+                    session.add(Species(name=species, code_prefix=prefix, next_seq=1))
+            except IntegrityError:  # another writer registered this species (or took the prefix) meanwhile
+                row = session.get(Species, species, populate_existing=True)
+                if row is not None:
+                    return row
+                continue
+            return session.get(Species, species)  # type: ignore[return-value]
+        raise AssertionError("unreachable: prefix candidates are endless")
+
     def new_individual(
         self, session: Session, species: str, name: str | None = None, decision: Decision | None = None
     ) -> Individual:
         """Create an individual with the next stable code for its species (e.g. NYA-0008).
 
-        On PostgreSQL, concurrent writers (API workers) take a transaction-scoped advisory lock per species, so
-        the next number is computed by one transaction at a time; the unique (species, sequence) constraint and
-        the retry below remain the safety net (and the whole story on SQLite, which serialises writers).
+        The number comes from one atomic `UPDATE species SET next_seq = next_seq + 1 ... RETURNING`, which row-locks
+        the species until the transaction ends: concurrent writers (API workers on PostgreSQL) get distinct
+        numbers without retries, and the prefix is unique per species, so codes never collide.
         """
-        if session.get_bind().dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(hashtext(:key))"), {"key": f"individual-code:{species}"})
-        for _attempt in range(20):
-            seq = (session.scalar(
-                select(func.max(Individual.species_seq)).where(Individual.species == species)
-            ) or 0) + 1
-            individual = Individual(
-                code=f"{species_prefix(species)}-{seq:04d}", species=species, species_seq=seq, name=name,
-                created_by_decision_id=decision.id if decision is not None else None,
-            )
-            try:
-                with session.begin_nested():
-                    session.add(individual)
-                return individual
-            except IntegrityError:
-                continue  # another writer took this number (or the prefix collides): try the next one
-        raise CatalogError(f"could not allocate a code for a new {species} individual")
+        prefix = self._species_row(session, species).code_prefix
+        taken = session.execute(
+            update(Species).where(Species.name == species).values(next_seq=Species.next_seq + 1)
+            .returning(Species.next_seq)
+        ).scalar_one() - 1
+        session.expire_all()  # the species row changed under the ORM
+        individual = Individual(
+            code=f"{prefix}-{taken:04d}", species=species, species_seq=taken, name=name,
+            created_by_decision_id=decision.id if decision is not None else None,
+        )
+        session.add(individual)
+        session.flush()
+        return individual
 
-    def individual_by_name(self, session: Session, species: str, name: str) -> Individual | None:
-        return session.scalar(select(Individual).where(Individual.species == species, Individual.name == name))
+    def individual_by_label(self, session: Session, species: str, label: str) -> Individual | None:
+        """A manifest's identity: an individual of this species named so, or whose code it is."""
+        found = session.scalar(select(Individual).where(Individual.species == species, Individual.name == label))
+        return found or session.scalar(select(Individual).where(Individual.species == species,
+                                                                 Individual.code == label))
+
+    def retire_unsighted(self, session: Session, individual_ids: set[int]) -> list[Individual]:
+        """Retire those of these individuals left without an active sighting (kept with their code, never
+        counted); returns the ones retired now."""
+        retired = []
+        for individual in session.scalars(select(Individual).where(Individual.id.in_(individual_ids),
+                                                                    Individual.retired_at.is_(None),
+                                                                    Individual.merged_into_id.is_(None))):
+            active = session.scalar(select(Sighting.id).where(Sighting.individual_id == individual.id,
+                                                              Sighting.status == "active").limit(1))
+            if active is None:
+                individual.retired_at = utcnow()
+                retired.append(individual)
+        session.flush()
+        return retired
 
     def resolve(self, session: Session, key: str) -> Individual:
         """An individual by code or name, following merges to the individual it now belongs to."""
@@ -192,13 +293,10 @@ class Catalog:
             individual = matches[0] if matches else None
         if individual is None:
             raise UnknownIndividualError(f"no individual with code or name {key!r}")
-        seen = {individual.id}
-        while individual.merged_into_id is not None:
-            individual = session.get(Individual, individual.merged_into_id)
-            if individual is None or individual.id in seen:
-                raise CatalogError(f"merge chain of {key!r} is broken")
-            seen.add(individual.id)
-        return individual
+        if individual.merged_into_id is None:
+            return individual
+        final = follow_merges(individual.id, lambda i: session.get(Individual, i).merged_into_id)  # type: ignore[union-attr]
+        return session.get(Individual, final)  # type: ignore[return-value]
 
     def codes(self, session: Session, individual_ids: set[int]) -> dict[int, str]:
         if not individual_ids:
@@ -227,7 +325,8 @@ class Catalog:
     def labelled_images(self, species: str | None = None) -> list[dict[str, Any]]:
         """Images whose individual a person vouched for (reference labels, confirmed or corrected decisions)."""
         with self.transaction() as session:
-            query = (select(Image.id, Image.species, Image.viewpoint, Sighting.individual_id)
+            query = (select(Image.id, Image.species, Image.viewpoint, Image.survey_id, Image.captured_at,
+                            Sighting.individual_id)
                      .join(Sighting, Sighting.image_id == Image.id)
                      .where(Sighting.status == "active", Sighting.method.in_(("reference", "confirmed", "corrected")),
                             Image.status == "indexed")
@@ -235,19 +334,18 @@ class Catalog:
             if species is not None:
                 query = query.where(Image.species == species)
             rows = session.execute(query).all()
-            merged = dict(session.execute(select(Individual.id, Individual.merged_into_id)
-                                          .where(Individual.merged_into_id.is_not(None))).all())
-        out = []
-        for image_id, sp, viewpoint, individual_id in rows:
-            while individual_id in merged:  # a merged individual's images belong to the survivor
-                individual_id = merged[individual_id]
-            out.append({"image_id": image_id, "species": sp, "viewpoint": viewpoint, "individual_id": individual_id})
-        return out
+            merged = self.merge_links(session)
+        # a merged individual's images belong to the survivor
+        return [{"image_id": image_id, "species": sp, "viewpoint": viewpoint, "survey_id": survey_id,
+                 "captured_at": captured_at, "individual_id": follow_merges(individual_id, merged.get)}
+                for image_id, sp, viewpoint, survey_id, captured_at, individual_id in rows]
 
     def save_calibrations(self, fitted: dict[tuple[str, str | None], IsotonicCalibrator],
-                          learned: LearnedFusion | None, n_pairs: int, summary: dict[str, Any]) -> None:
-        """Store a complete set of calibrators in one transaction (readers take the newest complete set)."""
+                          learned: LearnedFusion | None, n_pairs: int, summary: dict[str, Any]) -> int:
+        """Store a set of calibrators fitted together as one batch; returns the batch (a policy names it)."""
         with self.transaction() as session:
+            if session.get_bind().dialect.name == "postgresql":  # two calibrations at once get distinct batches
+                session.execute(text("LOCK TABLE calibrations IN SHARE ROW EXCLUSIVE MODE"))
             batch = (session.scalar(select(func.max(Calibration.batch))) or 0) + 1
             for (matcher, species), calibrator in fitted.items():
                 session.add(Calibration(matcher=matcher, species=species, model=calibrator.to_json(),
@@ -255,23 +353,69 @@ class Catalog:
             if learned is not None:
                 session.add(Calibration(matcher=LEARNED_FUSION, species=None, model=learned.to_json(),
                                         n_pairs=n_pairs, inputs_summary=summary, batch=batch))
+        return batch
 
-    def load_calibrations(self, versions: dict[str, str]) -> Calibrations:
-        """The newest calibration set made with these model versions (empty when there is none)."""
-        with self.transaction() as session:
-            rows = list(session.scalars(select(Calibration).order_by(Calibration.batch.desc(), Calibration.id)))
-        out = Calibrations()
-        chosen = None
-        for row in rows:
-            if chosen is None and (row.inputs_summary or {}).get("versions") == versions:
-                chosen = row.batch
-            if chosen is None or row.batch != chosen:
-                continue
-            if row.matcher == LEARNED_FUSION:
-                out.learned = LearnedFusion.from_json(row.model)
-            else:
-                out.isotonic[(row.matcher, row.species)] = IsotonicCalibrator.from_json(row.model)
+    def load_calibrations(self, batches: set[int]) -> dict[int, Calibrations]:
+        """The calibrators of each of these batches."""
+        out: dict[int, Calibrations] = {}
+        if not batches:
+            return out
+        with self._sessions() as session:
+            for row in session.scalars(select(Calibration).where(Calibration.batch.in_(batches))
+                                       .order_by(Calibration.id)):
+                found = out.setdefault(row.batch, Calibrations())
+                if row.matcher == LEARNED_FUSION:
+                    found.learned = LearnedFusion.from_json(row.model)
+                else:
+                    found.isotonic[(row.matcher, row.species)] = IsotonicCalibrator.from_json(row.model)
         return out
+
+    def newest_calibration_batch(self, versions: dict[str, str] | None) -> tuple[int, dict[str, str]] | None:
+        """The newest batch (fitted for these model versions, if given) and its versions; for adopting a registry
+        made before decision policies."""
+        with self._sessions() as session:
+            for batch, summary in session.execute(select(Calibration.batch, Calibration.inputs_summary)
+                                                  .order_by(Calibration.batch.desc())):
+                found = (summary or {}).get("versions")
+                if found and (versions is None or found == versions):
+                    return int(batch), found
+        return None
+
+    # --- the decision policy -----------------------------------------------------------------------------
+    @staticmethod
+    def _policy(row: DecisionPolicyRow) -> DecisionPolicy:
+        return DecisionPolicy(
+            profile=row.profile, fusion=row.fusion, alpha=row.alpha, default_threshold=row.default_threshold,
+            uncalibrated_threshold=row.uncalibrated_threshold, matcher_settings=dict(row.matcher_settings),
+            model_versions=dict(row.model_versions),
+            calibration_batches={k: int(v) for k, v in row.calibration_batches.items()},
+            thresholds={k: float(v) for k, v in row.thresholds.items()}, expected=row.expected,
+            created_by=row.created_by, reason=row.reason, version=row.id, parent=row.parent_id,
+            created_at=row.created_at)
+
+    def current_policy(self) -> DecisionPolicy | None:
+        """The policy in force: the newest version."""
+        with self._sessions() as session:
+            row = session.scalar(select(DecisionPolicyRow).order_by(DecisionPolicyRow.id.desc()).limit(1))
+            return self._policy(row) if row is not None else None
+
+    def save_policy(self, policy: DecisionPolicy) -> DecisionPolicy:
+        """Store a new version (it is in force from now on, for every process sharing this catalog)."""
+        with self.transaction() as session:
+            row = DecisionPolicyRow(
+                profile=policy.profile, model_versions=policy.model_versions,
+                matcher_settings=policy.matcher_settings, calibration_batches=policy.calibration_batches,
+                fusion=policy.fusion, alpha=policy.alpha, default_threshold=policy.default_threshold,
+                thresholds=policy.thresholds, uncalibrated_threshold=policy.uncalibrated_threshold,
+                expected=policy.expected, created_by=policy.created_by, reason=policy.reason,
+                parent_id=policy.parent)
+            session.add(row)
+            session.flush()
+            return self._policy(row)
+
+    def policy_history(self) -> list[DecisionPolicy]:
+        with self._sessions() as session:
+            return [self._policy(r) for r in session.scalars(select(DecisionPolicyRow).order_by(DecisionPolicyRow.id))]
 
     # --- read queries ----------------------------------------------------------------------------------
     def history(self, key: str) -> dict[str, Any]:
@@ -294,7 +438,7 @@ class Catalog:
                     "survey": survey_name,
                     "latitude": image.latitude,
                     "longitude": image.longitude,
-                    "image": image.path,
+                    "image": str(self.paths.local(image.path)),
                     "sha256": image.sha256,
                     "method": sighting.method,
                     "decision_id": sighting.decision_id,
@@ -322,20 +466,22 @@ class Catalog:
                 "merges": merges,
             }
 
+    def image_by_key(self, session: Session, key: str) -> Image | None:
+        """An image by id, sha256 or path (a photo under another name is found by its content)."""
+        if key.isdigit():
+            return session.get(Image, int(key))
+        if re.fullmatch(r"[0-9a-f]{64}", key):
+            return session.scalar(select(Image).where(Image.sha256 == key))
+        path = Path(key)
+        image = session.scalar(select(Image).where(Image.path == self.paths.stored(path)))
+        if image is None and path.is_file():
+            image = session.scalar(select(Image).where(Image.sha256 == sha256_of_file(path)))
+        return image
+
     def individual_of_image(self, key: str) -> str:
         """The code of the individual an image (path or sha256) is a sighting of, following merges."""
-        from pathlib import Path
-
         with self._sessions() as session:
-            if re.fullmatch(r"[0-9a-f]{64}", key):
-                image = session.scalar(select(Image).where(Image.sha256 == key))
-            else:
-                path = Path(key)
-                image = session.scalar(select(Image).where(Image.path == str(path.resolve())))
-                if image is None and path.is_file():  # the same photo under another name
-                    from registry.matching.imaging import sha256_of_file
-
-                    image = session.scalar(select(Image).where(Image.sha256 == sha256_of_file(path)))
+            image = self.image_by_key(session, key)
             if image is None:
                 raise UnknownIndividualError(f"no image {key!r} in the registry")
             sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
@@ -350,7 +496,7 @@ class Catalog:
                 select(Individual, func.count(Sighting.id), func.min(Image.captured_at), func.max(Image.captured_at))
                 .outerjoin(Sighting, (Sighting.individual_id == Individual.id) & (Sighting.status == "active"))
                 .outerjoin(Image, Sighting.image_id == Image.id)
-                .where(Individual.merged_into_id.is_(None))
+                .where(Individual.merged_into_id.is_(None), Individual.retired_at.is_(None))
                 .group_by(Individual.id)
                 .order_by(Individual.species, Individual.species_seq)
             )
@@ -372,7 +518,7 @@ class Catalog:
                 return int(session.scalar(select(func.count()).select_from(model).where(*where)) or 0)
 
             return {
-                "individuals": count(Individual, Individual.merged_into_id.is_(None)),
+                "individuals": count(Individual, Individual.merged_into_id.is_(None), Individual.retired_at.is_(None)),
                 "images": count(Image),
                 "sightings": count(Sighting, Sighting.status == "active"),
                 "decisions": count(Decision),

@@ -15,7 +15,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 def alembic_config(engine: Engine) -> Config:
     if not (MIGRATIONS_DIR / "env.py").exists():
-        raise RuntimeError(f"migrations not found at {MIGRATIONS_DIR}: the package is incomplete (reinstall animal-id-registry)")
+        raise RuntimeError(f"migrations not found at {MIGRATIONS_DIR}: the package is incomplete (reinstall it)")
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     config.attributes["url"] = engine.url.render_as_string(hide_password=False)

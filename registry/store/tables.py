@@ -50,6 +50,17 @@ class Survey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Species(Base):
+    """Each species' code prefix (unique across species, so codes never collide) and its next sequence number."""
+
+    __tablename__ = "species"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    code_prefix: Mapped[str] = mapped_column(String(20), unique=True)
+    next_seq: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Individual(Base):
     __tablename__ = "individuals"
     __table_args__ = (
@@ -67,6 +78,8 @@ class Individual(Base):
         ForeignKey("decisions.id", use_alter=True, name="fk_individuals_created_by_decision")
     )
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
+    # set when its last active sighting was reassigned or rejected: kept with its code, never counted, undoable
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
 class Image(Base):
@@ -125,6 +138,7 @@ class Decision(Base):
     candidates: Mapped[list] = mapped_column(JSON)  # ranked individuals, each with per-matcher scores
     profile: Mapped[str] = mapped_column(String(50))
     model_versions: Mapped[dict] = mapped_column(JSON)
+    policy_id: Mapped[int | None] = mapped_column(ForeignKey("decision_policies.id"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -155,6 +169,32 @@ class Calibration(Base):
 
 
 
+class DecisionPolicyRow(Base):
+    """One version of the decision policy: everything that turns raw matcher scores into a decision. The newest
+    row is in force for every machine that shares the catalog; each decision names the version it used."""
+
+    __tablename__ = "decision_policies"
+    __table_args__ = (
+        CheckConstraint("fusion IN ('wildfusion', 'learned')", name="ck_decision_policies_fusion"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    profile: Mapped[str] = mapped_column(String(50))
+    model_versions: Mapped[dict] = mapped_column(JSON)  # matcher -> version the calibrations were fitted for
+    matcher_settings: Mapped[dict] = mapped_column(JSON)  # local-matcher settings that change raw scores
+    calibration_batches: Mapped[dict] = mapped_column(JSON)  # species (or "*": every other) -> batch
+    fusion: Mapped[str] = mapped_column(String(16))
+    alpha: Mapped[float] = mapped_column(Float)
+    default_threshold: Mapped[float] = mapped_column(Float)
+    thresholds: Mapped[dict] = mapped_column(JSON)  # species -> tau
+    uncalibrated_threshold: Mapped[float] = mapped_column(Float)
+    expected: Mapped[dict | None] = mapped_column(JSON)  # what the change measured (before/after scores)
+    created_by: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str] = mapped_column(Text)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("decision_policies.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class Change(Base):
     """The audit trail of every curation (confirm, reassign, reject, merge, split, undo): who, when, why, and
     the rows before and after, so that `registry undo` can restore exactly what was there."""
@@ -180,10 +220,13 @@ class ApiToken(Base):
     """Bearer tokens of the HTTP API, stored as SHA-256 hashes (the token itself is shown once)."""
 
     __tablename__ = "api_tokens"
+    __table_args__ = (CheckConstraint("scope IN ('read', 'review', 'admin')", name="ck_api_tokens_scope"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
     token_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    scope: Mapped[str] = mapped_column(String(16), default="admin")  # read < review < admin
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 

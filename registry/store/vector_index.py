@@ -142,23 +142,53 @@ class VectorIndex:
             self.client.delete(collection, points_selector=models.PointIdsList(points=image_ids), wait=True)
 
     # --- reads -----------------------------------------------------------------------------------------
+    @staticmethod
+    def candidate_filter(species: str, viewpoint: str | None, exclude_image_ids: Iterable[int] = ()) -> models.Filter:
+        """Points a query of this species and viewpoint may match: same species; an individual (a rejected
+        sighting's point has none); and for a known viewpoint, references of that viewpoint, of `both`, or of
+        unknown viewpoint (an unknown query viewpoint matches every viewpoint)."""
+        must: list[models.Condition] = [models.FieldCondition(key="species", match=models.MatchValue(value=species))]
+        if viewpoint:
+            must.append(models.Filter(should=[
+                models.FieldCondition(key="viewpoint", match=models.MatchAny(any=sorted({viewpoint, "both"}))),
+                models.IsNullCondition(is_null=models.PayloadField(key="viewpoint")),
+                models.IsEmptyCondition(is_empty=models.PayloadField(key="viewpoint")),
+            ]))
+        must_not: list[models.Condition] = [
+            models.IsNullCondition(is_null=models.PayloadField(key="individual_id")),
+            models.IsEmptyCondition(is_empty=models.PayloadField(key="individual_id")),
+        ]
+        excluded = list(exclude_image_ids)
+        if excluded:
+            must_not.append(models.HasIdCondition(has_id=excluded))
+        return models.Filter(must=must, must_not=must_not)
+
     def search(
         self, collection: str, vector: np.ndarray, limit: int, species: str, viewpoint: str | None = None,
         exclude_image_ids: Iterable[int] = (),
     ) -> list[Hit]:
-        """Top-`limit` images of the same species (and viewpoint, when given) by cosine similarity."""
-        must: list[models.Condition] = [
-            models.FieldCondition(key="species", match=models.MatchValue(value=species))]
-        if viewpoint:
-            must.append(models.FieldCondition(key="viewpoint", match=models.MatchValue(value=viewpoint)))
-        excluded = list(exclude_image_ids)
-        must_not: list[models.Condition] = [models.HasIdCondition(has_id=excluded)] if excluded else []
+        """Top-`limit` candidate images (see `candidate_filter`) by cosine similarity."""
         vector = np.asarray(vector, dtype=np.float32)
         response = self.client.query_points(
             collection, query=(vector / np.linalg.norm(vector)).tolist(), limit=limit,
-            query_filter=models.Filter(must=must, must_not=must_not), with_payload=True,
+            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids), with_payload=True,
         )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
+
+    def search_individuals(
+        self, collection: str, vector: np.ndarray, individuals: int, images_per_individual: int, species: str,
+        viewpoint: str | None = None, exclude_image_ids: Iterable[int] = (),
+    ) -> list[Hit]:
+        """The `individuals` most similar individuals (Qdrant's grouped query, grouped by individual), each with
+        its `images_per_individual` most similar images, however many photos each individual has."""
+        vector = np.asarray(vector, dtype=np.float32)
+        response = self.client.query_points_groups(
+            collection, query=(vector / np.linalg.norm(vector)).tolist(), group_by="individual_id",
+            limit=individuals, group_size=images_per_individual,
+            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids), with_payload=True,
+        )
+        hits = [Hit(int(p.id), float(p.score), dict(p.payload or {})) for g in response.groups for p in g.hits]
+        return sorted(hits, key=lambda h: -h.score)
 
     def count(self, collection: str) -> int:
         return self.client.count(collection, exact=True).count

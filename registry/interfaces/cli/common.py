@@ -12,9 +12,10 @@ from tqdm import tqdm
 from registry.ingest.sources import ManifestError
 from registry.matching.imaging import ImageError
 from registry.matching.weights import WeightsMismatchError, WeightsNotFoundError
-from registry.services.registry import Registry, RegistryNotInitialisedError
+from registry.services.registry import Registry
 from registry.store.catalog import CatalogError
 from registry.store.locking import RegistryInUseError
+from registry.store.stores import RegistryNotInitialisedError, Stores
 
 EXPECTED_ERRORS = (CatalogError, ImageError, ManifestError, RegistryInUseError, RegistryNotInitialisedError,
                    WeightsNotFoundError, WeightsMismatchError, FileExistsError, ValueError)
@@ -27,12 +28,41 @@ def progress_bar(label: str, total: int) -> tqdm:
                 mininterval=0.2 if interactive else 10.0, ascii=not interactive)
 
 
+def root_obj(ctx: click.Context) -> dict[str, Any]:
+    return ctx.find_root().obj
+
+
 def emit(ctx: click.Context, data: Any, text: str) -> None:
-    click.echo(json.dumps(data, indent=2, default=str) if ctx.obj["json"] else text)
+    click.echo(json.dumps(data, indent=2, default=str) if root_obj(ctx)["json"] else text)
 
 
 def open_registry(ctx: click.Context) -> Registry:
-    return Registry(ctx.obj["settings"](), lock_wait=ctx.obj["wait"])
+    """The registry with its models (loaded on first use) and the writer lock: for commands that describe photos."""
+    obj = root_obj(ctx)
+    return Registry(obj["settings"](), lock_wait=obj["wait"])
+
+
+def open_stores(ctx: click.Context, write: bool = False) -> Stores:
+    """The stores without any model: read-only (catalog only, no writer lock) or for curation (with the vector
+    index and the writer lock)."""
+    obj = root_obj(ctx)
+    return Stores(obj["settings"](), write=write, lock_wait=obj["wait"])
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        root_obj(ctx)["json"] = True
+
+
+def add_json_option(command: click.Command) -> None:
+    """`--json` where a user types it, after the command (`registry stats --json`), as well as globally."""
+    if isinstance(command, click.Group):
+        for sub in command.commands.values():
+            add_json_option(sub)
+        return
+    if not any(p.name == "json_output" for p in command.params):
+        command.params.append(click.Option(["--json", "json_output"], is_flag=True, expose_value=False,
+                                           is_eager=True, callback=_set_json, help="Machine-readable output."))
 
 
 class RegistryGroup(click.Group):
@@ -43,8 +73,6 @@ class RegistryGroup(click.Group):
             return super().invoke(ctx)
         except EXPECTED_ERRORS as exc:
             raise click.ClickException(str(exc)) from exc
-
-
 
 
 def fmt(value: float | None) -> str:

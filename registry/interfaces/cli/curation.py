@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from registry.interfaces.cli.common import emit, fmt, open_registry
+from registry.interfaces.cli.common import emit, fmt, open_registry, open_stores, root_obj
 
 
 @click.command()
@@ -18,9 +18,9 @@ def history(ctx: click.Context, individual: str | None, image: str | None) -> No
     """Where and when an individual (code or name, or --image) has been seen, and how each sighting was decided."""
     if (individual is None) == (image is None):
         raise click.UsageError("give an INDIVIDUAL or --image, not both")
-    with open_registry(ctx) as registry:
-        key = individual or registry.store.catalog.individual_of_image(image)  # type: ignore[arg-type]
-        data = registry.store.catalog.history(key)
+    with open_stores(ctx) as stores:
+        key = individual or stores.catalog.individual_of_image(image)  # type: ignore[arg-type]
+        data = stores.catalog.history(key)
     lines = [f"{data['individual']} ({data['species']}{', ' + data['name'] if data['name'] else ''}): "
              f"{len(data['sightings'])} sightings in {data['surveys']} surveys, "
              f"first {data['first_seen']}, last {data['last_seen']}"]
@@ -46,8 +46,8 @@ def review(ctx: click.Context, species: str | None, limit: int, margin: float) -
     """Automatic decisions that deserve a human look, most uncertain first."""
     from registry.curation.review import queue
 
-    with open_registry(ctx) as registry:
-        entries = queue(registry.store.catalog, species, limit, margin)
+    with open_stores(ctx) as stores:
+        entries = queue(stores.catalog, species, limit, margin)
     lines = []
     for e in entries:
         lines.append(f"decision {e['decision']:<6} {e['outcome']:<5} -> {e['individual']:<10} score {fmt(e['score'])} "
@@ -61,8 +61,8 @@ def review(ctx: click.Context, species: str | None, limit: int, margin: float) -
 def _curate(ctx: click.Context, action: str, *args: object, **kwargs: object) -> None:
     from registry.curation.curator import Curator
 
-    with open_registry(ctx) as registry:
-        result = getattr(Curator(registry, ctx.obj.get("actor")), action)(*args, **kwargs)
+    with open_stores(ctx, write=True) as stores:
+        result = getattr(Curator(stores, root_obj(ctx).get("actor")), action)(*args, **kwargs)
     emit(ctx, result, f"change {result['change']}: {result['summary']}")
 
 
@@ -131,8 +131,8 @@ def changes(ctx: click.Context, limit: int) -> None:
     """The audit trail: every curation, newest first."""
     from registry.curation.curator import Curator
 
-    with open_registry(ctx) as registry:
-        rows = Curator(registry).changes(limit)
+    with open_stores(ctx) as stores:
+        rows = Curator(stores).changes(limit)
     emit(ctx, rows, "\n".join(f"{r['id']:>5} {r['when']} {r['actor']:<12} {r['kind']:<8} {r['summary']}"
                               + (f"  (why: {r['reason']})" if r["reason"] else "")
                               + (f"  [undone by {r['undone_by']}]" if r["undone_by"] else "") for r in rows)
@@ -167,10 +167,9 @@ def export_sightings(ctx: click.Context, out: Path, species: str | None) -> None
     """One row per active sighting, with metadata and decision provenance."""
     from registry.curation import exports
 
-    root = ctx.find_root()
-    with open_registry(root) as registry:
-        count = exports.write_sightings(registry.store.catalog, out, species)
-    emit(root, {"out": str(out), "sightings": count}, f"{count} sightings written to {out}")
+    with open_stores(ctx) as stores:
+        count = exports.write_sightings(stores.catalog, out, species)
+    emit(ctx, {"out": str(out), "sightings": count}, f"{count} sightings written to {out}")
 
 
 @export.command("capture-history")
@@ -184,10 +183,9 @@ def export_capture_history(ctx: click.Context, out: Path, occasion: str, species
     """Individual x occasion capture histories (mark-recapture input)."""
     from registry.curation import exports
 
-    root = ctx.find_root()
-    with open_registry(root) as registry:
-        result = exports.write_capture_history(registry.store.catalog, out, occasion, species, fmt_)
-    emit(root, result, f"{result['individuals']} capture histories over {len(result['occasions'])} occasions "
+    with open_stores(ctx) as stores:
+        result = exports.write_capture_history(stores.catalog, out, occasion, species, fmt_)
+    emit(ctx, result, f"{result['individuals']} capture histories over {len(result['occasions'])} occasions "
                        f"({', '.join(result['occasions'])}) written to {out}"
                        + (f"; {result['undated_sightings']} sightings had no {occasion}"
                           if result["undated_sightings"] else ""))

@@ -14,9 +14,19 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from registry.ingest.sources import LAYOUTS, count_rows
+from registry.ingest.ingestion import Ingestor
+from registry.ingest.sources import LAYOUTS, count_items, count_rows
 from registry.interfaces.cli import curation as cli_curation
-from registry.interfaces.cli.common import RegistryGroup, emit, fmt, open_registry, progress_bar
+from registry.interfaces.cli.common import (
+    RegistryGroup,
+    add_json_option,
+    emit,
+    fmt,
+    open_registry,
+    open_stores,
+    progress_bar,
+    root_obj,
+)
 from registry.matching import weights_catalog as models
 from registry.services.registry import Registry
 from registry.settings import PROFILES, Settings
@@ -36,7 +46,7 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_ur
          qdrant_api_key: str | None, wait: float, as_json: bool, actor: str | None) -> None:
     """Identity registry for individual animals: which animal is this photo, and where has it been seen?"""
     ctx.ensure_object(dict)
-    ctx.obj["json"] = as_json
+    ctx.obj["json"] = as_json or ctx.obj.get("json", False)
     ctx.obj["wait"] = wait
     ctx.obj["actor"] = actor
     ctx.obj["data_dir"] = data_dir
@@ -48,8 +58,10 @@ def main(ctx: click.Context, data_dir: Path, database_url: str | None, qdrant_ur
               help="Pipeline profile, stored with the registry (default: offline for a new registry).")
 @click.option("--download/--no-download", default=True, show_default=True,
               help="Fetch the profile's model weights from the hub when they are not on this machine.")
+@click.option("--photo-root", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Store photo paths relative to this folder (the archive can then move: give the new root).")
 @click.pass_context
-def init(ctx: click.Context, profile: str | None, download: bool) -> None:
+def init(ctx: click.Context, profile: str | None, download: bool, photo_root: Path | None) -> None:
     """Create a registry, or upgrade an existing one's catalog to the current schema.
 
     A new registry stores its profile; the profile's model weights are fetched into the registry's weights
@@ -63,14 +75,17 @@ def init(ctx: click.Context, profile: str | None, download: bool) -> None:
         if not settings.exists:
             settings = Settings.for_profile(profile, data_dir=settings.data_dir, database_url=settings.database_url,
                                             qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key)
-    Registry.init(settings)
+    if photo_root is not None:
+        settings.photo_root = str(photo_root.resolve())
+    policy = Registry.init(settings)
+    settings.profile = policy.profile
     missing = []
     for status in models.model_status(settings, download=download):
         if not status.resolved:
             missing.append(status)
             click.echo(f"warning: {status.name}: {status.error}", err=True)
     emit(ctx, {"data_dir": str(settings.data_dir), "profile": settings.profile,
-                "database": settings.sqlalchemy_url if not settings.database_url else "(external)",
+                "database": settings.display_database, "policy_version": policy.version,
                 "missing_models": [m.name for m in missing]},
           f"Registry ready in {settings.data_dir} (profile {settings.profile})."
           + (f" Missing model weights: {', '.join(m.name for m in missing)}." if missing else ""))
@@ -90,10 +105,9 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
     """Add a season of photos from SOURCE: a CSV manifest or a folder. Safe to re-run: photos already in the
     registry (by content) are skipped, and an interrupted run finishes where it stopped."""
     settings: Settings = ctx.obj["settings"]()
-    total = count_rows(source) if source.is_file() else sum(1 for p in source.rglob("*") if p.is_file()) \
-        if source.is_dir() else 0
+    total = count_items(source)
     with open_registry(ctx) as registry, progress_bar(f"ingest {survey}", total) as bar:
-        report = registry.ingest(source, survey, mode, species, progress=bar.update, layout=layout)
+        report = Ingestor(registry).ingest(source, survey, mode, species, progress=bar.update, layout=layout)
     data = report.to_json()
     reports = settings.data_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -140,7 +154,7 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
     results, lines = [], []
     with open_registry(ctx) as registry:
         if species is None:
-            known = registry.store.catalog.species()
+            known = registry.catalog.species()
             if len(known) != 1:
                 raise click.UsageError(f"give --species; this registry holds {', '.join(known) or 'no photos yet'}")
             species = known[0]
@@ -162,8 +176,8 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
 @click.pass_context
 def individuals(ctx: click.Context, species: str | None) -> None:
     """List individuals with their number of sightings."""
-    with open_registry(ctx) as registry:
-        rows = registry.store.catalog.individuals(species)
+    with open_stores(ctx) as stores:
+        rows = stores.catalog.individuals(species)
     lines = [f"{r['code']:<12} {r['species']:<14} {r['name'] or '':<20} {r['sightings']:>4} sightings  "
              f"{r['first_seen'] or ''} .. {r['last_seen'] or ''}" for r in rows]
     emit(ctx, rows, "\n".join(lines) or "no individuals")
@@ -173,8 +187,8 @@ def individuals(ctx: click.Context, species: str | None) -> None:
 @click.pass_context
 def stats(ctx: click.Context) -> None:
     """Counts of individuals, images, sightings, decisions."""
-    with open_registry(ctx) as registry:
-        data = registry.store.catalog.stats()
+    with open_stores(ctx) as stores:
+        data = stores.catalog.stats()
     emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
 
 
@@ -187,12 +201,14 @@ def stats(ctx: click.Context) -> None:
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos; decisions use it."""
     with open_registry(ctx) as registry:
-        total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.store.catalog.species()))
+        total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.catalog.species()))
         with progress_bar("calibration pairs", total) as bar:
-            summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update)
+            summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
+                                         actor=root_obj(ctx).get("actor") or "registry calibrate")
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
-          + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else ""))
+          + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
+          + f"; decision policy version {summary['policy_version']} in force")
 
 
 @main.command()
@@ -205,11 +221,12 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
     from registry.evaluate import experiments
 
     with open_registry(ctx) as registry, progress_bar("validation", count_rows(queries)) as bar:
-        result = experiments.tune(registry, queries, tune_alpha, progress=bar.update)
-    emit(ctx, result, f"alpha {result['alpha']:g}; thresholds "
+        result = experiments.tune(registry, queries, tune_alpha, progress=bar.update,
+                                  actor=root_obj(ctx).get("actor") or "registry tune")
+    emit(ctx, result, f"{result['fusion']}: alpha {result['alpha']:g}; thresholds "
           + ", ".join(f"{sp} {tau:.2f}" for sp, tau in result["thresholds"].items())
           + f" (score before {fmt(result['score_before'])}, after on these photos "
-          + f"{fmt(result['score_after_on_these_queries']['overall'])}); stored in settings.json")
+          + f"{fmt(result['score_after_on_these_queries'])}); decision policy version {result['policy_version']}")
 
 
 @main.command()
@@ -355,15 +372,18 @@ def token_group() -> None:
 
 @token_group.command("create")
 @click.argument("name")
+@click.option("--scope", type=click.Choice(["read", "review", "admin"]), default="review", show_default=True,
+              help="read: browse; review: also identify and decide; admin: also ingest, merge, split, undo.")
+@click.option("--expires-days", type=float, default=None, help="The token stops working after this many days.")
 @click.pass_context
-def token_create(ctx: click.Context, name: str) -> None:
+def token_create(ctx: click.Context, name: str, scope: str, expires_days: float | None) -> None:
     """Create a token; it is printed once and stored only as a hash."""
     from registry.interfaces import tokens
 
-    root = ctx.find_root()
-    with open_registry(root) as registry:
-        token = tokens.create(registry.store.catalog, name)
-    emit(root, {"name": name, "token": token}, f"token for {name} (shown once, keep it secret):\n{token}")
+    with open_stores(ctx) as stores:
+        token = tokens.create(stores.catalog, name, scope, expires_days)
+    emit(ctx, {"name": name, "token": token, "scope": scope, "expires_days": expires_days},
+         f"{scope} token for {name} (shown once, keep it secret):\n{token}")
 
 
 @token_group.command("list")
@@ -371,10 +391,10 @@ def token_create(ctx: click.Context, name: str) -> None:
 def token_list(ctx: click.Context) -> None:
     from registry.interfaces import tokens
 
-    root = ctx.find_root()
-    with open_registry(root) as registry:
-        rows = tokens.listing(registry.store.catalog)
-    emit(root, rows, "\n".join(f"{r['name']:<30} created {r['created_at']}"
+    with open_stores(ctx) as stores:
+        rows = tokens.listing(stores.catalog)
+    emit(ctx, rows, "\n".join(f"{r['name']:<30} {r['scope']:<7} created {r['created_at']}"
+                               + (f"  expires {r['expires_at']}" if r["expires_at"] else "")
                                + (f"  revoked {r['revoked_at']}" if r["revoked_at"] else "") for r in rows)
          or "no tokens")
 
@@ -385,10 +405,9 @@ def token_list(ctx: click.Context) -> None:
 def token_revoke(ctx: click.Context, name: str) -> None:
     from registry.interfaces import tokens
 
-    root = ctx.find_root()
-    with open_registry(root) as registry:
-        tokens.revoke(registry.store.catalog, name)
-    emit(root, {"revoked": name}, f"token {name} revoked")
+    with open_stores(ctx) as stores:
+        tokens.revoke(stores.catalog, name)
+    emit(ctx, {"revoked": name}, f"token {name} revoked")
 
 
 @main.group("models")
@@ -401,7 +420,7 @@ def models_group() -> None:
 @click.pass_context
 def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Each model of the profile (or NAMES): found or not, where, and its SHA-256."""
-    settings: Settings = ctx.find_root().obj["settings"]()
+    settings: Settings = root_obj(ctx)["settings"]()
     statuses = models.model_status(settings, names)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved for s in statuses):
@@ -413,7 +432,7 @@ def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Fetch weights into the registry's weights folder (on a connected machine, before going offline)."""
-    settings: Settings = ctx.find_root().obj["settings"]()
+    settings: Settings = root_obj(ctx)["settings"]()
     statuses = models.model_status(settings, names, download=True)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved for s in statuses):
@@ -425,7 +444,7 @@ def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
 @click.pass_context
 def models_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Load each model strictly into its architecture: truncated or foreign files fail."""
-    settings: Settings = ctx.find_root().obj["settings"]()
+    settings: Settings = root_obj(ctx)["settings"]()
     statuses = models.verify(settings, names)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved and s.verified for s in statuses):
@@ -442,7 +461,7 @@ def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.M
                 lines.append(f"      {s.error}")
         else:
             lines.append(f"  {s.name:<22} MISSING\n      " + (s.error or "").replace("\n", "\n      "))
-    emit(ctx.find_root(), [s.to_json() for s in statuses], "\n".join(lines))
+    emit(ctx, [s.to_json() for s in statuses], "\n".join(lines))
 
 
 @main.command()
@@ -498,8 +517,54 @@ def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
     emit(ctx, report, "\n".join(lines))
 
 
+@main.group("policy")
+def policy_group() -> None:
+    """The decision policy: profile, model versions, calibrations, fusion, alpha and tau per species."""
+
+
+def _policy_text(p: dict[str, Any]) -> str:
+    taus = ", ".join(f"{sp} {tau:.2f}" for sp, tau in sorted(p["thresholds"].items())) or "none"
+    batches = ", ".join(f"{sp} batch {b}" for sp, b in sorted(p["calibration_batches"].items())) or "not calibrated"
+    return (f"version {p['version']} ({p['created_at']}, by {p['created_by']}): {p['reason']}\n"
+            f"  profile {p['profile']}; fusion {p['fusion']}, alpha {p['alpha']:g}; tau {p['default_threshold']:.2f}"
+            f" (per species: {taus}); calibrations: {batches}; before calibration: "
+            f"{p['uncalibrated_threshold']:g} LightGlue matches")
+
+
+@policy_group.command("show")
+@click.pass_context
+def policy_show(ctx: click.Context) -> None:
+    """The policy in force."""
+    with open_stores(ctx) as stores:
+        policy = stores.catalog.current_policy()
+    data = policy.to_json() if policy else None
+    emit(ctx, data, _policy_text(data) if data else "no decision policy yet: run `registry init`")
+
+
+@policy_group.command("history")
+@click.pass_context
+def policy_history(ctx: click.Context) -> None:
+    """Every version, oldest first."""
+    with open_stores(ctx) as stores:
+        rows = [p.to_json() for p in stores.catalog.policy_history()]
+    emit(ctx, rows, "\n".join(_policy_text(p) for p in rows) or "no decision policy yet")
+
+
+@main.command()
+@click.argument("old")
+@click.argument("new")
+@click.pass_context
+def relocate(ctx: click.Context, old: str, new: str) -> None:
+    """Rewrite stored photo paths that start with OLD to start with NEW (an archive that moved)."""
+    with open_stores(ctx, write=True) as stores:
+        result = stores.catalog.relocate(old, new)
+    emit(ctx, result, f"{result['rewritten']} photo paths moved from {old} to {new}"
+         + (f"; {result['missing_now']} of them are not found at the new place" if result["missing_now"] else ""))
+
+
 for _command in cli_curation.COMMANDS:
     main.add_command(_command)
+add_json_option(main)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,132 @@
+"""Adding a season: a manifest or a folder streams through in batches; reference photos are recorded with their
+labels, photos to identify are identified and recorded one by one in time order.
+
+Memory stays flat with the season's size, a photo already in the registry (by content) is skipped, and a run
+killed at any point is finished by the next one (the recorder resumes pending writes first).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from registry.ingest.sources import RowProblem, read_source
+from registry.matching.imaging import ImageError, sha256_of_file
+from registry.matching.pipeline import Described
+from registry.services.identification import Identification
+from registry.services.recording import PhotoRow
+from registry.services.registry import Registry
+
+MODES = ("reference", "identify")
+
+
+@dataclass
+class IngestReport:
+    manifest: str
+    mode: str
+    survey: str
+    added: int = 0
+    already_present: int = 0
+    resumed: int = 0
+    matched: int = 0
+    new_individuals: int = 0
+    problems: list[RowProblem] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "manifest": self.manifest, "mode": self.mode, "survey": self.survey, "added": self.added,
+            "already_present": self.already_present, "resumed_pending": self.resumed,
+            "matched": self.matched, "new_individuals": self.new_individuals,
+            "skipped": len(self.problems), "problems": [str(p) for p in self.problems],
+            "warnings": self.warnings,
+        }
+
+
+class Ingestor:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def ingest(
+        self,
+        manifest_path: Path,
+        survey: str,
+        mode: str = "reference",
+        default_species: str | None = None,
+        progress: Callable[[int], None] | None = None,
+        layout: str = "auto",
+        on_identified: Callable[[PhotoRow, Identification], None] | None = None,
+        allowed_root: Path | None = None,
+    ) -> IngestReport:
+        """Add a season. Reference: manifest identities are trusted labels. Identify: each photo is identified
+        and recorded in time order, so an animal's second photo finds the individual its first one created.
+
+        `manifest_path` is a CSV (registry or AnimalCLEF format) or a folder (`layout`: one sub-folder per
+        identity, or a plain folder of photos). Memory stays flat with the season's size: photos stream through
+        in batches, and decisions go to `on_identified` instead of accumulating in the report.
+        """
+        if mode not in MODES:
+            raise ValueError(f"unknown ingest mode {mode!r} (reference or identify)")
+        registry = self.registry
+        manifest = read_source(manifest_path, default_species, layout)
+        report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
+                              warnings=list(manifest.warnings))
+        report.resumed = registry.recorder.resume_pending()
+        rows = manifest.rows
+        if allowed_root is not None:  # photos named by a remote caller must stay inside the import folder
+            root = Path(allowed_root).resolve()
+            outside = [r for r in rows if not r.image.resolve().is_relative_to(root)]
+            report.problems += [RowProblem(str(manifest_path), r.line, "photo is outside the import folder")
+                                for r in outside]
+            rows = [r for r in rows if r.image.resolve().is_relative_to(root)]
+        if mode == "reference":
+            missing = [r for r in rows if r.identity is None]
+            report.problems += [RowProblem(str(manifest_path), r.line, "no identity (reference mode needs one)")
+                                for r in missing]
+            rows = [r for r in rows if r.identity is not None]
+        else:  # time order, then file order
+            rows = sorted(rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
+
+        batch_size = max(1, registry.settings.batch_size)
+        seen_in_run: set[str] = set()
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            hashed: list[tuple[PhotoRow, str]] = []
+            for row in batch:
+                try:
+                    hashed.append((row, sha256_of_file(row.image)))
+                except ImageError as exc:
+                    report.problems.append(RowProblem(str(manifest_path), row.line, str(exc)))
+            catalogued = registry.catalog.known_sha256s([sha for _, sha in hashed])
+            todo: list[tuple[PhotoRow, str]] = []
+            for row, sha in hashed:
+                if sha in catalogued or sha in seen_in_run:
+                    report.already_present += 1
+                    continue
+                seen_in_run.add(sha)
+                todo.append((row, sha))
+            described_all = registry.identification.describe([r.image for r, _ in todo], [r.species for r, _ in todo],
+                                           [r.viewpoint for r, _ in todo])
+            references: list[tuple[PhotoRow, str, Described]] = []
+            for (row, sha), described in zip(todo, described_all, strict=True):
+                if isinstance(described, ImageError):
+                    report.problems.append(RowProblem(str(manifest_path), row.line, str(described)))
+                    continue
+                if mode == "reference":
+                    references.append((row, sha, described))
+                else:
+                    identification = registry.identification.identify_and_record(row, sha, described, survey)
+                    if identification.outcome.outcome == "match":
+                        report.matched += 1
+                    else:
+                        report.new_individuals += 1
+                    if on_identified:
+                        on_identified(row, identification)
+                report.added += 1
+            if references:
+                registry.recorder.record_references(references, survey)
+            if progress:
+                progress(len(batch))
+        return report

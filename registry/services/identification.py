@@ -1,0 +1,207 @@
+"""Identification: from a described photo to ranked candidate individuals and an open-set decision, and
+recording that decision as a sighting or a new individual.
+
+Retrieval is Qdrant's grouped query over the primary embedder's collection (the best `rerank_individuals`
+individuals, each with its most similar photos); every shortlisted photo is scored by every matcher (raw
+scores); the decision policy's scorer calibrates, fuses and applies the open-set rule.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+
+from registry.decide.scoring import CandidateScore, Outcome, decide, rank_individuals
+from registry.matching.imaging import ImageError, sha256_of_file
+from registry.matching.local_matcher import LocalFeatures
+from registry.matching.pipeline import Described
+from registry.services.recording import PhotoRow
+from registry.store import crashpoints
+from registry.store.catalog import CatalogError
+from registry.store.tables import Image
+
+if TYPE_CHECKING:
+    from registry.services.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Identification:
+    """The answer for one query photo, and what was recorded (if anything)."""
+
+    path: str
+    species: str
+    outcome: Outcome
+    decision_id: int | None = None
+    image_id: int | None = None
+    individual_code: str | None = None  # the matched or newly created individual (when recorded)
+    problems: list[str] = field(default_factory=list)  # candidates that could not be scored, and why
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "image": self.path,
+            "species": self.species,
+            "decision": self.outcome.outcome,
+            "individual": self.individual_code,
+            "score": self.outcome.score,
+            "threshold": self.outcome.threshold,
+            "policy_version": self.outcome.policy_version,
+            "scorer": self.outcome.scorer,
+            "decision_id": self.decision_id,
+            "candidates": [{"individual": c.code, "score": c.score, "best_image_id": c.best_image_id}
+                           for c in self.outcome.ranked[:10]],
+            "problems": self.problems,
+        }
+
+
+class Identifier:
+    """Describe, retrieve, score and decide for one open registry."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # --- describing photos -------------------------------------------------------------------------------
+    def describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
+                 ) -> list[Described | ImageError]:
+        """Load and describe photos as one batch; a photo that fails becomes its ImageError."""
+        pipeline = self.registry.pipeline
+        loaded = pipeline.load_many(paths, species, viewpoints)
+        good = [im for im in loaded if not isinstance(im, ImageError)]
+        described = iter(pipeline.describe(good)) if good else iter(())
+        return [im if isinstance(im, ImageError) else next(described) for im in loaded]
+
+    def candidate_features(self, image_ids: list[int], problems: list[str] | None = None,
+                           ) -> dict[int, LocalFeatures]:
+        """Cached local features of candidate images, recomputed from the file only if the cache lost them. A
+        candidate whose file is missing too is left out and reported in `problems`."""
+        registry = self.registry
+        with registry.catalog.transaction() as session:
+            rows = session.execute(select(Image.id, Image.sha256, Image.path, Image.species, Image.viewpoint)
+                                   .where(Image.id.in_(image_ids))).all()
+        out = {}
+        for image_id, sha, stored, species, viewpoint in rows:
+            features = registry.features.get(sha)
+            if features is None:
+                path = registry.catalog.paths.local(stored)
+                try:
+                    image = registry.pipeline.load(path, species, viewpoint)
+                except ImageError as exc:
+                    message = (f"candidate image {image_id} was not compared: its local features are not cached "
+                               f"and its photo cannot be read ({exc}); run `registry relocate` or `registry doctor`")
+                    log.warning(message)
+                    if problems is not None:
+                        problems.append(message)
+                    continue
+                features = registry.pipeline.local.extract([image])[0]
+                registry.features.put(sha, features)
+            out[image_id] = features
+        return out
+
+    def global_similarities(self, vectors: dict[str, np.ndarray], image_ids: list[int],
+                            skip: str | None = None) -> dict[str, dict[int, float]]:
+        """Cosine similarity of a query's vectors to stored images, per embedder (vectors are unit length)."""
+        out: dict[str, dict[int, float]] = {}
+        for name, collection in self.registry.collections.items():
+            if name == skip:
+                continue
+            stored = self.registry.index.vectors(collection, image_ids)
+            out[name] = {i: float(np.dot(vectors[name], v)) for i, v in stored.items()}
+        return out
+
+    # --- identification ----------------------------------------------------------------------------------
+    def candidates(self, described: Described, species: str, viewpoint: str | None,
+                   exclude: tuple[int, ...] = (), problems: list[str] | None = None) -> list[CandidateScore]:
+        """The best individuals by the primary embedding (grouped query), each shortlisted photo scored by every
+        matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: image ids never to
+        return (the query's own photo when it is already in the registry)."""
+        registry = self.registry
+        settings, pipeline = registry.settings, registry.pipeline
+        primary = pipeline.primary.name
+        shortlisted = registry.index.search_individuals(
+            registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
+            settings.rerank_images_per_individual, species, viewpoint, exclude_image_ids=exclude)
+        features = self.candidate_features([h.image_id for h in shortlisted], problems)
+        shortlisted = [h for h in shortlisted if h.image_id in features]
+        image_ids = [h.image_id for h in shortlisted]
+        others = self.global_similarities(described.vectors, image_ids, skip=primary)
+        local_scores = pipeline.local.scores(described.local, [features[i] for i in image_ids])
+        candidates = []
+        for hit, local_score in zip(shortlisted, local_scores, strict=True):
+            raw = {primary: hit.score, **{name: sims[hit.image_id] for name, sims in others.items()},
+                   pipeline.local.name: local_score}
+            candidates.append(CandidateScore(hit.image_id, int(hit.individual_id), raw))  # type: ignore[arg-type]
+        return candidates
+
+    def judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
+        """Score candidates under the policy in force, rank individuals by their best image, open-set rule."""
+        registry = self.registry
+        scorer = registry.scorer
+        for candidate in candidates:
+            scorer.score(candidate, species)
+        with registry.catalog.transaction() as session:
+            codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
+        outcome = decide(rank_individuals(candidates, codes), scorer.threshold_for(species))
+        outcome.policy_version = registry.policy.version
+        outcome.scorer = scorer.name
+        return outcome
+
+    def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
+              problems: list[str] | None = None) -> Outcome:
+        return self.judge(self.candidates(described, species, viewpoint, exclude, problems), species)
+
+    def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
+                 survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
+                 longitude: float | None = None) -> Identification:
+        """Identify one photo; with `record`, store the decision as a sighting (or a new individual). A photo
+        already in the registry never matches itself."""
+        path = Path(path)
+        row = PhotoRow(0, path, species, None, viewpoint, captured_at, latitude, longitude)
+        sha = sha256_of_file(path)
+        with self.registry.catalog.transaction() as session:
+            known = self.registry.catalog.image_by_sha(session, sha)
+            exclude = (known.id,) if known is not None else ()
+        if record and known is not None:
+            raise CatalogError(f"{path.name}: this photo is already in the registry as image {known.id}")
+        described = self.describe([path], [species], [viewpoint])[0]
+        if isinstance(described, ImageError):
+            raise described
+        if not record:
+            problems: list[str] = []
+            outcome = self.match(described, species, viewpoint, exclude, problems)
+            return Identification(str(path), species, outcome, problems=problems)
+        return self.identify_and_record(row, sha, described, survey)
+
+    def identify_and_record(self, row: PhotoRow, sha: str, described: Described,
+                            survey: str | None) -> Identification:
+        registry = self.registry
+        recorder = registry.recorder
+        recorder.resume_pending()
+        problems: list[str] = []
+        outcome = self.match(described, row.species, row.viewpoint, problems=problems)
+        registry.features.put(sha, described.local)
+        crashpoints.reached("after-features")
+        catalog = registry.catalog
+        with catalog.transaction() as session:
+            image = recorder.add_image(session, row, sha, described, survey)
+            decision = catalog.add_decision(
+                session, image_id=image.id, outcome=outcome.outcome, individual_id=outcome.individual_id,
+                score=outcome.score, threshold=outcome.threshold,
+                candidates=[c.to_json() for c in outcome.ranked[:20]], profile=registry.pipeline.profile,
+                model_versions={**registry.pipeline.versions, "scorer": outcome.scorer, "problems": problems},
+                policy_id=outcome.policy_version)
+            if outcome.outcome == "match":
+                individual = catalog.resolve(session, outcome.ranked[0].code)
+            else:
+                individual = catalog.new_individual(session, row.species, decision=decision)
+            decision.individual_id = individual.id
+            catalog.add_sighting(session, image, individual, "automatic", decision)
+            image_id, individual_id, code, survey_id = image.id, individual.id, individual.code, image.survey_id
+            decision_id = decision.id
+        recorder.index_many([(image_id, described, individual_id, row, survey_id)])
+        return Identification(str(row.image), row.species, outcome, decision_id, image_id, code, problems)
