@@ -119,13 +119,13 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
     Registry.init(settings)
     with Registry(settings, pipeline=offline_pipeline) as registry:
         Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
-        pairs = registry.sample_calibration_pairs(per_class=8, seed=3)
+        pairs, _ = registry.calibration.sample_pairs(per_class=8, seed=3)
         assert all(p.query_image_id != p.candidate_image_id for p in pairs)
         keys = {tuple(sorted((p.query_image_id, p.candidate_image_id))) for p in pairs}
         assert len(keys) == len(pairs)  # no pair twice
         positives = sum(p.same for p in pairs)
         assert 1 <= positives <= 8 and 1 <= len(pairs) - positives <= 8
-        assert pairs == registry.sample_calibration_pairs(per_class=8, seed=3)  # fixed seed, same pairs
+        assert pairs == registry.calibration.sample_pairs(per_class=8, seed=3)[0]  # fixed seed, same pairs
         assert registry.scorer.name == "raw-local-matches"
         summary = registry.calibrate()
         assert registry.scorer.name.startswith("calibrated-wildfusion")
@@ -136,14 +136,15 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
         assert set(best.calibrated) == {"efficientnet-lite0", "aliked"}
         assert 0.0 <= best.score <= 1.0 and answer.outcome.threshold == 0.35
         assert best.score == pytest.approx((best.calibrated["efficientnet-lite0"] + best.calibrated["aliked"]) / 2)
+        assert answer.outcome.policy_version == summary["policy_version"] == registry.policy.version
     with Registry(settings, pipeline=offline_pipeline) as reopened:  # the calibration is stored
         assert reopened.scorer.name.startswith("calibrated-wildfusion")
-    settings.fusion = "auto"  # the offline profile's default: the learned fusion
-    with Registry(settings, pipeline=offline_pipeline) as learned:
-        assert learned.scorer.name == "calibrated-learned-fusion"
-        answer = learned.identify(query, "synleopard")
+        # the fusion kind is the policy's: a new version switches the registry to the learned fusion
+        reopened.set_policy(reopened.policy.derive("use the learned fusion", "tester", fusion="learned"))
+        assert reopened.scorer.name == "calibrated-learned-fusion"
+        answer = reopened.identify(query, "synleopard")
         best = answer.outcome.ranked[0].images[0]
-        assert best.score == pytest.approx(learned.scorer.calibrations.learned(best.calibrated))
+        assert best.score == pytest.approx(reopened.scorer.calibrations_for("synleopard").learned(best.calibrated))
 
 
 def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
@@ -164,6 +165,7 @@ def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     assert report["overall"]["score"] >= 0.9
     assert report["per_species"]["synleopard"]["queries"] == report["overall"]["queries"] > 0
     assert any(name.startswith("WildFusion") for name in report["configurations"])
+    assert any("tau tuned" in name for name in report["configurations"])
     assert report["exhaustive"]["queries"] == 3
     assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "score" in run.stdout
@@ -171,8 +173,16 @@ def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     data = tmp_path / "reg"
     base = [sys.executable, "-m", "registry", "--data-dir", str(data)]
     for args in (["init", "--no-download"], ["ingest", str(season1), "--survey", "s1"], ["calibrate"],
-                 ["tune", "--queries", str(season2)]):
+                 ["--json", "tune", "--queries", str(season2)]):
         step = subprocess.run(base + args, capture_output=True, text=True, timeout=600)
         assert step.returncode == 0, step.stderr
-    stored = json.loads((data / "settings.json").read_text())
-    assert "synleopard" in stored["species_threshold_offsets"] and 0.0 <= stored["alpha"] <= 1.0
+    tuned = json.loads(step.stdout)
+    assert tuned["fusion"] == "calibrated-learned-fusion"  # the offline policy decides with the learned fusion
+    assert tuned["score_after_on_these_queries"] >= tuned["score_before"]
+    policy = json.loads(subprocess.run(base + ["policy", "show", "--json"], capture_output=True, text=True,
+                                       check=True).stdout)
+    assert policy["version"] == tuned["policy_version"] and policy["reason"].startswith("tune on")
+    assert policy["thresholds"]["synleopard"] == tuned["thresholds"]["synleopard"]
+    history = json.loads(subprocess.run(base + ["--json", "policy", "history"], capture_output=True, text=True,
+                                        check=True).stdout)
+    assert [p["reason"].split()[0] for p in history] == ["registry", "calibrate:", "tune"]

@@ -67,14 +67,16 @@ def _period(value: str, occasion: str) -> str:
 
 def _occasions(catalog: Catalog, occasion: str) -> tuple[list[str], dict[str, str]]:
     """The sampling occasions, from the sampling itself rather than from the detections: every survey (ordered
-    by its start date or first photo, then name), or every year/month in which any photo was taken. A survey
+    by its start date or first photo; undated ones after, in the order they were made), or every year/month in
+    which any photo was taken. A survey
     in which no animal was identified is still an occasion: its zeros are data."""
     with catalog.transaction() as session:
         if occasion == "survey":
             rows = session.execute(
-                select(Survey.name, Survey.start_date, func.min(Image.captured_at), Survey.id)
+                select(Survey.name, Survey.start_date, func.min(Image.captured_at), Survey.created_at)
                 .outerjoin(Image, Image.survey_id == Survey.id).group_by(Survey.id)).all()
-            keyed = sorted(rows, key=lambda r: (str(r[1] or r[2] or "~"), r[0]))
+            # dated surveys by date; a survey without dates where it was made, in the order it was made
+            keyed = sorted(rows, key=lambda r: (r[1] is None and r[2] is None, str(r[1] or r[2] or r[3]), r[0]))
             return [r[0] for r in keyed], {}
         times = session.scalars(select(Image.captured_at).where(Image.captured_at.is_not(None)).distinct())
         periods = sorted({_period(t.isoformat(), occasion) for t in times})
