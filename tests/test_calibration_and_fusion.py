@@ -179,10 +179,10 @@ def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     tuned = json.loads(step.stdout)
     assert tuned["fusion"] == "calibrated-learned-fusion"  # the offline policy decides with the learned fusion
     assert tuned["score_after_on_these_queries"] >= tuned["score_before"]
-    policy = json.loads(subprocess.run(base + ["policy", "show", "--json"], capture_output=True, text=True,
+    policy = json.loads(subprocess.run([*base, "policy", "show", "--json"], capture_output=True, text=True,
                                        check=True).stdout)
     assert policy["version"] == tuned["policy_version"] and policy["reason"].startswith("tune on")
     assert policy["thresholds"]["synleopard"] == tuned["thresholds"]["synleopard"]
-    history = json.loads(subprocess.run(base + ["--json", "policy", "history"], capture_output=True, text=True,
+    history = json.loads(subprocess.run([*base, "--json", "policy", "history"], capture_output=True, text=True,
                                         check=True).stdout)
     assert [p["reason"].split()[0] for p in history] == ["registry", "calibrate:", "tune"]

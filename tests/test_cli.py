@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def test_full_workflow_through_the_cli(tmp_path: Path, population: Path) -> None
     answers = json.loads(_run(*home, "--json", "identify", photo, "--species", "synleopard", "--record",
                               "--survey", "season-2"))
     code = answers[0]["individual"]
-    assert answers[0]["decision"] == "match" and answers[0]["decision_id"] == 1
+    assert answers[0]["decision"] == "match" and isinstance(answers[0]["decision_id"], int)
+    assert answers[0]["policy_version"] == json.loads(_run(*home, "policy", "show", "--json"))["version"]
 
     history = json.loads(_run(*home, "--json", "history", code))
     assert history["individual"] == code and history["name"] == returning["identity"]
@@ -92,3 +94,52 @@ def test_demo_runs_end_to_end_as_a_real_process(tmp_path: Path) -> None:
     again = subprocess.run([sys.executable, "-m", "registry", "--data-dir", str(tmp_path / "demo" / "registry"),
                             "--json", "stats"], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(again.stdout)["images"] == report["stats"]["images"]
+
+
+def test_json_after_the_command_and_reads_while_a_writer_holds_the_registry(tmp_path: Path,
+                                                                           population: Path) -> None:
+    """`--json` works where a user types it; read-only commands need neither the writer lock nor the models."""
+    home = tmp_path / "reg"
+    base = ["--data-dir", str(home)]
+    _run(*base, "init", "--no-download")
+    _run(*base, "ingest", str(population / "season1" / "manifest.csv"), "--survey", "s1")
+    code = json.loads(_run(*base, "individuals", "--json"))[0]["code"]
+    assert json.loads(_run(*base, "stats", "--json"))["images"] == 12
+    assert isinstance(json.loads(_run(*base, "models", "list", "--json")), list)
+    assert json.loads(_run(*base, "history", code, "--json"))["individual"] == code
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import time; from registry.store.locking import RegistryLock; "
+         f"lock = RegistryLock({str(home)!r}); lock.acquire(); print('locked', flush=True); time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        for args in (["stats"], ["individuals"], ["history", code], ["review"], ["changes"], ["policy", "show"],
+                     ["export", "sightings", str(tmp_path / "s.csv")]):
+            result = CliRunner().invoke(main, [*base, *args, "--json"], catch_exceptions=False)
+            assert result.exit_code == 0, (args, result.output)
+            json.loads(result.stdout)
+        refused = CliRunner().invoke(main, [*base, "merge", code, code])
+        assert refused.exit_code == 1 and f"in use by PID {holder.pid}" in refused.output  # curation writes
+    finally:
+        holder.kill()
+
+
+def test_a_plain_wheel_install_can_create_a_registry(tmp_path: Path) -> None:
+    """The migrations ship inside the package: built as a wheel and installed (not editable) elsewhere, the
+    package alone runs `registry init` against a fresh catalog."""
+    root = Path(__file__).resolve().parents[1]
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(wheels), str(root)], check=True, capture_output=True, timeout=300)
+    (wheel,) = wheels.glob("*.whl")
+    target = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(target), str(wheel)],
+                   check=True, capture_output=True, timeout=300)
+    script = ("import registry, sys; assert registry.__file__.startswith(sys.argv[1]), registry.__file__; "
+              "from registry.interfaces.cli.main import main; main(['--data-dir', sys.argv[2], 'init', "
+              "'--no-download'])")
+    result = subprocess.run([sys.executable, "-c", script, str(target), str(tmp_path / "reg")], cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(target)}, capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "reg" / "registry.sqlite").exists()

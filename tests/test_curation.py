@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image as PILImage
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from registry.curation import exports, review
 from registry.curation.curator import CurationError, Curator
@@ -18,7 +18,7 @@ from registry.ingest.ingestion import Ingestor
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.store.tables import Decision, Image, Individual, Sighting
+from registry.store.tables import Decision, Individual, Sighting
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -118,36 +118,29 @@ def test_split_moves_chosen_photos_to_a_new_individual(registry: Registry) -> No
     assert len(registry.catalog.history(code)["sightings"]) == len(photos)
 
 
-def _plant(registry: Registry, outcome: str, score: float, runner_up: float | None) -> int:
+def test_review_queue_of_recorded_decisions_puts_the_most_uncertain_first(registry: Registry,
+                                                                         population: Path) -> None:
+    registry.calibrate()
+    Ingestor(registry).ingest(population / "season2" / "manifest.csv", "season-2", "identify")
+    everything = review.queue(registry.catalog, limit=1000, margin=10.0)
     with registry.catalog.transaction() as session:
-        image = Image(sha256=f"{len(str(score))}{score}{runner_up}".ljust(64, "0")[:64], path=f"/p/{score}.jpg",
-                      species="synleopard", width=1, height=1, status="indexed")
-        session.add(image)
-        session.flush()
-        individual = session.scalars(select(Individual)).first()
-        ranked = [{"code": individual.code, "score": score, "best_image_id": 1, "images": []}]
-        if runner_up is not None:
-            ranked.append({"code": "SYN-0002", "score": runner_up, "best_image_id": 2, "images": []})
-        decision = Decision(image_id=image.id, outcome=outcome, individual_id=individual.id, score=score,
-                            threshold=0.35, candidates=ranked, profile="offline", model_versions={})
-        session.add(decision)
-        session.flush()
-        session.add(Sighting(image_id=image.id, individual_id=individual.id, method="automatic",
-                             decision_id=decision.id, status="active"))
-        return decision.id
-
-
-def test_review_queue_puts_the_most_uncertain_first(registry: Registry) -> None:
-    confident = _plant(registry, "match", 0.95, 0.10)
-    near_threshold = _plant(registry, "match", 0.40, 0.05)  # 0.05 above tau
-    close_runner_up = _plant(registry, "match", 0.70, 0.68)  # runner-up 0.02 behind
-    almost_matched = _plant(registry, "new", 0.32, 0.10)  # best candidate 0.03 below tau
-    queue = review.queue(registry.catalog, limit=10, margin=0.15)
-    assert [e["decision"] for e in queue] == [close_runner_up, almost_matched, near_threshold]
-    assert confident not in {e["decision"] for e in queue}
-    assert "runner-up" in queue[0]["reason"]
-    Curator(registry.stores).confirm(close_runner_up)
-    assert close_runner_up not in {e["decision"] for e in review.queue(registry.catalog)}
+        recorded = session.scalar(select(func.count()).select_from(Decision))
+    assert recorded and len(everything) == recorded  # every automatic decision, none twice
+    uncertainties = [e["uncertainty"] for e in everything]
+    assert uncertainties == sorted(uncertainties)
+    for entry in everything:  # each entry's uncertainty is the smaller of its own margins
+        scores = [c["score"] for c in entry["candidates"]]
+        if entry["outcome"] == "new":
+            expected = entry["threshold"] - scores[0]
+        else:
+            expected = min(entry["score"] - entry["threshold"],
+                           entry["score"] - scores[1] if len(scores) > 1 else float("inf"))
+        assert entry["uncertainty"] == pytest.approx(expected, abs=1e-4)
+    tight = review.queue(registry.catalog, limit=1000, margin=0.1)
+    assert tight == [e for e in everything if e["uncertainty"] <= 0.1]
+    first = everything[0]["decision"]
+    Curator(registry.stores).confirm(first)
+    assert first not in {e["decision"] for e in review.queue(registry.catalog, limit=1000, margin=10.0)}
 
 
 def test_capture_history_matches_the_truth_and_mark_format(registry: Registry, population: Path,

@@ -270,7 +270,7 @@ def test_capture_history_occasions_come_from_surveys_and_species_are_separate(
     with pytest.raises(CatalogError, match="give --species"):
         exports.capture_history(registry.catalog, "survey")
     _, cows, _ = exports.capture_history(registry.catalog, "survey", species="cow")
-    assert len(cows) == 1 and list(cows.values())[0] == [0, 0, 1]
+    assert len(cows) == 1 and next(iter(cows.values())) == [0, 0, 1]
 
 
 def test_identify_record_resumes_a_write_that_crashed_after_sql(tmp_path: Path, population: Path) -> None:

@@ -47,26 +47,29 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
         matched_name = registry.catalog.history(answer.outcome.ranked[0].code)["name"]
         assert matched_name == returning["identity"]
 
+        existing = {i["code"] for i in registry.catalog.individuals()}
         created = registry.identify(first, "synleopard", record=True, survey="s2")
-        assert created.outcome.outcome == "new" and created.individual_code == "SYN-0007"
+        code = created.individual_code
+        assert created.outcome.outcome == "new" and code not in existing and code.startswith("SYN-")
         found = registry.identify(second, "synleopard", record=True, survey="s2")
-        assert found.outcome.outcome == "match" and found.individual_code == "SYN-0007"
+        assert found.outcome.outcome == "match" and found.individual_code == code
 
         with pytest.raises(CatalogError, match="already in the registry"):
             registry.identify(first, "synleopard", record=True)
         stats = registry.catalog.stats()
         assert stats == {"individuals": 7, "images": 14, "sightings": 14, "decisions": 2, "surveys": 2,
                          "pending_images": 0}
-        history = registry.catalog.history("SYN-0007")
+        history = registry.catalog.history(code)
         assert [s["method"] for s in history["sightings"]] == ["automatic", "automatic"]
+        created_id = next(i["id"] for i in registry.catalog.individuals() if i["code"] == code)
 
     # closed and reopened from disk: individuals, sightings and vectors are all still there
     with Registry(Settings.load(settings.data_dir, settings.database_url), pipeline=offline_pipeline) as again:
         assert again.catalog.stats() == stats
         assert again.index.count(again.collections["efficientnet-lite0"]) == 14
         payload = dict(again.index.payloads(again.collections["efficientnet-lite0"]))
-        sightings = {s["sha256"] for s in again.catalog.history("SYN-0007")["sightings"]}
-        assert len(sightings) == 2 and sum(1 for p in payload.values() if p["individual_id"] == 7) == 2
+        sightings = {s["sha256"] for s in again.catalog.history(code)["sightings"]}
+        assert len(sightings) == 2 and sum(1 for p in payload.values() if p["individual_id"] == created_id) == 2
         repeat = Ingestor(again).ingest(population / "season1" / "manifest.csv", "s1", "reference")
         assert repeat.added == 0 and repeat.already_present == 12  # idempotent by content
 
@@ -105,7 +108,8 @@ def test_second_writer_is_refused_and_uninitialised_registry_explains(
 ) -> None:
     holder = subprocess.Popen(
         [sys.executable, "-c", "import sys, time; from registry.store.locking import RegistryLock; "
-         f"lock = RegistryLock({str(settings.data_dir)!r}); lock.acquire(); print('locked', flush=True); time.sleep(30)"],
+         f"lock = RegistryLock({str(settings.data_dir)!r}); lock.acquire(); print('locked', flush=True); "
+         "time.sleep(30)"],
         stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "locked"
