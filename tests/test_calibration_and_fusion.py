@@ -18,9 +18,9 @@ from registry.decide.calibration import (
     LearnedFusion,
     fit_calibrations,
 )
+from registry.decide.metrics import evaluate, pairwise_clustering
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
 from registry.evaluate import experiments
-from registry.evaluate.metrics import evaluate, pairwise_clustering
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import PhotoRow
 from registry.matching.pipeline import Pipeline
@@ -98,7 +98,7 @@ def test_sweep_best_equals_a_direct_evaluation_at_that_threshold() -> None:
     scorer = CalibratedFusionScorer(Calibrations(), "g", "l", None, 0.5)
     found = experiments.sweep(results, names, scorer)
     best = found["best"]["overall"]
-    direct = evaluate(experiments.predictions(results, lambda c: (c.calibrated["g"] + c.calibrated["l"]) / 2,
+    direct = evaluate(experiments.predictions(results, lambda c, _sp: (c.calibrated["g"] + c.calibrated["l"]) / 2,
                                               lambda _sp: best["tau"], names))
     assert direct["overall"]["score"] == pytest.approx(best["score"])
     assert best["score"] == pytest.approx(1.0) and 0.30 < best["tau"] <= 0.35  # B at 0.35, N at 0.30

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from registry.decide.metrics import Prediction, evaluate, sequential_predictions
 from registry.evaluate import synth
-from registry.evaluate.metrics import Prediction, evaluate, sequential_predictions
 
 
 def test_baks_baus_balanced_over_identities_and_averaged_over_species() -> None:

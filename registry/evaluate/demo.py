@@ -8,8 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from registry.decide.metrics import evaluate, sequential_predictions
 from registry.evaluate import synth
-from registry.evaluate.metrics import evaluate, sequential_predictions
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import count_rows
 from registry.services.registry import Registry

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from registry.decide.metrics import Prediction, evaluate, pairwise_clustering, sequential_predictions
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, wildfusion
-from registry.evaluate.metrics import Prediction, evaluate, pairwise_clustering, sequential_predictions
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import PhotoRow, read_manifest, write_manifest
 from registry.matching.imaging import ImageError, sha256_of_file
@@ -258,6 +258,7 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
     viewpoint_of = np.array([ids[int(i)]["viewpoint"] or "" for i in reference_ids])
     individual_of = {int(i): ids[int(i)]["individual_id"] for i in reference_ids}
     results, spent = [], 0.0
+    own = _own_images(registry, rows)
     for row in rows:
         began = time.perf_counter()
         described = registry.identification.describe([row.image], [row.species], [row.viewpoint])[0]
@@ -265,8 +266,9 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
             continue
         similarity = matrix @ described.vectors[primary]
         allowed = species_of == row.species
-        if row.viewpoint:
-            allowed &= viewpoint_of == row.viewpoint
+        if row.viewpoint:  # the registry's viewpoint rule: its own, `both`, or unknown
+            allowed &= (viewpoint_of == row.viewpoint) | (viewpoint_of == "both") | (viewpoint_of == "")
+        allowed &= reference_ids != own.get(row.image, -1)  # never the query's own photo
         similarity[~allowed] = -np.inf
         order = np.argsort(-similarity)[: min(shortlist, int(allowed.sum()))]
         chosen = [int(reference_ids[i]) for i in order]

@@ -9,6 +9,7 @@ payloads in step, and finds its collections in the `embedders` table, so it need
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from registry.settings import Settings
 from registry.store import migrate
@@ -32,8 +33,15 @@ class Stores:
         self.lock.acquire(wait=lock_wait)
         self._index: VectorIndex | None = None
         try:
+            if settings.database_url is None and not (settings.data_dir / "registry.sqlite").exists():
+                raise RegistryNotInitialisedError(
+                    f"no registry in {settings.data_dir}: run `registry init` first (or give --data-dir)")
             self.catalog = Catalog(settings.sqlalchemy_url, settings.photo_root)
-            current = migrate.current_revision(self.catalog.engine)
+            try:
+                current = migrate.current_revision(self.catalog.engine)
+            except OperationalError as exc:
+                raise RegistryNotInitialisedError(
+                    f"cannot open the registry catalog at {settings.display_database}: {exc.orig}") from exc
             if current is None:
                 raise RegistryNotInitialisedError(
                     f"no registry catalog at {settings.display_database}: run `registry init` first")
@@ -66,8 +74,9 @@ class Stores:
         try:
             if self._index is not None:
                 self._index.close()
-            if getattr(self, "catalog", None) is not None:
-                self.catalog.close()
+            catalog = getattr(self, "catalog", None)
+            if catalog is not None:
+                catalog.close()
         finally:
             self.lock.release()
 
