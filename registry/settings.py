@@ -55,6 +55,11 @@ class Settings:
     # Calibration positives must be re-sightings, not frames of one burst: photos from different surveys, or at
     # least this far apart in time when both have capture times.
     calibration_min_gap_hours: float = 1.0
+    # `registry calibrate` then chooses tau per species on simulated open-set queries of the labelled photos:
+    # this many queries per species (half known, half from individuals hidden as unknowns), and that fraction of
+    # the individuals hidden.
+    self_tune_queries: int = 200
+    self_tune_unknown_fraction: float = 0.3
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
     resume_grace_seconds: float = 300.0

@@ -345,3 +345,23 @@ def test_a_reference_label_that_is_a_code_is_that_individual(registry: Registry,
     Ingestor(registry).ingest(labelled, "season-2", "reference")
     assert registry.catalog.stats()["individuals"] == before
     assert len(registry.catalog.history(target["code"])["sightings"]) == target["sightings"] + 1
+
+
+def test_calibrate_chooses_tau_on_simulated_open_set_queries(registry: Registry, population: Path) -> None:
+    """Leave-identities-out: hidden individuals' photos must come back "new", the others' must find a re-sighting;
+    the chosen tau is the best on those queries and goes into the policy with the score it expects."""
+    Ingestor(registry).ingest(population / "season2" / "manifest.csv", "season-2", "reference")
+    summary = registry.calibrate()
+    report = summary["self_tuned"]["synleopard"]
+    assert report["tau"] is not None and report["unknown_queries"] > 0 and report["known_queries"] > 0
+    policy = registry.policy
+    assert policy.threshold_for("synleopard") == report["tau"]
+    assert policy.expected["self_tuned"]["synleopard"]["expected"]["score"] == report["expected"]["score"]
+    assert report["expected"]["score"] >= 0.8  # synthetic spots: the open-set rule separates them
+    # a hidden individual never appears among its own photo's candidates
+    item = registry.catalog.labelled_images("synleopard")[0]
+    ranked = registry.identification.rank_stored(item["image_id"], "synleopard", item["viewpoint"], registry.scorer,
+                                                 (item["image_id"],), (item["individual_id"],))
+    assert ranked and item["individual_id"] not in {r.individual_id for r in ranked}
+    untuned = registry.calibrate(self_tune=False)
+    assert untuned["self_tuned"] == {} and registry.policy.thresholds == {}

@@ -19,12 +19,15 @@ from registry.decide.calibration import (
     LearnedFusion,
     fit_calibrations,
 )
+from registry.decide.metrics import Prediction, evaluate
 from registry.decide.policy import ALL_SPECIES
+from registry.decide.scoring import CalibratedFusionScorer
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
 
 CROSS_FIT_FOLDS = 5
+TAU_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)
 
 
 def is_resighting(a: dict[str, Any], b: dict[str, Any], min_gap_hours: float) -> bool:
@@ -153,12 +156,81 @@ class CalibrationService:
             if progress:
                 progress(len(group))
 
+    def self_tune_thresholds(self, scorer: CalibratedFusionScorer, species: str | None, seed: int = 0,
+                             progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
+        """τ per species from simulated open-set queries on the registry's own labelled photos.
+
+        Leave-identities-out: a seeded `self_tune_unknown_fraction` of each species' individuals play the unknown
+        animals — their photos query the registry with every photo of their individual hidden, so the right answer
+        is "new"; photos of the other individuals that have a re-sighting play the known queries, with their own photo
+        and its burst mates (photos that are not re-sightings of it) hidden, so the right answer is a real re-sighting.
+        Every query is scored as a real one (grouped retrieval, LightGlue on cached features, this scorer), and τ is
+        the middle of the plateau that maximises the geometric mean of BAKS and BAUS.
+        """
+        registry = self.registry
+        settings = registry.settings
+        gap = settings.calibration_min_gap_hours
+        rng = np.random.default_rng(seed)
+        by_species: dict[str, list[dict[str, Any]]] = {}
+        for item in registry.catalog.labelled_images(species):
+            by_species.setdefault(item["species"], []).append(item)
+        out: dict[str, dict[str, Any]] = {}
+        for sp, items in sorted(by_species.items()):
+            images_of: dict[int, list[dict[str, Any]]] = {}
+            for item in items:
+                images_of.setdefault(item["individual_id"], []).append(item)
+            individuals = sorted(images_of)
+            n_unknown = max(1, round(len(individuals) * settings.self_tune_unknown_fraction))
+            if len(individuals) < 3 or len(individuals) - n_unknown < 2:
+                out[sp] = {"tau": None, "reason": f"{len(individuals)} individuals: too few to simulate unknowns"}
+                continue
+            unknown = set(rng.permutation(individuals)[:n_unknown].tolist())
+            budget = settings.self_tune_queries // 2
+            unknown_queries = [i for ind in unknown for i in images_of[ind]]
+            known_queries = [i for ind in individuals if ind not in unknown for i in images_of[ind]
+                             if any(is_resighting(i, j, gap) for j in images_of[ind] if j is not i)]
+            unknown_queries = [unknown_queries[k] for k in rng.permutation(len(unknown_queries))[:budget]]
+            known_queries = [known_queries[k] for k in rng.permutation(len(known_queries))[:budget]]
+            if not known_queries or not unknown_queries:
+                out[sp] = {"tau": None, "reason": "no photo with a re-sighting to play a known query"}
+                continue
+            tops: list[tuple[bool, str, int | None, float]] = []  # known?, truth, top individual, its score
+            for query in known_queries + unknown_queries:
+                individual = query["individual_id"]
+                is_known = individual not in unknown
+                if is_known:
+                    hidden_images = [j["image_id"] for j in images_of[individual]
+                                     if j is query or not is_resighting(query, j, gap)]
+                    hidden_individuals: tuple[int, ...] = ()
+                else:
+                    hidden_images, hidden_individuals = [query["image_id"]], (individual,)
+                ranked = registry.identification.rank_stored(query["image_id"], sp, query["viewpoint"], scorer,
+                                                              tuple(hidden_images), hidden_individuals)
+                top = ranked[0] if ranked else None
+                tops.append((is_known, str(individual), top.individual_id if top else None,
+                             top.score if top else -np.inf))
+                if progress:
+                    progress(1)
+
+            def at(tau: float, tops: list[tuple[bool, str, int | None, float]] = tops, sp: str = sp) -> dict[str, Any]:
+                return evaluate([Prediction(sp, truth, known, str(top) if top is not None and score >= tau else None)
+                                 for known, truth, top, score in tops])["overall"]
+
+            values = np.array([s if (s := at(float(tau))["score"]) is not None else -1.0 for tau in TAU_GRID])
+            ties = np.flatnonzero(values >= values.max() - 1e-12)  # a plateau: its middle is the most robust
+            chosen = int(ties[len(ties) // 2])
+            block = at(float(TAU_GRID[chosen]))
+            out[sp] = {"tau": float(TAU_GRID[chosen]), "expected": block, "known_queries": len(known_queries),
+                       "unknown_queries": len(unknown_queries), "unknown_individuals": len(unknown)}
+        return out
+
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Callable[[int], None] | None = None,
-                  actor: str = "registry") -> dict[str, Any]:
+                  actor: str = "registry", self_tune: bool = True) -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
-        the cross-fitted learned fusion, store them as one batch, and put a new policy version in force.
-        With `species`, only that species' calibrators change; the others' stay as they were."""
+        the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
+        queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
+        that species' calibrators and tau change; the others' stay as they were."""
         registry = self.registry
         registry.recorder.resume_pending()
         per_class = per_class or registry.settings.calibration_pairs
@@ -189,14 +261,24 @@ class CalibrationService:
         batches = dict(policy.calibration_batches) if species and same_models else {}
         batches[species or ALL_SPECIES] = batch
         fusion_kind = policy.fusion if fusion is not None else "wildfusion"
+        thresholds = dict(policy.thresholds) if species and same_models else {}
+        tuned: dict[str, dict[str, Any]] = {}
+        if self_tune:
+            pipeline = registry.pipeline
+            scorer = CalibratedFusionScorer(
+                Calibrations(fitted, fusion), pipeline.primary.name, pipeline.local.name,
+                pipeline.complementary.name if pipeline.complementary else None, policy.alpha,
+                learned=fusion_kind == "learned" and fusion is not None)
+            tuned = self.self_tune_thresholds(scorer, species, seed)
+            thresholds.update({sp: r["tau"] for sp, r in tuned.items() if r["tau"] is not None})
         new = registry.set_policy(policy.derive(
-            f"calibrate{' --species ' + species if species else ''}: batch {batch} on {len(pairs)} pairs",
+            f"calibrate{' --species ' + species if species else ''}: batch {batch} on {len(pairs)} pairs"
+            + (f", tau self-tuned for {', '.join(sp for sp, r in tuned.items() if r['tau'] is not None)}"
+               if any(r["tau"] is not None for r in tuned.values()) else ""),
             actor, model_versions=versions, calibration_batches=batches, fusion=fusion_kind,
-            matcher_settings=registry.pipeline.local_settings))
-        return {**summary, "batch": batch, "policy_version": new.version,
+            matcher_settings=registry.pipeline.local_settings, thresholds=thresholds,
+            expected={"self_tuned": tuned} if tuned else None))
+        return {**summary, "batch": batch, "policy_version": new.version, "self_tuned": tuned,
                 "calibrators": [f"{m}/{sp or 'pooled'}" for m, sp in fitted],
                 "learned_fusion": fusion.to_json() if fusion else None}
 
-
-def calibrations_for_policy(registry: Registry) -> dict[int, Calibrations]:
-    return registry.catalog.load_calibrations(set(registry.policy.calibration_batches.values()))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
-from registry.decide.scoring import CandidateScore, Outcome, decide, rank_individuals
+from registry.decide.scoring import CandidateScore, IndividualScore, Outcome, Scorer, decide, rank_individuals
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import LocalFeatures
 from registry.matching.pipeline import Described
@@ -116,7 +116,8 @@ class Identifier:
 
     # --- identification ----------------------------------------------------------------------------------
     def candidates(self, described: Described, species: str, viewpoint: str | None,
-                   exclude: tuple[int, ...] = (), problems: list[str] | None = None) -> list[CandidateScore]:
+                   exclude: tuple[int, ...] = (), problems: list[str] | None = None,
+                   exclude_individuals: tuple[int, ...] = ()) -> list[CandidateScore]:
         """The best individuals by the primary embedding (grouped query), each shortlisted photo scored by every
         matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: image ids never to
         return (the query's own photo when it is already in the registry)."""
@@ -125,7 +126,8 @@ class Identifier:
         primary = pipeline.primary.name
         shortlisted = registry.index.search_individuals(
             registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
-            settings.rerank_images_per_individual, species, viewpoint, exclude_image_ids=exclude)
+            settings.rerank_images_per_individual, species, viewpoint, exclude_image_ids=exclude,
+            exclude_individuals=exclude_individuals)
         features = self.candidate_features([h.image_id for h in shortlisted], problems)
         shortlisted = [h for h in shortlisted if h.image_id in features]
         image_ids = [h.image_id for h in shortlisted]
@@ -150,6 +152,22 @@ class Identifier:
         outcome.policy_version = registry.policy.version
         outcome.scorer = scorer.name
         return outcome
+
+    def rank_stored(self, image_id: int, species: str, viewpoint: str | None, scorer: Scorer,
+                    hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = ()) -> list[IndividualScore]:
+        """Candidate individuals for a photo already in the registry, from its stored vectors and cached features
+        (nothing is described again), with some images and individuals hidden: a simulated query."""
+        registry = self.registry
+        vectors = {name: registry.index.vectors(collection, [image_id]).get(image_id)
+                   for name, collection in registry.collections.items()}
+        features = self.candidate_features([image_id]).get(image_id)
+        if features is None or any(v is None for v in vectors.values()):
+            return []
+        candidates = self.candidates(Described(vectors, features), species, viewpoint,  # type: ignore[arg-type]
+                                     exclude=hidden_images, exclude_individuals=hidden_individuals)
+        for candidate in candidates:
+            scorer.score(candidate, species)
+        return rank_individuals(candidates, {})
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
               problems: list[str] | None = None) -> Outcome:

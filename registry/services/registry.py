@@ -207,5 +207,6 @@ class Registry:
         return self.identification.identify(path, species, viewpoint, record=record, **fields)
 
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
-                  learned: bool = True, progress: Any = None, actor: str = "registry") -> dict[str, Any]:
-        return self.calibration.calibrate(per_class, species, seed, learned, progress, actor)
+                  learned: bool = True, progress: Any = None, actor: str = "registry",
+                  self_tune: bool = True) -> dict[str, Any]:
+        return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune)

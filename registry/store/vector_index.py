@@ -143,7 +143,8 @@ class VectorIndex:
 
     # --- reads -----------------------------------------------------------------------------------------
     @staticmethod
-    def candidate_filter(species: str, viewpoint: str | None, exclude_image_ids: Iterable[int] = ()) -> models.Filter:
+    def candidate_filter(species: str, viewpoint: str | None, exclude_image_ids: Iterable[int] = (),
+                         exclude_individuals: Iterable[int] = ()) -> models.Filter:
         """Points a query of this species and viewpoint may match: same species; an individual (a rejected
         sighting's point has none); and for a known viewpoint, references of that viewpoint, of `both`, or of
         unknown viewpoint (an unknown query viewpoint matches every viewpoint)."""
@@ -161,6 +162,9 @@ class VectorIndex:
         excluded = list(exclude_image_ids)
         if excluded:
             must_not.append(models.HasIdCondition(has_id=excluded))
+        hidden = list(exclude_individuals)
+        if hidden:  # simulated unknown animals: their own individual is hidden from the search
+            must_not.append(models.FieldCondition(key="individual_id", match=models.MatchAny(any=hidden)))
         return models.Filter(must=must, must_not=must_not)
 
     def search(
@@ -177,7 +181,7 @@ class VectorIndex:
 
     def search_individuals(
         self, collection: str, vector: np.ndarray, individuals: int, images_per_individual: int, species: str,
-        viewpoint: str | None = None, exclude_image_ids: Iterable[int] = (),
+        viewpoint: str | None = None, exclude_image_ids: Iterable[int] = (), exclude_individuals: Iterable[int] = (),
     ) -> list[Hit]:
         """The `individuals` most similar individuals (Qdrant's grouped query, grouped by individual), each with
         its `images_per_individual` most similar images, however many photos each individual has."""
@@ -185,7 +189,8 @@ class VectorIndex:
         response = self.client.query_points_groups(
             collection, query=(vector / np.linalg.norm(vector)).tolist(), group_by="individual_id",
             limit=individuals, group_size=images_per_individual,
-            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids), with_payload=True,
+            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids, exclude_individuals),
+            with_payload=True,
         )
         hits = [Hit(int(p.id), float(p.score), dict(p.payload or {})) for g in response.groups for p in g.hits]
         return sorted(hits, key=lambda h: -h.score)

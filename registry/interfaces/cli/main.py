@@ -197,17 +197,26 @@ def stats(ctx: click.Context) -> None:
 @click.option("--pairs", type=int, default=None, help="Same-individual pairs (and as many others) per species.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--learned/--no-learned", default=True, show_default=True, help="Also fit the learned fusion.")
+@click.option("--self-tune/--no-self-tune", default=True, show_default=True,
+              help="Choose tau per species on simulated open-set queries of the labelled photos.")
 @click.pass_context
-def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool) -> None:
-    """Fit each matcher's score calibration (isotonic) on the registry's labelled photos; decisions use it."""
+def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
+              self_tune: bool) -> None:
+    """Fit each matcher's score calibration (isotonic) on the registry's labelled photos, choose tau per species
+    on simulated open-set queries (leave-identities-out), and put both in force as a new decision policy."""
     with open_registry(ctx) as registry:
         total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.catalog.species()))
         with progress_bar("calibration pairs", total) as bar:
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
-                                         actor=root_obj(ctx).get("actor") or "registry calibrate")
+                                         actor=root_obj(ctx).get("actor") or "registry calibrate",
+                                         self_tune=self_tune)
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
+          + "".join(f"; {sp}: tau {r['tau']:.2f} (expected score {fmt(r['expected']['score'])} on "
+                    f"{r['known_queries']} known + {r['unknown_queries']} simulated unknown queries)"
+                    if r["tau"] is not None else f"; {sp}: tau not tuned ({r['reason']})"
+                    for sp, r in summary["self_tuned"].items())
           + f"; decision policy version {summary['policy_version']} in force")
 
 
