@@ -83,8 +83,8 @@ def test_a_second_machine_decides_with_the_catalogs_policy(registry: Registry, t
     assert here.outcome.threshold == 0.77
 
 
-def test_calibrating_one_species_keeps_the_others(tmp_path: Path, database_url: str, offline_pipeline: Pipeline
-                                                  ) -> None:
+def test_calibrating_one_species_keeps_the_others(tmp_path: Path, offline_pipeline: Pipeline) -> None:
+    database_url = f"sqlite:///{tmp_path / 'catalog.sqlite'}"  # policy logic: one database kind is enough
     lynx_root = tmp_path / "lynx"
     synth.generate(lynx_root, individuals=5, seasons=1, seed=11, photos_per_sighting=(2, 2))
     leopards = tmp_path / "leopards"
@@ -347,9 +347,14 @@ def test_a_reference_label_that_is_a_code_is_that_individual(registry: Registry,
     assert len(registry.catalog.history(target["code"])["sightings"]) == target["sightings"] + 1
 
 
-def test_calibrate_chooses_tau_on_simulated_open_set_queries(registry: Registry, population: Path) -> None:
+def test_calibrate_chooses_tau_on_simulated_open_set_queries(tmp_path: Path, population: Path,
+                                                            offline_pipeline: Pipeline) -> None:
     """Leave-identities-out: hidden individuals' photos must come back "new", the others' must find a re-sighting;
     the chosen tau is the best on those queries and goes into the policy with the score it expects."""
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline")  # decision logic: SQLite is enough
+    Registry.init(settings)
+    registry = Registry(settings, pipeline=offline_pipeline)
+    Ingestor(registry).ingest(population / "season1" / "manifest.csv", "season-1", "reference")
     Ingestor(registry).ingest(population / "season2" / "manifest.csv", "season-2", "reference")
     summary = registry.calibrate()
     report = summary["self_tuned"]["synleopard"]
@@ -365,3 +370,4 @@ def test_calibrate_chooses_tau_on_simulated_open_set_queries(registry: Registry,
     assert ranked and item["individual_id"] not in {r.individual_id for r in ranked}
     untuned = registry.calibrate(self_tune=False)
     assert untuned["self_tuned"] == {} and registry.policy.thresholds == {}
+    registry.close()

@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 NEW = None  # a prediction of "new individual"
 
@@ -125,3 +127,33 @@ def pairwise_clustering(predicted: list[str], truth: list[str]) -> dict[str, flo
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f1": f1,
             "individuals_created": len(set(predicted)), "individuals_true": len(set(truth)), "images": len(truth)}
+
+
+def bootstrap_interval(predictions: list[Prediction], key: str = "score", resamples: int = 1000, seed: int = 0,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """A percentile bootstrap interval of an overall measure, resampling *identities* (with all their queries)
+    within each species, since a balanced accuracy averages over identities and one animal's photos are not
+    independent draws."""
+    rng = np.random.default_rng(seed)
+    groups: dict[tuple[str, bool], dict[str, list[Prediction]]] = defaultdict(lambda: defaultdict(list))
+    for p in predictions:
+        groups[(p.species, p.known)][p.truth].append(p)
+    if not groups:
+        return None
+    pools = [list(identities.values()) for identities in groups.values()]
+    values = []
+    def copy(p: Prediction, draw: int) -> Prediction:  # an identity drawn twice counts as two identities
+        truth = f"{p.truth}#{draw}"
+        return replace(p, truth=truth, predicted=truth if p.predicted == p.truth else p.predicted)
+
+    for _ in range(resamples):
+        sample = [copy(p, draw) for pool in pools
+                  for draw, k in enumerate(rng.integers(0, len(pool), len(pool))) for p in pool[int(k)]]
+        value = evaluate(sample)["overall"][key]
+        if value is not None:
+            values.append(value)
+    if not values:
+        return None
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from registry.decide.metrics import Prediction, evaluate, pairwise_clustering, sequential_predictions
+from registry.decide.metrics import (
+    Prediction,
+    bootstrap_interval,
+    evaluate,
+    pairwise_clustering,
+    sequential_predictions,
+)
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, wildfusion
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import PhotoRow, read_manifest, write_manifest
@@ -235,11 +241,18 @@ def configurations(registry: Registry, results: list[QueryResult], names: dict[i
     configs[f"WildFusion (alpha {scorer.alpha:g})"] = _wildfusion_fn(scorer, scorer.alpha)
     if all(c.learned is not None for c in scorer.by_species.values()):
         configs["learned fusion (logistic)"] = lambda c, sp: scorer.calibrations_for(sp).learned(c.calibrated)  # type: ignore[misc]
-    out = {name: evaluate(predictions(results, fn, tau, names)) for name, fn in configs.items()}
+    out = {name: _with_interval(predictions(results, fn, tau, names)) for name, fn in configs.items()}
     tuned, chosen = cross_fitted_tau(results, names, scorer)
     if tuned:
-        out[f"{scorer.name}, tau tuned per species (2-fold by identity)"] = {**evaluate(tuned), "taus": chosen}
+        out[f"{scorer.name}, tau tuned per species (2-fold by identity)"] = {**_with_interval(tuned), "taus": chosen}
     return out
+
+
+def _with_interval(found: list[Prediction]) -> dict[str, Any]:
+    """`evaluate` plus a 95 % bootstrap interval of the overall score (identities resampled)."""
+    report = evaluate(found)
+    report["overall"]["score_ci95"] = bootstrap_interval(found)
+    return report
 
 
 def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[tuple[str, str]],
@@ -329,7 +342,9 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         if progress:
             progress.close()
         report["skipped"] += problems
-        actual = evaluate(predictions(results, lambda c, _sp: c.score, registry.scorer.threshold_for, names))
+        decided = predictions(results, lambda c, _sp: c.score, registry.scorer.threshold_for, names)
+        actual = evaluate(decided)
+        actual["overall"]["score_ci95"] = bootstrap_interval(decided)
         report.update(actual)
         report["seconds_per_query"] = float(np.mean([r.seconds for r in results])) if results else None
         report["configurations"] = configurations(registry, results, names)

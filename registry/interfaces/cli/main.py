@@ -292,8 +292,10 @@ def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, 
 
 def _evaluation_text(report: dict[str, Any]) -> str:
     def line(name: str, block: dict[str, Any]) -> str:
+        ci = block.get("score_ci95")
+        interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else ""
         return (f"  {name:<58} BAKS {fmt(block['baks'])}  BAUS {fmt(block['baus'])}  score {fmt(block['score'])}"
-                f"  top-1 {fmt(block['top1'])}  top-5 {fmt(block['top5'])}  queries {block['queries']}")
+                f"{interval}  top-1 {fmt(block['top1'])}  top-5 {fmt(block['top5'])}  queries {block['queries']}")
 
     lines = [f"reference {report['reference_images']} photos; protocol {report['protocol']}"]
     lines.append(line("registry decisions", report["overall"]))

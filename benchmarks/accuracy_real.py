@@ -1,0 +1,85 @@
+"""Accuracy on the real development sets, one command: the protocol of docs/accuracy.md, then the table.
+
+    .venv/bin/python benchmarks/accuracy_real.py [--data ../shared/data] [--only nyala] [--out-dir DIR]
+
+Protocol (offline profile, this CPU): an identity-disjoint open-set split per data set (30 % of the identities
+are unknown: all their photos are queries; for the others the earlier half of the photos is reference, grouped by
+capture time so a clip or burst stays on one side); the registry is built from the reference, calibrated and
+self-tuned on it alone, then every query is identified (never used for training or tuning). Nyala: 300 seeded
+random queries, left/right flank passed through. Holstein: 30 seeded identities, split by clip, 250 queries.
+Prints BAKS, BAUS, score with a 95 % bootstrap interval (identities resampled), top-1 and top-5 for the
+registry's decisions and for every configuration computed from the same candidate scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from registry.evaluate import experiments
+
+PROTOCOLS = {
+    "nyala": {"manifest": "nyala/metadata.csv", "max_identities": None, "limit": 300},
+    "holstein": {"manifest": "holstein/metadata.csv", "max_identities": 30, "limit": 250},
+}
+
+
+def _f(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
+def table(name: str, report: dict) -> list[str]:
+    ci = report["overall"].get("score_ci95")
+    lines = [f"| {name} | registry decisions (as configured) | {_f(report['overall']['baks'])} | "
+             f"{_f(report['overall']['baus'])} | {_f(report['overall']['score'])}"
+             + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+             + f" | {_f(report['overall']['top1'])} | {_f(report['overall']['top5'])} | "
+             f"{report['overall']['queries']} |"]
+    for config, result in report.get("configurations", {}).items():
+        block = result.get("overall", result)
+        ci = block.get("score_ci95")
+        lines.append(f"| {name} | {config} | {_f(block['baks'])} | {_f(block['baus'])} | {_f(block['score'])}"
+                     + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+                     + f" | {_f(block['top1'])} | {_f(block['top5'])} | {block['queries']} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--only", choices=sorted(PROTOCOLS), action="append")
+    parser.add_argument("--out-dir", type=Path, default=None, help="Keep the JSON reports here.")
+    args = parser.parse_args()
+    chosen = args.only or sorted(PROTOCOLS)
+    missing = [n for n in chosen if not (args.data / PROTOCOLS[n]["manifest"]).exists()]
+    if missing:
+        sys.exit(f"real photos not found under {args.data} for {', '.join(missing)} (give --data or set "
+                 "REGISTRY_SHARED_DATA)")
+    lines = ["| data | configuration | BAKS | BAUS | score [95 % CI] | top-1 | top-5 | queries |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in chosen:
+        protocol = PROTOCOLS[name]
+        with tempfile.TemporaryDirectory(prefix=f"accuracy-{name}-") as tmp:
+            work = Path(tmp)
+            split = experiments.split_manifest(args.data / protocol["manifest"], work,
+                                               max_identities=protocol["max_identities"])
+            started = time.perf_counter()
+            report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
+                                     limit=protocol["limit"], say=lambda m: print(m, file=sys.stderr))
+            report["split"] = split
+            report["wall_seconds"] = time.perf_counter() - started
+        if args.out_dir:
+            args.out_dir.mkdir(parents=True, exist_ok=True)
+            (args.out_dir / f"accuracy_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+        lines += table(name, report)
+        print(f"{name}: {report['wall_seconds']:.0f} s", file=sys.stderr)
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
