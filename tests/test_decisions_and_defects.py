@@ -273,21 +273,24 @@ def test_capture_history_occasions_come_from_surveys_and_species_are_separate(
     assert len(cows) == 1 and next(iter(cows.values())) == [0, 0, 1]
 
 
-def test_identify_record_resumes_a_write_that_crashed_after_sql(tmp_path: Path, population: Path) -> None:
+def test_identify_record_resumes_a_write_that_crashed_after_sql(tmp_path: Path, population: Path,
+                                                                 offline_pipeline: Pipeline) -> None:
     home = tmp_path / "reg"
+    settings = Settings(data_dir=home, profile="offline")
+    Registry.init(settings)
+    with Registry(settings, pipeline=offline_pipeline) as registry:
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
     cli = [sys.executable, "-m", "registry", "--data-dir", str(home)]
-    subprocess.run([*cli, "init", "--no-download"], check=True, capture_output=True)
-    subprocess.run([*cli, "ingest", str(population / "season1" / "manifest.csv"), "--survey", "s1"], check=True,
-                   capture_output=True)
     first, second = _returning(population, 2)
     crashed = subprocess.run([*cli, "identify", str(first), "--record"], capture_output=True,
                              env={**os.environ, "REGISTRY_CRASH_AT": "after-sql"})
     assert crashed.returncode == -9
-    check = subprocess.run([*cli, "--json", "doctor"], capture_output=True, text=True)
-    assert '"pending-image"' in check.stdout
+    with Registry(Settings.load(home), pipeline=offline_pipeline) as registry:
+        assert [p["kind"] for p in doctor.check(registry)["problems"]] == ["pending-image"]
     subprocess.run([*cli, "identify", str(second), "--record"], check=True, capture_output=True)
-    after = subprocess.run([*cli, "--json", "doctor"], capture_output=True, text=True)
-    assert after.returncode == 0 and '"consistent": true' in after.stdout
+    with Registry(Settings.load(home), pipeline=offline_pipeline) as registry:
+        report = doctor.check(registry)
+        assert report["consistent"] and registry.catalog.stats()["decisions"] == 2
 
 
 def test_writers_resume_only_writes_older_than_the_grace_period(registry: Registry) -> None:
