@@ -54,15 +54,18 @@ def run_demo(
             say(f"Season {season}: ingesting {n_rows} photos in {mode} mode ...")
             bar = progress_factory(f"season {season}", n_rows) if progress_factory else None
             reports.append(Ingestor(registry).ingest(manifest, f"synthetic-season-{season}", mode,
-                                           progress=bar.update if bar else None,
-                                           on_identified=lambda row, ident: decisions.append((row, ident))))
+                                                     progress=bar.update if bar else None,
+                                                     on_identified=lambda row, ident: decisions.append((row, ident))))
             if bar:
                 bar.close()
             if mode == "reference":
                 say("Calibrating the matchers on labelled pairs of the reference photos ...")
                 calibration = registry.calibrate()
+                tuned = ", ".join(f"{sp} {r['tau']:.2f}" for sp, r in calibration["self_tuned"].items()
+                                  if r["tau"] is not None) or "the default"
                 say(f"  {calibration['positives']} same-individual and {calibration['negatives']} "
-                    "different-individual pairs; decisions now use calibrated WildFusion scores")
+                    f"different-individual pairs (re-sightings); decision policy version "
+                    f"{calibration['policy_version']}: {registry.scorer.name}, tau {tuned} (self-tuned)")
         reference_labels = {ind["code"]: ind["name"] for ind in registry.catalog.individuals() if ind["name"]}
         events = [
             (row.species, truth_by_path[str(row.image.resolve())], ident.outcome.outcome, ident.individual_code,

@@ -219,7 +219,7 @@ class CalibrationService:
             values = np.array([s if (s := at(float(tau))["score"]) is not None else -1.0 for tau in TAU_GRID])
             ties = np.flatnonzero(values >= values.max() - 1e-12)  # a plateau: its middle is the most robust
             chosen = int(ties[len(ties) // 2])
-            block = at(float(TAU_GRID[chosen]))
+            block = {k: v for k, v in at(float(TAU_GRID[chosen])).items() if k in ("baks", "baus", "score", "queries")}
             out[sp] = {"tau": float(TAU_GRID[chosen]), "expected": block, "known_queries": len(known_queries),
                        "unknown_queries": len(unknown_queries), "unknown_individuals": len(unknown)}
         return out
