@@ -163,7 +163,8 @@ class CalibrationService:
         Leave-identities-out: a seeded `self_tune_unknown_fraction` of each species' individuals play the unknown
         animals — their photos query the registry with every photo of their individual hidden, so the right answer
         is "new"; photos of the other individuals that have a re-sighting play the known queries, with their own photo
-        and its burst mates (photos that are not re-sightings of it) hidden, so the right answer is a real re-sighting.
+        and its burst mates (photos that are not re-sightings of it) hidden, so the right answer is a real re-sighting
+        (a species without dates or surveys to tell re-sightings apart uses any other photo, like calibration).
         Every query is scored as a real one (grouped retrieval, LightGlue on cached features, this scorer), and τ is
         the middle of the plateau that maximises the geometric mean of BAKS and BAUS.
         """
@@ -186,9 +187,16 @@ class CalibrationService:
                 continue
             unknown = set(rng.permutation(individuals)[:n_unknown].tolist())
             budget = settings.self_tune_queries // 2
+            # as in calibration: without any re-sighting (no dates, one survey), any other photo of the animal
+            strict = any(is_resighting(a, b, gap) for photos in images_of.values()
+                         for k, a in enumerate(photos) for b in photos[k + 1:])
+
+            def mate(a: dict[str, Any], b: dict[str, Any], strict: bool = strict) -> bool:
+                return b is not a and (not strict or is_resighting(a, b, gap))
+
             unknown_queries = [i for ind in unknown for i in images_of[ind]]
             known_queries = [i for ind in individuals if ind not in unknown for i in images_of[ind]
-                             if any(is_resighting(i, j, gap) for j in images_of[ind] if j is not i)]
+                             if any(mate(i, j) for j in images_of[ind])]
             unknown_queries = [unknown_queries[k] for k in rng.permutation(len(unknown_queries))[:budget]]
             known_queries = [known_queries[k] for k in rng.permutation(len(known_queries))[:budget]]
             if not known_queries or not unknown_queries:
@@ -199,8 +207,7 @@ class CalibrationService:
                 individual = query["individual_id"]
                 is_known = individual not in unknown
                 if is_known:
-                    hidden_images = [j["image_id"] for j in images_of[individual]
-                                     if j is query or not is_resighting(query, j, gap)]
+                    hidden_images = [j["image_id"] for j in images_of[individual] if j is query or not mate(query, j)]
                     hidden_individuals: tuple[int, ...] = ()
                 else:
                     hidden_images, hidden_individuals = [query["image_id"]], (individual,)
@@ -221,7 +228,8 @@ class CalibrationService:
             chosen = int(ties[len(ties) // 2])
             block = {k: v for k, v in at(float(TAU_GRID[chosen])).items() if k in ("baks", "baus", "score", "queries")}
             out[sp] = {"tau": float(TAU_GRID[chosen]), "expected": block, "known_queries": len(known_queries),
-                       "unknown_queries": len(unknown_queries), "unknown_individuals": len(unknown)}
+                       "unknown_queries": len(unknown_queries), "unknown_individuals": len(unknown),
+                       "resightings": strict}
         return out
 
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
