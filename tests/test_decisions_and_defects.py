@@ -253,7 +253,6 @@ def test_undo_of_reassign_new_keeps_later_sightings_resolving(registry: Registry
 def test_capture_history_occasions_come_from_surveys_and_species_are_separate(
         registry: Registry, population: Path, tmp_path: Path) -> None:
     photos = _returning(population, 2)
-    Curator(registry.stores)  # curation needs no models
     for photo in photos:
         answer = registry.identify(photo, "synleopard", record=True, survey="season-2")
         Curator(registry.stores).reject(answer.decision_id, reason="blurred")
