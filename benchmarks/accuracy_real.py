@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
     parser.add_argument("--only", choices=sorted(PROTOCOLS), action="append")
     parser.add_argument("--out-dir", type=Path, default=None, help="Keep the JSON reports here.")
+    parser.add_argument("--train", type=int, default=None, metavar="EPOCHS",
+                        help="Also fine-tune the embedder on each reference (`registry train`) and report that too.")
     args = parser.parse_args()
     chosen = args.only or sorted(PROTOCOLS)
     missing = [n for n in chosen if not (args.data / PROTOCOLS[n]["manifest"]).exists()]
@@ -62,22 +64,31 @@ def main() -> None:
                  "REGISTRY_SHARED_DATA)")
     lines = ["| data | configuration | BAKS | BAUS | score [95 % CI] | top-1 | top-5 | queries |",
              "|---|---|---|---|---|---|---|---|"]
+    variants = [("", None)]
+    if args.train:
+        from registry.learning.trainer import TrainSettings
+
+        variants.append((" (trained embedder)", TrainSettings(epochs=args.train)))
     for name in chosen:
         protocol = PROTOCOLS[name]
-        with tempfile.TemporaryDirectory(prefix=f"accuracy-{name}-") as tmp:
-            work = Path(tmp)
-            split = experiments.split_manifest(args.data / protocol["manifest"], work,
-                                               max_identities=protocol["max_identities"])
-            started = time.perf_counter()
-            report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
-                                     limit=protocol["limit"], say=lambda m: print(m, file=sys.stderr))
-            report["split"] = split
-            report["wall_seconds"] = time.perf_counter() - started
-        if args.out_dir:
-            args.out_dir.mkdir(parents=True, exist_ok=True)
-            (args.out_dir / f"accuracy_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-        lines += table(name, report)
-        print(f"{name}: {report['wall_seconds']:.0f} s", file=sys.stderr)
+        for suffix, recipe in variants:
+            with tempfile.TemporaryDirectory(prefix=f"accuracy-{name}-") as tmp:
+                work = Path(tmp)
+                split = experiments.split_manifest(args.data / protocol["manifest"], work,
+                                                   max_identities=protocol["max_identities"])
+                started = time.perf_counter()
+                report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
+                                         limit=protocol["limit"], say=lambda m: print(m, file=sys.stderr),
+                                         train=recipe)
+                report["split"] = split
+                report["wall_seconds"] = time.perf_counter() - started
+            tag = name + ("-trained" if recipe else "")
+            if args.out_dir:
+                args.out_dir.mkdir(parents=True, exist_ok=True)
+                (args.out_dir / f"accuracy_{tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            lines += table(name + suffix, report)
+            print(f"{tag}: {report['wall_seconds']:.0f} s", file=sys.stderr)
+            print("\n".join(lines[-len(report.get("configurations", {})) - 1:]), file=sys.stderr)
     print("\n".join(lines))
 
 

@@ -16,15 +16,37 @@ SETTINGS_FILE = "settings.json"
 PROFILES = ("paper", "offline", "tiny-test")
 
 
+# What a registry made before these settings existed ran with: absent keys mean these values, so its feature
+# cache, calibrations and decisions stay valid.
+LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_individuals": 0, "lnbnn_individuals": 0,
+                "verify": False}
+
+
 @dataclass
 class LocalMatcherSettings:
-    max_keypoints: int = 256
+    # The keypoint budget is the biggest lever measured on real animals (benchmarks/local_matching.py: nyala
+    # top-1 13 % at 256 keypoints, 57 % at 1024); its cost is paid only for the best few candidates.
+    max_keypoints: int = 1024
     long_side: int = 512
     min_confidence: float = 0.5  # a LightGlue correspondence counts when its confidence reaches this
     pair_batch: int = 0  # candidate pairs per LightGlue call; 0 = per device (1 on CPU, 32 on GPU; measured)
+    upscale: bool = True  # enlarge photos smaller than long_side (Holstein faces are ~100 x 190 px)
+    # Two stages: every photo of the global shortlist is matched with its `first_pass_keypoints` strongest
+    # keypoints, and only the `full_rerank_individuals` best of them get the whole budget, together with the
+    # `lnbnn_individuals` best by LNBNN over every reference descriptor of the species (independent of the global
+    # embedding, which is weak on stripes: nyala recall@10 0.56 by LNBNN vs 0.32 by the global shortlist,
+    # benchmarks/local_matching.py). 0 = one stage at the full budget / no LNBNN.
+    first_pass_keypoints: int = 256
+    full_rerank_individuals: int = 4
+    lnbnn_individuals: int = 12
+    verify: bool = True  # also score pairs by correspondences consistent with one epipolar geometry (MAGSAC)
 
     def to_json(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> LocalMatcherSettings:
+        return cls(**{**LEGACY_LOCAL, **data})
 
 
 @dataclass
@@ -51,14 +73,16 @@ class Settings:
     fusion: str = "auto"
     # Before `registry calibrate` has run, decisions fall back to raw LightGlue match counts and this threshold.
     uncalibrated_threshold: float = 40.0
-    calibration_pairs: int = 1000  # positives and as many negatives per species
+    # positives and as many negatives per species (isotonic fits are stable from a few hundred; each pair costs a
+    # full-budget LightGlue match, ~0.25 s on a laptop CPU)
+    calibration_pairs: int = 400
     # Calibration positives must be re-sightings, not frames of one burst: photos from different surveys, or at
     # least this far apart in time when both have capture times.
     calibration_min_gap_hours: float = 1.0
     # `registry calibrate` then chooses tau per species on simulated open-set queries of the labelled photos:
     # this many queries per species (half known, half from individuals hidden as unknowns), and that fraction of
     # the individuals hidden.
-    self_tune_queries: int = 200
+    self_tune_queries: int = 120
     self_tune_unknown_fraction: float = 0.3
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
@@ -78,6 +102,8 @@ class Settings:
     # Not stored: whether the profile was chosen (stored settings, `init --profile`) rather than defaulted, so
     # a machine without a settings file takes the profile of the catalog's decision policy.
     profile_explicit: bool = field(default=False, compare=False)
+    # Not stored: embedder name -> trained checkpoint in use (the decision policy says which).
+    trained_weights: dict[str, str] = field(default_factory=dict, compare=False)
 
     # --- derived locations -------------------------------------------------------------------------------
     @property
@@ -132,6 +158,8 @@ class Settings:
         if profile == "paper":
             settings.test_time_augmentation = True
             settings.rerank_individuals = 10
+        if profile == "tiny-test":  # random matchers: code paths only, so the cheapest budgets
+            settings.local = LocalMatcherSettings(max_keypoints=256, first_pass_keypoints=128)
         return settings
 
     def resolved_device(self) -> str:
@@ -149,7 +177,8 @@ class Settings:
     def to_json(self) -> dict:
         """What is stored with the registry; connection targets and secrets stay out of the file."""
         data = asdict(self)
-        for transient in ("data_dir", "database_url", "qdrant_url", "qdrant_api_key", "profile_explicit"):
+        for transient in ("data_dir", "database_url", "qdrant_url", "qdrant_api_key", "profile_explicit",
+                          "trained_weights"):
             data.pop(transient)
         return data
 
@@ -180,7 +209,7 @@ class Settings:
                 raise ValueError(f"{path}: unknown settings {sorted(unknown)}")
             for key, value in stored.items():
                 if key == "local":
-                    value = LocalMatcherSettings(**value)
+                    value = LocalMatcherSettings.from_json(value)
                 setattr(settings, key, value)
             settings.profile_explicit = True
         settings.database_url = database_url or os.environ.get("REGISTRY_DATABASE_URL") or settings.database_url

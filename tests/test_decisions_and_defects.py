@@ -193,7 +193,7 @@ def test_a_registry_of_another_profile_is_refused(settings: Settings, offline_pi
     with pytest.raises(ProfileMismatchError, match="profile 'offline'"):
         Registry(paper)
     with pytest.warns(UserWarning, match="RANDOMLY"):
-        tiny = Pipeline(Settings(data_dir=tmp_path / "tiny", profile="tiny-test"))
+        tiny = Pipeline(Settings.for_profile("tiny-test", data_dir=tmp_path / "tiny"))
     with Registry(settings, pipeline=tiny) as mixed, pytest.raises(ProfileMismatchError, match="efficientnet-lite0"):
         _ = mixed.collections  # not silently given new collections beside the offline ones
 

@@ -232,7 +232,7 @@ def _tiny_pipeline() -> Pipeline:
     """The tiny-test profile's random models, built once (seeded embedders: the same in every process)."""
     if not _TINY:
         with pytest.warns(UserWarning):
-            _TINY.append(Pipeline(Settings(data_dir=Path("unused"), profile="tiny-test")))
+            _TINY.append(Pipeline(Settings.for_profile("tiny-test", data_dir=Path("unused"))))
     return _TINY[0]
 
 

@@ -95,6 +95,7 @@ class Calibrations:
 
     isotonic: dict[tuple[str, str | None], IsotonicCalibrator] = field(default_factory=dict)
     learned: LearnedFusion | None = None
+    verifier: Any = None  # a decide.verifier.PairVerifier fitted on this batch's simulated queries, if any
 
     def covers(self, matchers: Iterable[str]) -> bool:
         return all((m, None) in self.isotonic for m in matchers)

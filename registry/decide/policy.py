@@ -16,7 +16,7 @@ from typing import Any
 from registry.decide.calibration import Calibrations
 from registry.decide.scoring import CalibratedFusionScorer, LocalMatchScorer, Scorer
 
-FUSIONS = ("wildfusion", "learned")
+FUSIONS = ("wildfusion", "learned", "verifier")
 ALL_SPECIES = "*"
 
 
@@ -29,6 +29,7 @@ class DecisionPolicy:
     uncalibrated_threshold: float
     matcher_settings: dict[str, Any] = field(default_factory=dict)
     model_versions: dict[str, str] = field(default_factory=dict)  # what the calibrations were fitted for
+    embedder_weights: dict[str, str] = field(default_factory=dict)  # embedder -> trained checkpoint in use
     calibration_batches: dict[str, int] = field(default_factory=dict)  # species or "*" -> calibration batch
     thresholds: dict[str, float] = field(default_factory=dict)  # species -> tau (else default_threshold)
     expected: dict[str, Any] | None = None
@@ -70,6 +71,8 @@ def build_scorer(policy: DecisionPolicy, calibrations: dict[int, Calibrations], 
     if not policy.applies_to(model_versions):
         return LocalMatchScorer(local, policy.uncalibrated_threshold)
     by_species = {sp: calibrations[batch] for sp, batch in policy.calibration_batches.items() if batch in calibrations}
-    learned = policy.fusion == "learned" and all(c.learned is not None for c in by_species.values())
+    verified = policy.fusion == "verifier" and all(c.verifier is not None for c in by_species.values())
+    base = next(iter(by_species.values())).verifier.base if verified and by_species else policy.fusion
+    learned = base == "learned" and all(c.learned is not None for c in by_species.values())
     return CalibratedFusionScorer(by_species, primary, local, complementary, policy.alpha, dict(policy.thresholds),
-                                  policy.default_threshold, learned=learned)
+                                  policy.default_threshold, learned=learned, verified=verified)

@@ -69,6 +69,10 @@ class Scorer(Protocol):
         """The open-set threshold on `candidate.score` for this species."""
         ...
 
+    def rerank(self, ranked: list[IndividualScore], species: str) -> list[IndividualScore]:
+        """The ranked individuals as the decision sees them (a pair verifier may re-score them)."""
+        ...
+
 
 class LocalMatchScorer:
     """Uncalibrated fallback: the candidate's score is its number of confident LightGlue correspondences."""
@@ -84,6 +88,9 @@ class LocalMatchScorer:
 
     def threshold_for(self, species: str) -> float:
         return self.threshold
+
+    def rerank(self, ranked: list[IndividualScore], species: str) -> list[IndividualScore]:
+        return ranked
 
 
 def wildfusion(calibrated: dict[str, float], primary: str, local: str, complementary: str | None,
@@ -104,7 +111,7 @@ class CalibratedFusionScorer:
 
     def __init__(self, calibrations: dict[str, Calibrations] | Calibrations, primary: str, local: str,
                  complementary: str | None, alpha: float, thresholds: dict[str, float] | None = None,
-                 default_threshold: float = 0.35, learned: bool = False) -> None:
+                 default_threshold: float = 0.35, learned: bool = False, verified: bool = False) -> None:
         if isinstance(calibrations, Calibrations):
             calibrations = {"*": calibrations}
         if learned and any(c.learned is None for c in calibrations.values()):
@@ -115,7 +122,9 @@ class CalibratedFusionScorer:
         self.thresholds = thresholds or {}
         self.default_threshold = default_threshold
         self.learned = learned
-        self.name = "calibrated-learned-fusion" if learned else f"calibrated-wildfusion-alpha{alpha:g}"
+        self.verified = verified and all(c.verifier is not None for c in calibrations.values())
+        self.name = ("calibrated-learned-fusion" if learned else f"calibrated-wildfusion-alpha{alpha:g}") + (
+            "+verifier" if self.verified else "")
 
     def calibrations_for(self, species: str) -> Calibrations:
         found = self.by_species.get(species) or self.by_species.get("*")
@@ -137,6 +146,12 @@ class CalibratedFusionScorer:
 
     def threshold_for(self, species: str) -> float:
         return self.thresholds.get(species, self.default_threshold)
+
+    def rerank(self, ranked: list[IndividualScore], species: str) -> list[IndividualScore]:
+        """With the verifier in force, each individual's score is its probability of being the query's animal."""
+        if not self.verified or not ranked:
+            return ranked
+        return self.calibrations_for(species).verifier.verify(ranked)
 
 
 def rank_individuals(candidates: Iterable[CandidateScore], codes: dict[int, str]) -> list[IndividualScore]:

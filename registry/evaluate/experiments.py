@@ -236,6 +236,9 @@ def configurations(registry: Registry, results: list[QueryResult], names: dict[i
         f"global only ({primary})": lambda c, _sp: c.calibrated[primary],
         f"local only ({local})": lambda c, _sp: c.calibrated[local],
     }
+    verified = registry.pipeline.local.verified_name
+    if registry.pipeline.local.verify:
+        configs[f"local only, verified ({verified})"] = lambda c, _sp: c.calibrated[verified]
     if complementary:
         configs[f"global only ({complementary})"] = lambda c, _sp: c.calibrated[complementary]
     configs[f"WildFusion (alpha {scorer.alpha:g})"] = _wildfusion_fn(scorer, scorer.alpha)
@@ -288,11 +291,11 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         features = registry.identification.candidate_features(chosen)
         chosen = [i for i in chosen if i in features]
         others = registry.identification.global_similarities(described.vectors, chosen, skip=primary)
-        local = pipeline.local.scores(described.local, [features[i] for i in chosen])
+        local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen])
         candidates = []
         for position, image_id in enumerate(chosen):
             raw = {primary: float(similarity[order[position]]), **{n: s[image_id] for n, s in others.items()},
-                   pipeline.local.name: local[position]}
+                   **local[position]}
             candidates.append(CandidateScore(image_id, individual_of[image_id], raw))
         registry.identification.judge(candidates, row.species)
         seconds = time.perf_counter() - began
@@ -306,8 +309,10 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
 def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline", protocol: str = "closed",
         exhaustive_limit: int = 0, shortlist: int = 100, calibration_pairs: int | None = None,
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
-        progress_factory: Callable[[str, int], Any] | None = None) -> dict[str, Any]:
-    """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report."""
+        progress_factory: Callable[[str, int], Any] | None = None, train: Any = None) -> dict[str, Any]:
+    """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
+    `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
+    registry reembedded (and recalibrated) with it: the queries never train or tune anything."""
     def bar(label: str, total: int) -> Any:
         return progress_factory(label, total) if progress_factory else None
 
@@ -331,6 +336,15 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         report["skipped"] = [str(p) for p in ingest.problems]
         say(f"reference: {ingest.added} photos in {time.perf_counter() - started:.0f} s; calibrating ...")
         report["calibration"] = registry.calibrate(per_class=calibration_pairs)
+        if train is not None:
+            began = time.perf_counter()
+            card = registry.training.train(train, say=say)
+            moved = registry.models.reembed(card["version"], say=say)
+            report["training"] = {"version": card["version"], "seconds": time.perf_counter() - began,
+                                  "validation": card["validation"], "best_epoch": card["best_epoch"],
+                                  "history": card["history"], "training_set": card["training_set"],
+                                  "settings": card["settings"], "policy_version": moved["policy_version"]}
+            report["calibration"] = registry.catalog.current_policy().expected  # type: ignore[union-attr]
         individuals = registry.catalog.individuals()
         names = {i["id"]: i["name"] for i in individuals}
         known = {(i["species"], i["name"]) for i in individuals}

@@ -19,7 +19,7 @@ import timm
 import torch
 from PIL import Image
 
-from registry.matching.weights import WeightsSpec, load_state_dict_strict, read_state_dict, resolve
+from registry.matching.weights import WeightsSpec, file_sha256, load_state_dict_strict, read_state_dict, resolve
 
 EFFICIENTNET_LITE0 = WeightsSpec(
     name="efficientnet-lite0",
@@ -49,6 +49,21 @@ class Preprocessing:
     input_size: tuple[int, int]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # "squash": the whole photo stretched to the input size (the base models' convention); "pad": the photo's
+    # aspect ratio kept, padded with the mean colour (trained versions: stripes and faces keep their shape)
+    resize: str = "squash"
+
+
+def letterbox(pixels: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) image in [0, 1] centred on a square of the mean colour: the aspect ratio survives resizing."""
+    height, width = pixels.shape[-2:]
+    side = max(height, width)
+    if height == width:
+        return pixels
+    canvas = mean.to(pixels.device, pixels.dtype).expand(3, side, side).clone()
+    top, left = (side - height) // 2, (side - width) // 2
+    canvas[:, top : top + height, left : left + width] = pixels
+    return canvas
 
 
 def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
@@ -90,13 +105,20 @@ class TorchEmbedder:
 
     @property
     def version(self) -> str:
-        return f"{self.name}-{self.weights_sha256[:12]}-{'tta5' if self.tta else 'plain'}"
+        return self.version_for(self.name, self.weights_sha256, self.tta)
+
+    @staticmethod
+    def version_for(name: str, weights_sha256: str, tta: bool) -> str:
+        """Vectors are comparable only within one version: the weights and the test-time augmentation."""
+        return f"{name}-{weights_sha256[:12]}-{'tta5' if tta else 'plain'}"
 
     def views(self, image: Image.Image) -> torch.Tensor:
         """The model inputs for one image, made on the model's device (the CPU only uploads bytes): five crops
         under TTA, else the whole image; resized with antialiasing and normalised. (views, 3, H, W)."""
         pixels = torch.from_numpy(np.array(image.convert("RGB"))).to(self.device, non_blocking=True)
         pixels = pixels.permute(2, 0, 1).float().div_(255.0)
+        if self.preprocessing.resize == "pad":
+            pixels = letterbox(pixels, self.mean)
         height, width = pixels.shape[-2:]
         boxes = five_crop_boxes(width, height) if self.tta else [(0, 0, width, height)]
         size = (self.input_size[1], self.input_size[0])
@@ -280,3 +302,43 @@ def random_embedder(architecture: str, **options: Any) -> TorchEmbedder:
         clip, preprocessing, dimension = build_eva02()
         return TorchEmbedder(architecture, _ClipImageTower(clip), preprocessing, dimension, "random-init", **options)
     raise ValueError(f"unknown architecture {architecture!r}")
+
+
+# --- versions trained by the registry ---------------------------------------------------------------------------
+
+CARD_FORMAT = "registry-trained-embedder/1"
+
+
+def architecture_of(embedder: TorchEmbedder) -> str:
+    """The timm architecture behind an embedder (what a trained version is rebuilt from)."""
+    cfg = getattr(embedder.model, "pretrained_cfg", None) or {}
+    if not cfg.get("architecture"):
+        raise ValueError(f"{embedder.name} is not a timm model: it cannot be fine-tuned by `registry train`")
+    return str(cfg["architecture"])
+
+
+def card_path(checkpoint: Path) -> Path:
+    return Path(checkpoint).with_suffix(".json")
+
+
+def load_trained_embedder(checkpoint: Path, **options: Any) -> TorchEmbedder:
+    """A version trained by `registry train`: the architecture and preprocessing its card names, the weights of
+    its safetensors file loaded strictly (and checked against the card's sha256)."""
+    from safetensors.torch import load_file
+
+    checkpoint = Path(checkpoint)
+    card_file = card_path(checkpoint)
+    if not checkpoint.is_file() or not card_file.is_file():
+        raise FileNotFoundError(f"trained embedder {checkpoint} or its card {card_file.name} is missing")
+    card = json.loads(card_file.read_text())
+    if card.get("format") != CARD_FORMAT:
+        raise ValueError(f"{card_file}: not a trained-embedder card (format {card.get('format')!r})")
+    sha = file_sha256(checkpoint)
+    if sha != card["weights_sha256"]:
+        raise ValueError(f"{checkpoint}: sha256 {sha[:12]} differs from its card's {card['weights_sha256'][:12]}")
+    model = timm.create_model(card["architecture"], pretrained=False, num_classes=0)
+    load_state_dict_strict(model, load_file(str(checkpoint)), str(checkpoint))
+    pre = card["preprocessing"]
+    preprocessing = Preprocessing(tuple(pre["input_size"]), tuple(pre["mean"]), tuple(pre["std"]),
+                                  pre.get("resize", "squash"))
+    return TorchEmbedder(card["name"], model, preprocessing, int(card["dimension"]), sha, **options)

@@ -92,3 +92,20 @@ def normalise_orientation(image: Image.Image, viewpoint: str | None, rules: dict
     if not viewpoint or viewpoint not in rules or not rules[viewpoint]:
         return image
     return image.rotate(rules[viewpoint], expand=True)
+
+
+def crop_to_box(image: Image.Image, box: tuple[float, float, float, float] | None,
+                margin: float = 0.1) -> Image.Image:
+    """The region of one animal: a normalised box (x, y, width, height, top-left origin, as Camtrap DP and
+    MegaDetector write them) widened by `margin` of its size on each side and clipped to the photo. Models then
+    see the animal, not the scene; `None` keeps the whole photo."""
+    if box is None:
+        return image
+    x, y, w, h = box
+    if not (0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1):
+        raise ImageError(f"bounding box {box} is not normalised (x, y, width, height in 0..1)")
+    left = max(0.0, x - margin * w) * image.width
+    top = max(0.0, y - margin * h) * image.height
+    right = min(1.0, x + w + margin * w) * image.width
+    bottom = min(1.0, y + h + margin * h) * image.height
+    return image.crop((round(left), round(top), max(round(left) + 1, round(right)), max(round(top) + 1, round(bottom))))

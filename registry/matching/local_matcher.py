@@ -1,7 +1,9 @@
 """Local matching: ALIKED keypoints matched with LightGlue (kornia), weights loaded strictly.
 
 The models are pure tensor-in/tensor-out kornia modules; this module owns loading, resizing and devices.
-A pair's raw score is the number of LightGlue correspondences whose confidence reaches a threshold.
+A pair's raw score is the number of LightGlue correspondences whose confidence reaches a threshold; the
+correspondences consistent with one epipolar geometry (MAGSAC, OpenCV) are a second, verified score. LNBNN
+(HotSpotter's one-vs-many scoring) ranks individuals from the descriptors of all their photos at once.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class AlikedLightGlue:
     """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights."""
 
     name = "aliked"
+    verified_name = "aliked-verified"
 
     def __init__(
         self,
@@ -79,6 +82,8 @@ class AlikedLightGlue:
         random_init_for_tests: bool = False,
         pair_batch: int = 0,
         precision: str = "auto",
+        upscale: bool = True,
+        verify: bool = True,
     ) -> None:
         self.device = torch.device(device)
         # One pair per call on the CPU (measured faster there: benchmarks/offline_matchers.py --pairs), padded
@@ -89,6 +94,10 @@ class AlikedLightGlue:
         self.autocast = False  # ALIKED stays fp32 (TF32 on GPU): benchmarks/gpu_check.py measures bf16 too
         self.max_keypoints = max_keypoints
         self.long_side = long_side
+        # Small photos (Holstein faces are ~100 x 190 px) are enlarged to the working size: ALIKED finds few
+        # keypoints at their native size, and LightGlue then has almost nothing to match.
+        self.upscale = upscale
+        self.verify = verify  # also score pairs by MAGSAC-verified correspondences (`verified_name`)
         self.min_confidence = min_confidence
         # top-k mode: every image yields the same keypoint budget, which keeps batches regular
         self.extractor = ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
@@ -116,7 +125,8 @@ class AlikedLightGlue:
     def extractor_version(self) -> str:
         """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
         weights = self.weights_sha256.get("aliked-n16", "random")[:12]
-        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}"
+        grow = "-up" if self.upscale else ""
+        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}{grow}"
 
     @property
     def version(self) -> str:
@@ -127,11 +137,19 @@ class AlikedLightGlue:
         mode = "pairs" if self.pair_batch == 1 else f"batch{self.pair_batch}"
         return f"{self.extractor_version}-lightglue-{matcher}-c{self.min_confidence:g}-{mode}"
 
+    @property
+    def versions(self) -> dict[str, str]:
+        """The version of each raw score (the verified one also depends on the geometric model and threshold)."""
+        out = {self.name: self.version}
+        if self.verify:
+            out[self.verified_name] = f"{self.version}-magsac-f3"
+        return out
+
     def _prepare(self, image: Image.Image) -> torch.Tensor:
         scale = self.long_side / max(image.size)
-        if scale < 1:
+        if scale < 1 or (self.upscale and scale > 1):
             size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            image = image.resize(size, Image.Resampling.BILINEAR)
+            image = image.resize(size, Image.Resampling.BILINEAR if scale < 1 else Image.Resampling.BICUBIC)
         array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
         return torch.from_numpy(array).permute(2, 0, 1)
 
@@ -158,6 +176,14 @@ class AlikedLightGlue:
                         image_size=(int(batch.shape[-1]), int(batch.shape[-2])),
                     )
         return out  # type: ignore[return-value]
+
+    @staticmethod
+    def truncated(features: LocalFeatures, budget: int) -> LocalFeatures:
+        """The `budget` strongest keypoints (ALIKED returns them strongest first): a cheap first pass from the
+        same cached features as the full-budget rerank."""
+        if budget <= 0 or len(features) <= budget:
+            return features
+        return LocalFeatures(features.keypoints[:budget], features.descriptors[:budget], features.image_size)
 
     def _as_input(self, group: list[LocalFeatures]) -> dict[str, torch.Tensor]:
         """A batch of same-length feature sets as LightGlue's input dict."""
@@ -197,3 +223,72 @@ class AlikedLightGlue:
     def scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[float]:
         """Raw local score of each pair: confident correspondences."""
         return [float(m.count(self.min_confidence)) for m in self.match(query, candidates)]
+
+    @property
+    def score_names(self) -> list[str]:
+        """The raw scores a pair gets: confident correspondences, and (with `verify`) the verified ones."""
+        return [self.name, self.verified_name] if self.verify else [self.name]
+
+    def pair_scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[dict[str, float]]:
+        """Every raw local score of each pair (`score_names`), from one LightGlue pass."""
+        out = []
+        for candidate, matches in zip(candidates, self.match(query, candidates), strict=True):
+            scores = {self.name: float(matches.count(self.min_confidence))}
+            if self.verify:
+                scores[self.verified_name] = verified_inliers(query, candidate, matches, self.min_confidence)
+            out.append(scores)
+        return out
+
+
+def verified_inliers(query: LocalFeatures, candidate: LocalFeatures, matches: PairMatches,
+                     min_confidence: float, threshold_px: float = 3.0) -> float:
+    """Confident correspondences consistent with one fundamental matrix (OpenCV's MAGSAC++).
+
+    A flank or a face is not a rigid plane, so the epipolar constraint (not a homography) is the model: it
+    rejects the matches on background, fence posts and other animals that do not move with the animal. The
+    threshold is in pixels of a 512-pixel working image, scaled to the described size.
+    """
+    import cv2
+
+    keep = matches.confidence >= min_confidence
+    if keep.sum() < 8:
+        return 0.0
+    points0 = query.keypoints[matches.query_idx[keep]].astype(np.float64)
+    points1 = candidate.keypoints[matches.candidate_idx[keep]].astype(np.float64)
+    scale = max(*query.image_size, *candidate.image_size) / 512.0
+    try:
+        _, mask = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold_px * scale, 0.999, 2000)
+    except cv2.error:  # degenerate configurations (all points on a line, repeated points): nothing verified
+        return 0.0
+    return float(mask.sum()) if mask is not None else 0.0
+
+
+def lnbnn_votes(query_descriptors: np.ndarray, reference_descriptors: np.ndarray, owners: np.ndarray,
+                k: int = 4, chunk: int = 256) -> dict:
+    """LNBNN (local naive Bayes nearest neighbour, as in HotSpotter): each query descriptor finds its k + 1
+    nearest reference descriptors; each owner among the first k gets the distance margin to the (k+1)-th, once
+    per query descriptor. Keypoints that look like every animal (grass, bark) have no margin and count nothing.
+
+    `owners` labels each reference descriptor (an individual id or code). Returns owner -> votes.
+    """
+    import torch
+
+    if len(reference_descriptors) <= k or len(query_descriptors) == 0:
+        return {}
+    reference = torch.from_numpy(np.ascontiguousarray(reference_descriptors, dtype=np.float32))
+    labels, owner_index = np.unique(owners, return_inverse=True)
+    owner_index = torch.from_numpy(owner_index.astype(np.int64))
+    votes = torch.zeros(len(labels), dtype=torch.float64)
+    for start in range(0, len(query_descriptors), chunk):
+        query = torch.from_numpy(np.ascontiguousarray(query_descriptors[start : start + chunk], dtype=np.float32))
+        similarity, nearest = torch.topk(query @ reference.T, k + 1, dim=1)
+        distance = torch.sqrt(torch.clamp(2.0 - 2.0 * similarity, min=0.0))
+        margin = torch.clamp(distance[:, k : k + 1] - distance[:, :k], min=0.0)  # (n, k), nearest first
+        owner = owner_index[nearest[:, :k]]
+        # once per owner and query descriptor: its nearest descriptor (largest margin) counts
+        first = torch.ones_like(owner, dtype=torch.bool)
+        for j in range(1, k):
+            first[:, j] = (owner[:, :j] != owner[:, j : j + 1]).all(dim=1)
+        votes.index_add_(0, owner[first], margin[first].double())
+    return {labels[i].item() if hasattr(labels[i], "item") else labels[i]: float(v)
+            for i, v in enumerate(votes.tolist()) if v > 0}

@@ -10,6 +10,7 @@ Every profile has one *primary* global embedder (retrieval and WildFusion's glob
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ from registry.matching.embedders import (
     load_efficientnet_lite0,
     load_eva02,
     load_megadescriptor,
+    load_trained_embedder,
     tiny_random_embedder,
 )
-from registry.matching.imaging import ImageError, load_image, normalise_orientation
+from registry.matching.imaging import ImageError, crop_to_box, load_image, normalise_orientation
 from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures
 from registry.settings import Settings
 
@@ -53,28 +55,45 @@ class Pipeline:
         def explicit(name: str) -> Path | None:
             return Path(settings.weights[name]) if name in settings.weights else None
 
+        def load(name: str, base: Callable[[], TorchEmbedder]) -> TorchEmbedder:
+            """A version trained by `registry train` where the decision policy names one, else the base weights."""
+            trained = settings.trained_weights.get(name)
+            return load_trained_embedder(Path(trained), **options) if trained else base()
+
         random_local = False
         if self.profile == "paper":
             self.embedders: list[TorchEmbedder] = [
-                load_megadescriptor(settings.weights_dir, explicit("megadescriptor-l-384"),
-                                    settings.allow_download, **options),
-                load_eva02(settings.weights_dir, explicit("eva02-l-14-336"), settings.allow_download, **options),
+                load("megadescriptor-l-384", lambda: load_megadescriptor(
+                    settings.weights_dir, explicit("megadescriptor-l-384"), settings.allow_download, **options)),
+                load("eva02-l-14-336", lambda: load_eva02(
+                    settings.weights_dir, explicit("eva02-l-14-336"), settings.allow_download, **options)),
             ]
         elif self.profile == "offline":
-            self.embedders = [load_efficientnet_lite0(settings.weights_dir, explicit("efficientnet-lite0"),
-                                                      **options)]
+            self.embedders = [load("efficientnet-lite0", lambda: load_efficientnet_lite0(
+                settings.weights_dir, explicit("efficientnet-lite0"), **options))]
         elif self.profile == "tiny-test":
-            self.embedders = [tiny_random_embedder(seed, **options) for seed in (0, 1)]
+            self.embedders = [load(f"tiny-random-{seed}", lambda seed=seed: tiny_random_embedder(seed, **options))
+                              for seed in (0, 1)]
             random_local = True
         else:
             raise ValueError(f"unknown profile {self.profile!r}")
+        self.options = options
         local = settings.local
         self.local = AlikedLightGlue(
             device=self.device, max_keypoints=local.max_keypoints, long_side=local.long_side,
             min_confidence=local.min_confidence, weights_dir=settings.weights_dir,
             allow_download=settings.allow_download, random_init_for_tests=random_local,
-            pair_batch=local.pair_batch, precision=settings.precision)
+            pair_batch=local.pair_batch, precision=settings.precision, upscale=local.upscale,
+            verify=local.verify)
         self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
+
+    def replace_embedder(self, embedder: TorchEmbedder) -> TorchEmbedder:
+        """Use `embedder` in the role of the loaded one of the same name (reembedding); returns the old one."""
+        for index, current in enumerate(self.embedders):
+            if current.name == embedder.name:
+                self.embedders[index] = embedder
+                return current
+        raise KeyError(f"no embedder named {embedder.name!r} in profile {self.profile!r}")
 
     @property
     def primary(self) -> TorchEmbedder:
@@ -88,7 +107,7 @@ class Pipeline:
 
     @property
     def matcher_names(self) -> list[str]:
-        return [e.name for e in self.embedders] + [self.local.name]
+        return [e.name for e in self.embedders] + self.local.score_names
 
     @property
     def local_settings(self) -> dict:
@@ -97,7 +116,7 @@ class Pipeline:
 
     @property
     def versions(self) -> dict[str, str]:
-        return {**{e.name: e.version for e in self.embedders}, self.local.name: self.local.version}
+        return {**{e.name: e.version for e in self.embedders}, **self.local.versions}
 
     @property
     def working_side(self) -> int:
@@ -105,9 +124,14 @@ class Pipeline:
         needed = [self.settings.local.long_side, *(max(e.input_size) for e in self.embedders)]
         return int(max(needed) * (1.25 if self.settings.test_time_augmentation else 1.0))
 
-    def load(self, path: Path, species: str, viewpoint: str | None) -> Image.Image:
-        """Decode at working size and apply the species' orientation rule for this viewpoint."""
-        image = load_image(path, max_side=self.working_side)
+    def load(self, path: Path, species: str, viewpoint: str | None,
+             box: tuple[float, float, float, float] | None = None) -> Image.Image:
+        """Decode, keep the animal's region (`box`, normalised x y w h; the seam for annotations), bring it to
+        working size and apply the species' orientation rule for this viewpoint."""
+        image = load_image(path, max_side=None if box else self.working_side)
+        if box is not None:
+            image = crop_to_box(image, box)
+            image.thumbnail((self.working_side, self.working_side), Image.Resampling.BILINEAR)
         return normalise_orientation(image, viewpoint, self.settings.orientation_rules.get(species, {}))
 
     def load_many(self, paths: list[Path], species: list[str], viewpoints: list[str | None],

@@ -21,7 +21,8 @@ from registry.decide.calibration import (
 )
 from registry.decide.metrics import Prediction, evaluate
 from registry.decide.policy import ALL_SPECIES
-from registry.decide.scoring import CalibratedFusionScorer
+from registry.decide.scoring import CalibratedFusionScorer, IndividualScore
+from registry.decide.verifier import PairVerifier, training_rows
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
@@ -149,10 +150,10 @@ class CalibrationService:
             ids = [query_id, *(p.candidate_image_id for p in group)]
             features = registry.identification.candidate_features(ids)
             vectors = {name: registry.index.vectors(c, ids) for name, c in registry.collections.items()}
-            local_scores = local.scores(features[query_id], [features[p.candidate_image_id] for p in group])
+            local_scores = local.pair_scores(features[query_id], [features[p.candidate_image_id] for p in group])
             for pair, local_score in zip(group, local_scores, strict=True):
                 pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_image_id])) for name, v in vectors.items()}
-                pair.raw[local.name] = local_score
+                pair.raw.update(local_score)
             if progress:
                 progress(len(group))
 
@@ -203,6 +204,7 @@ class CalibrationService:
                 out[sp] = {"tau": None, "reason": "no photo with a re-sighting to play a known query"}
                 continue
             tops: list[tuple[bool, str, int | None, float]] = []  # known?, truth, top individual, its score
+            simulated: list[tuple[int | None, list[IndividualScore]]] = []  # (true individual or None, ranked)
             for query in known_queries + unknown_queries:
                 individual = query["individual_id"]
                 is_known = individual not in unknown
@@ -216,6 +218,7 @@ class CalibrationService:
                 top = ranked[0] if ranked else None
                 tops.append((is_known, str(individual), top.individual_id if top else None,
                              top.score if top else -np.inf))
+                simulated.append((individual if is_known else None, ranked))
                 if progress:
                     progress(1)
 
@@ -229,12 +232,59 @@ class CalibrationService:
             block = {k: v for k, v in at(float(TAU_GRID[chosen])).items() if k in ("baks", "baus", "score", "queries")}
             out[sp] = {"tau": float(TAU_GRID[chosen]), "expected": block, "known_queries": len(known_queries),
                        "unknown_queries": len(unknown_queries), "unknown_individuals": len(unknown),
-                       "resightings": strict}
+                       "resightings": strict, "simulated": simulated}
         return out
+
+    def fit_verifier(self, tuned: dict[str, dict[str, Any]], base: str, seed: int = 0,
+                     ) -> tuple[PairVerifier | None, dict[str, dict[str, Any]]]:
+        """The pair verifier from the simulated queries, and tau per species for its probability, both measured
+        out of sample: two folds by query (each query's verified top candidate comes from a verifier fitted on the
+        other fold); the stored verifier is then fitted on every query."""
+        queries = [(sp, truth, ranked) for sp, found in tuned.items() for truth, ranked in found.get("simulated", [])
+                   if ranked]
+        rows, labels = [], []
+        for _sp, truth, ranked in queries:
+            r, y = training_rows(ranked, truth)
+            rows += r
+            labels += y
+        if len(queries) < 20 or sum(labels) < 5 or len(labels) - sum(labels) < 5:
+            return None, {}
+        fold = np.random.default_rng(seed).permutation(len(queries)) % 2
+        verified_tops: list[tuple[str, int | None, int | None, float]] = [("", None, None, 0.0)] * len(queries)
+        for k in (0, 1):
+            train_rows, train_labels = [], []
+            for q, (_sp, truth, ranked) in enumerate(queries):
+                if fold[q] != k:
+                    r, y = training_rows(ranked, truth)
+                    train_rows += r
+                    train_labels += y
+            if len(set(train_labels)) < 2:
+                return None, {}
+            verifier = PairVerifier.fit(train_rows, train_labels, base)
+            for q, (sp, truth, ranked) in enumerate(queries):
+                if fold[q] == k:
+                    top = verifier.verify(ranked)[0]
+                    verified_tops[q] = (sp, truth, top.individual_id, top.score)
+        out: dict[str, dict[str, Any]] = {}
+        for sp in sorted({q[0] for q in queries}):
+            mine = [t for t in verified_tops if t[0] == sp]
+
+            def at(tau: float, mine: list[tuple[str, int | None, int | None, float]] = mine) -> dict[str, Any]:
+                return evaluate([Prediction(sp, str(truth), truth is not None,
+                                            str(top) if top is not None and score >= tau else None)
+                                 for sp, truth, top, score in mine])["overall"]
+
+            values = np.array([s if (s := at(float(tau))["score"]) is not None else -1.0 for tau in TAU_GRID])
+            ties = np.flatnonzero(values >= values.max() - 1e-12)
+            tau = float(TAU_GRID[int(ties[len(ties) // 2])])
+            out[sp] = {"tau": tau, "expected": {k: v for k, v in at(tau).items()
+                                                if k in ("baks", "baus", "score", "queries")}}
+        return PairVerifier.fit(rows, labels, base), out
 
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Callable[[int], None] | None = None,
-                  actor: str = "registry", self_tune: bool = True) -> dict[str, Any]:
+                  actor: str = "registry", self_tune: bool = True, policy_changes: dict[str, Any] | None = None,
+                  reason: str = "") -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
         the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
         queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
@@ -268,7 +318,8 @@ class CalibrationService:
         same_models = policy.model_versions == versions
         batches = dict(policy.calibration_batches) if species and same_models else {}
         batches[species or ALL_SPECIES] = batch
-        fusion_kind = policy.fusion if fusion is not None else "wildfusion"
+        base_kind = "learned" if policy.fusion == "verifier" else policy.fusion  # what a verifier is fitted over
+        fusion_kind = base_kind if fusion is not None else "wildfusion"
         thresholds = dict(policy.thresholds) if species and same_models else {}
         tuned: dict[str, dict[str, Any]] = {}
         if self_tune:
@@ -279,13 +330,28 @@ class CalibrationService:
                 learned=fusion_kind == "learned" and fusion is not None)
             tuned = self.self_tune_thresholds(scorer, species, seed)
             thresholds.update({sp: r["tau"] for sp, r in tuned.items() if r["tau"] is not None})
+            verifier, verified = self.fit_verifier(tuned, fusion_kind, seed)
+            # the verifier decides only where it measured better than the fusion alone, out of sample
+            better = verifier is not None and all(
+                (verified.get(sp, {}).get("expected", {}).get("score") or 0.0)
+                > (r.get("expected", {}).get("score") or 0.0) for sp, r in tuned.items() if r["tau"] is not None)
+            for sp, r in tuned.items():
+                r.pop("simulated", None)
+                if sp in verified:
+                    r["verifier"] = verified[sp]
+            if verifier is not None:
+                registry.catalog.add_verifier(batch, verifier, {"chosen": better, "per_species": verified})
+            if better:
+                fusion_kind = "verifier"
+                thresholds.update({sp: r["tau"] for sp, r in verified.items()})
         new = registry.set_policy(policy.derive(
-            f"calibrate{' --species ' + species if species else ''}: batch {batch} on {len(pairs)} pairs"
+            (f"{reason}; " if reason else "")
+            + f"calibrate{' --species ' + species if species else ''}: batch {batch} on {len(pairs)} pairs"
             + (f", tau self-tuned for {', '.join(sp for sp, r in tuned.items() if r['tau'] is not None)}"
                if any(r["tau"] is not None for r in tuned.values()) else ""),
             actor, model_versions=versions, calibration_batches=batches, fusion=fusion_kind,
             matcher_settings=registry.pipeline.local_settings, thresholds=thresholds,
-            expected={"self_tuned": tuned} if tuned else None))
+            expected={"self_tuned": tuned} if tuned else None, **(policy_changes or {})))
         return {**summary, "batch": batch, "policy_version": new.version, "self_tuned": tuned,
                 "calibrators": [f"{m}/{sp or 'pooled'}" for m, sp in fitted],
                 "learned_fusion": fusion.to_json() if fusion else None}

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from registry.decide.scoring import CandidateScore, IndividualScore, Outcome, Scorer, decide, rank_individuals
 from registry.matching.imaging import ImageError, sha256_of_file
-from registry.matching.local_matcher import LocalFeatures
+from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
 from registry.services.recording import PhotoRow
 from registry.store import crashpoints
@@ -65,6 +65,7 @@ class Identifier:
 
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
+        self._pool: DescriptorPool | None = None
 
     # --- describing photos -------------------------------------------------------------------------------
     def describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
@@ -123,22 +124,79 @@ class Identifier:
         return (the query's own photo when it is already in the registry)."""
         registry = self.registry
         settings, pipeline = registry.settings, registry.pipeline
+        local = settings.local
         primary = pipeline.primary.name
-        shortlisted = registry.index.search_individuals(
+        hits = registry.index.search_individuals(
             registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
             settings.rerank_images_per_individual, species, viewpoint, exclude_image_ids=exclude,
             exclude_individuals=exclude_individuals)
-        features = self.candidate_features([h.image_id for h in shortlisted], problems)
-        shortlisted = [h for h in shortlisted if h.image_id in features]
-        image_ids = [h.image_id for h in shortlisted]
-        others = self.global_similarities(described.vectors, image_ids, skip=primary)
-        local_scores = pipeline.local.scores(described.local, [features[i] for i in image_ids])
+        shortlist = {h.image_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
+        features = self.candidate_features(list(shortlist), problems)
+        image_ids = [i for i in shortlist if i in features]
+        matcher = pipeline.local
+        if local.first_pass_keypoints and local.full_rerank_individuals:
+            image_ids = self._first_pass(described, image_ids, shortlist, features)
+        if local.lnbnn_individuals:  # the animals whose keypoints vote best, whatever the global embedding says
+            found = self.lnbnn_shortlist(described, species, viewpoint, exclude, exclude_individuals)
+            chosen = set(shortlist[i] for i in image_ids)
+            extra = {image: individual for image, individual in found.items() if individual not in chosen}
+            features.update(self.candidate_features(list(extra), problems))
+            shortlist.update(extra)
+            image_ids += [i for i in extra if i in features]
+        sims = self.global_similarities(described.vectors, image_ids)
+        local_scores = matcher.pair_scores(described.local, [features[i] for i in image_ids])
         candidates = []
-        for hit, local_score in zip(shortlisted, local_scores, strict=True):
-            raw = {primary: hit.score, **{name: sims[hit.image_id] for name, sims in others.items()},
-                   pipeline.local.name: local_score}
-            candidates.append(CandidateScore(hit.image_id, int(hit.individual_id), raw))  # type: ignore[arg-type]
+        for image_id, scores in zip(image_ids, local_scores, strict=True):
+            raw = {**{name: by_image[image_id] for name, by_image in sims.items()}, **scores}
+            candidates.append(CandidateScore(image_id, shortlist[image_id], raw))
         return candidates
+
+    def _first_pass(self, described: Described, image_ids: list[int], owner: dict[int, int],
+                    features: dict[int, LocalFeatures]) -> list[int]:
+        """The shortlisted photos of the `full_rerank_individuals` individuals whose photos match best with the
+        strongest `first_pass_keypoints` keypoints: the full budget costs ~5x more per pair, so only they get it."""
+        local = self.registry.settings.local
+        matcher = self.registry.pipeline.local
+        if len(set(owner[i] for i in image_ids)) <= local.full_rerank_individuals:
+            return image_ids
+        budget = local.first_pass_keypoints
+        cheap = matcher.scores(matcher.truncated(described.local, budget),
+                               [matcher.truncated(features[i], budget) for i in image_ids])
+        best: dict[int, float] = {}
+        for image_id, score in zip(image_ids, cheap, strict=True):
+            best[owner[image_id]] = max(best.get(owner[image_id], -1.0), score)
+        ranked = sorted(best, key=lambda individual: (-best[individual], individual))
+        keep = set(ranked[: local.full_rerank_individuals])
+        return [i for i in image_ids if owner[i] in keep]
+
+    def lnbnn_shortlist(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...],
+                        exclude_individuals: tuple[int, ...]) -> dict[int, int]:
+        """The best photo of each of the `lnbnn_individuals` individuals that LNBNN (one-vs-many over every
+        reference descriptor of the species, HotSpotter's scoring) ranks highest: image id -> individual."""
+        registry = self.registry
+        local = registry.settings.local
+        budget = local.first_pass_keypoints or local.max_keypoints
+        members = registry.index.candidates_of(registry.collections[registry.pipeline.primary.name], species,
+                                               viewpoint, exclude, exclude_individuals)
+        pool = self.descriptor_pool.get(members, budget)
+        if pool is None:
+            return {}
+        descriptors, image_of = pool
+        query = registry.pipeline.local.truncated(described.local, budget).descriptors
+        votes = lnbnn_votes(query.astype(np.float32), descriptors, image_of)
+        by_individual: dict[int, tuple[float, int]] = {}
+        for image_id, vote in votes.items():
+            individual = members[int(image_id)]
+            if vote > by_individual.get(individual, (0.0, 0))[0]:
+                by_individual[individual] = (vote, int(image_id))
+        ranked = sorted(by_individual, key=lambda i: (-by_individual[i][0], i))
+        return {by_individual[i][1]: i for i in ranked[: local.lnbnn_individuals]}
+
+    @property
+    def descriptor_pool(self) -> DescriptorPool:
+        if self._pool is None:
+            self._pool = DescriptorPool(self)
+        return self._pool
 
     def judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
         """Score candidates under the policy in force, rank individuals by their best image, open-set rule."""
@@ -148,7 +206,7 @@ class Identifier:
             scorer.score(candidate, species)
         with registry.catalog.transaction() as session:
             codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
-        outcome = decide(rank_individuals(candidates, codes), scorer.threshold_for(species))
+        outcome = decide(scorer.rerank(rank_individuals(candidates, codes), species), scorer.threshold_for(species))
         outcome.policy_version = registry.policy.version
         outcome.scorer = scorer.name
         return outcome
@@ -167,7 +225,7 @@ class Identifier:
                                      exclude=hidden_images, exclude_individuals=hidden_individuals)
         for candidate in candidates:
             scorer.score(candidate, species)
-        return rank_individuals(candidates, {})
+        return scorer.rerank(rank_individuals(candidates, {}), species)
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
               problems: list[str] | None = None) -> Outcome:
@@ -223,3 +281,33 @@ class Identifier:
             decision_id = decision.id
         recorder.index_many([(image_id, described, individual_id, row, survey_id)])
         return Identification(str(row.image), row.species, outcome, decision_id, image_id, code, problems)
+
+
+class DescriptorPool:
+    """The first-pass descriptors of the registry's photos, kept in memory for LNBNN: each photo's features are
+    read from the cache once per process; a query's reference set is assembled from them (exclusions applied)."""
+
+    def __init__(self, identifier: Identifier) -> None:
+        self.identifier = identifier
+        self._by_image: dict[int, np.ndarray] = {}
+        self._budget = 0
+        self._last: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None
+
+    def get(self, members: dict[int, int], budget: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(descriptors (N, 128) float32, image id of each) for the photos in `members`; None if there are none."""
+        if budget != self._budget:
+            self._by_image, self._budget, self._last = {}, budget, None
+        ids = tuple(sorted(members))
+        if self._last is not None and self._last[0] == ids:
+            return self._last[1], self._last[2]
+        missing = [i for i in ids if i not in self._by_image]
+        if missing:
+            for image_id, features in self.identifier.candidate_features(missing).items():
+                self._by_image[image_id] = features.descriptors[:budget]
+        present = [i for i in ids if i in self._by_image and len(self._by_image[i])]
+        if not present:
+            return None
+        descriptors = np.concatenate([self._by_image[i] for i in present]).astype(np.float32)
+        image_of = np.concatenate([np.full(len(self._by_image[i]), i, dtype=np.int64) for i in present])
+        self._last = (ids, descriptors, image_of)
+        return descriptors, image_of

@@ -54,7 +54,8 @@ class Registry:
             self._policy = self._policy_in_force(settings)
             # the policy, not this machine's settings file, decides the profile and the local matcher
             self.settings = replace(settings, profile=self._policy.profile,
-                                    local=LocalMatcherSettings(**self._policy.matcher_settings))
+                                    local=LocalMatcherSettings.from_json(self._policy.matcher_settings),
+                                    trained_weights=self._trained_weights(settings, self._policy))
         except BaseException:
             self.stores.close()
             raise
@@ -83,10 +84,15 @@ class Registry:
             raise ProfileMismatchError(
                 f"this registry's decision policy uses profile {policy.profile!r}, but {settings.profile!r} was "
                 "asked for; its vectors cannot be mixed with another profile's")
-        if settings.local.to_json() != policy.matcher_settings and settings.exists:
+        if settings.local != LocalMatcherSettings.from_json(policy.matcher_settings) and settings.exists:
             log.warning("local matcher settings in %s differ from the decision policy's (version %s); the "
                         "policy's are used", settings.data_dir / "settings.json", policy.version)
         return policy
+
+    @staticmethod
+    def _trained_weights(settings: Settings, policy: DecisionPolicy) -> dict[str, str]:
+        """The trained checkpoints the policy puts in force, as paths on this machine (under the data dir)."""
+        return {name: str(settings.data_dir / relative) for name, relative in policy.embedder_weights.items()}
 
     # --- lifecycle -------------------------------------------------------------------------------------
     @classmethod
@@ -171,15 +177,21 @@ class Registry:
             self._collections = self._register_embedders(self.pipeline.embedders)
         return self._collections
 
+    def use_collection(self, embedder: str, collection: str) -> None:
+        """Search and write `embedder`'s vectors in `collection` from now on, in this process (reembedding)."""
+        self.collections[embedder] = collection
+        self._scorer = None
+
     # --- the decision policy ---------------------------------------------------------------------------
     @property
     def policy(self) -> DecisionPolicy:
         """The policy in force (re-read when another process stored a newer version)."""
         newest = self.catalog.current_policy()
         if newest is not None and newest.version != self._policy.version:
-            if newest.profile != self._policy.profile or newest.matcher_settings != self._policy.matcher_settings:
-                warnings.warn(f"decision policy version {newest.version} changes the profile or the local matcher; "
-                              "reopen the registry to load those models", stacklevel=2)
+            if (newest.profile != self._policy.profile or newest.matcher_settings != self._policy.matcher_settings
+                    or newest.embedder_weights != self._policy.embedder_weights):
+                warnings.warn(f"decision policy version {newest.version} changes the profile, the embedder or the "
+                              "local matcher; reopen the registry to load those models", stacklevel=2)
             self._policy = newest
         return self._policy
 
@@ -210,3 +222,16 @@ class Registry:
                   learned: bool = True, progress: Any = None, actor: str = "registry",
                   self_tune: bool = True) -> dict[str, Any]:
         return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune)
+
+    @property
+    def models(self) -> Any:
+        """Embedder versions: list, reembed, prune, export, install (`registry.services.reembedding`)."""
+        from registry.services.reembedding import ModelVersions
+
+        return ModelVersions(self)
+
+    @property
+    def training(self) -> Any:
+        from registry.services.training import TrainingService
+
+        return TrainingService(self)

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.decide.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
 from registry.decide.policy import DecisionPolicy
+from registry.decide.verifier import VERIFIER, PairVerifier
 from registry.matching.imaging import sha256_of_file
 from registry.store.photo_paths import PhotoPaths
 from registry.store.photo_paths import relocate as relocate_path
@@ -366,9 +367,17 @@ class Catalog:
                 found = out.setdefault(row.batch, Calibrations())
                 if row.matcher == LEARNED_FUSION:
                     found.learned = LearnedFusion.from_json(row.model)
+                elif row.matcher == VERIFIER:
+                    found.verifier = PairVerifier.from_json(row.model)
                 else:
                     found.isotonic[(row.matcher, row.species)] = IsotonicCalibrator.from_json(row.model)
         return out
+
+    def add_verifier(self, batch: int, verifier: PairVerifier, summary: dict[str, Any]) -> None:
+        """The pair verifier fitted on a batch's simulated queries joins that batch."""
+        with self.transaction() as session:
+            session.add(Calibration(matcher=VERIFIER, species=None, model=verifier.to_json(),
+                                    n_pairs=int(summary.get("rows", 0)), inputs_summary=summary, batch=batch))
 
     def newest_calibration_batch(self, versions: dict[str, str] | None) -> tuple[int, dict[str, str]] | None:
         """The newest batch (fitted for these model versions, if given) and its versions; for adopting a registry
@@ -387,7 +396,7 @@ class Catalog:
         return DecisionPolicy(
             profile=row.profile, fusion=row.fusion, alpha=row.alpha, default_threshold=row.default_threshold,
             uncalibrated_threshold=row.uncalibrated_threshold, matcher_settings=dict(row.matcher_settings),
-            model_versions=dict(row.model_versions),
+            model_versions=dict(row.model_versions), embedder_weights=dict(row.embedder_weights or {}),
             calibration_batches={k: int(v) for k, v in row.calibration_batches.items()},
             thresholds={k: float(v) for k, v in row.thresholds.items()}, expected=row.expected,
             created_by=row.created_by, reason=row.reason, version=row.id, parent=row.parent_id,
@@ -405,7 +414,8 @@ class Catalog:
             row = DecisionPolicyRow(
                 profile=policy.profile, model_versions=policy.model_versions,
                 matcher_settings=policy.matcher_settings, calibration_batches=policy.calibration_batches,
-                fusion=policy.fusion, alpha=policy.alpha, default_threshold=policy.default_threshold,
+                embedder_weights=policy.embedder_weights, fusion=policy.fusion, alpha=policy.alpha,
+                default_threshold=policy.default_threshold,
                 thresholds=policy.thresholds, uncalibrated_threshold=policy.uncalibrated_threshold,
                 expected=policy.expected, created_by=policy.created_by, reason=policy.reason,
                 parent_id=policy.parent)

@@ -16,6 +16,7 @@ POINTS = (
     "between-collections",  # vectors in the first collection only
     "after-vectors",  # vectors everywhere, image still pending in SQL
     "after-indexed",  # the write completed
+    "reembed-batch",  # a batch of vectors written into a new embedder version's collection, no switch yet
 )
 _passages: dict[str, int] = {}
 

@@ -152,6 +152,12 @@ class Embedder(Base):
     dimension: Mapped[int] = mapped_column(Integer)
     weights_sha256: Mapped[str] = mapped_column(String(64))
     collection: Mapped[str] = mapped_column(String(200), unique=True)
+    # a version trained by `registry train` (or installed from another registry): what it was trained from,
+    # its checkpoint (relative to the data directory) and its card (training set, settings, validation)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("embedders.id"))
+    weights_path: Mapped[str | None] = mapped_column(String(500))
+    card: Mapped[dict | None] = mapped_column(JSON)
+    pruned_at: Mapped[datetime | None] = mapped_column(DateTime)  # its collection was deleted (`vectors prune`)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -175,13 +181,15 @@ class DecisionPolicyRow(Base):
 
     __tablename__ = "decision_policies"
     __table_args__ = (
-        CheckConstraint("fusion IN ('wildfusion', 'learned')", name="ck_decision_policies_fusion"),
+        CheckConstraint("fusion IN ('wildfusion', 'learned', 'verifier')", name="ck_decision_policies_fusion"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     profile: Mapped[str] = mapped_column(String(50))
     model_versions: Mapped[dict] = mapped_column(JSON)  # matcher -> version the calibrations were fitted for
     matcher_settings: Mapped[dict] = mapped_column(JSON)  # local-matcher settings that change raw scores
+    # embedder name -> trained checkpoint (relative to the data directory) used instead of the base weights
+    embedder_weights: Mapped[dict | None] = mapped_column(JSON)
     calibration_batches: Mapped[dict] = mapped_column(JSON)  # species (or "*": every other) -> batch
     fusion: Mapped[str] = mapped_column(String(16))
     alpha: Mapped[float] = mapped_column(Float)

@@ -105,6 +105,9 @@ class VectorIndex:
                             ("individual_id", models.PayloadSchemaType.INTEGER)):
             self.client.create_payload_index(name, key, field_schema=schema)
 
+    def drop_collection(self, name: str) -> None:
+        self.client.delete_collection(name)
+
     def collections(self) -> list[str]:
         return [c.name for c in self.client.get_collections().collections]
 
@@ -208,6 +211,21 @@ class VectorIndex:
                 yield int(p.id), dict(p.payload or {})
             if offset is None:
                 return
+
+    def candidates_of(self, collection: str, species: str, viewpoint: str | None,
+                      exclude_image_ids: Iterable[int] = (), exclude_individuals: Iterable[int] = (),
+                      batch: int = 4096) -> dict[int, int]:
+        """Every image a query of this species and viewpoint may match (`candidate_filter`) -> its individual:
+        the reference set of the one-vs-many local scoring."""
+        query_filter = self.candidate_filter(species, viewpoint, exclude_image_ids, exclude_individuals)
+        out: dict[int, int] = {}
+        offset = None
+        while True:
+            points, offset = self.client.scroll(collection, scroll_filter=query_filter, limit=batch, offset=offset,
+                                                with_payload=["individual_id"], with_vectors=False)
+            out.update({int(p.id): int((p.payload or {})["individual_id"]) for p in points})
+            if offset is None:
+                return out
 
     def vectors(self, collection: str, image_ids: list[int]) -> dict[int, np.ndarray]:
         if not image_ids:

@@ -17,6 +17,7 @@ from tqdm import tqdm
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import LAYOUTS, count_items, count_rows
 from registry.interfaces.cli import curation as cli_curation
+from registry.interfaces.cli import training as cli_training
 from registry.interfaces.cli.common import (
     RegistryGroup,
     add_json_option,
@@ -259,11 +260,15 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--calibration-pairs", type=int, default=None)
 @click.option("--plot", type=click.Path(path_type=Path), default=None, help="PNG of score distributions and sweep.")
 @click.option("--out", "json_out", type=click.Path(path_type=Path), default=None, help="Write the JSON report here.")
+@click.option("--train", "train_epochs", type=int, default=None, metavar="EPOCHS",
+              help="First fine-tune the global embedder on the reference photos for EPOCHS epochs (`registry "
+                   "train`), reembed and recalibrate; the queries never train.")
 @click.pass_context
 def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, queries: Path | None, split: bool,
              unknown_fraction: float, max_identities: int | None, species: str | None, seed: int, protocol: str,
              profile: str, work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
-             calibration_pairs: int | None, plot: Path | None, json_out: Path | None) -> None:
+             calibration_pairs: int | None, plot: Path | None, json_out: Path | None,
+             train_epochs: int | None) -> None:
     """Accuracy on labelled photos: BAKS, BAUS, their geometric mean, top-1/top-5, per species and overall."""
     import tempfile
 
@@ -282,8 +287,13 @@ def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, 
         if reference is None or queries is None:
             raise click.UsageError("give --reference and --queries, or MANIFEST --split")
         say = (lambda _m: None) if ctx.obj["json"] else (lambda m: click.echo(m, err=True))
+        recipe = None
+        if train_epochs:
+            from registry.learning.trainer import TrainSettings
+
+            recipe = TrainSettings(epochs=train_epochs)
         report = experiments.run(reference, queries, work, profile, protocol, exhaustive_limit, shortlist,
-                                 calibration_pairs, limit, plot, say, progress_bar)
+                                 calibration_pairs, limit, plot, say, progress_bar, train=recipe)
         report["split"] = split_info
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -298,6 +308,11 @@ def _evaluation_text(report: dict[str, Any]) -> str:
                 f"{interval}  top-1 {fmt(block['top1'])}  top-5 {fmt(block['top5'])}  queries {block['queries']}")
 
     lines = [f"reference {report['reference_images']} photos; protocol {report['protocol']}"]
+    if "training" in report:
+        t = report["training"]
+        lines.append(f"trained {t['version']} on the reference ({t['seconds']:.0f} s, best epoch {t['best_epoch']}): "
+                     f"held-out validation score {fmt(t['validation']['before']['score'])} -> "
+                     f"{fmt(t['validation']['best']['val_score'])}")
     lines.append(line("registry decisions", report["overall"]))
     for species, block in report["per_species"].items():
         lines.append(line(f"  {species}", block))
@@ -342,6 +357,9 @@ def doctor(ctx: click.Context, repair: bool) -> None:
         lines.append(f"repaired {result['repaired']}, left {result['unrepaired']}")
     elif result["problems"]:
         lines.append("run `registry doctor --repair` to fix them")
+    for r in result["unfinished_reembeds"]:
+        lines.append(f"  unfinished reembed: {r['version']} has {r['vectors']} of {r['images']} vectors and is not "
+                     f"in force; `registry reembed --model {r['version']}` finishes it")
     emit(ctx, result, "\n".join(lines))
     if result["unrepaired"]:
         ctx.exit(5)
@@ -423,7 +441,7 @@ def token_revoke(ctx: click.Context, name: str) -> None:
 
 @main.group("models")
 def models_group() -> None:
-    """The model weights this registry's profile needs: where they are, fetching them, checking them."""
+    """Model weights: the profile's (where, fetching, checking) and trained versions (list, export, install)."""
 
 
 @models_group.command("list")
@@ -573,8 +591,10 @@ def relocate(ctx: click.Context, old: str, new: str) -> None:
          + (f"; {result['missing_now']} of them are not found at the new place" if result["missing_now"] else ""))
 
 
-for _command in cli_curation.COMMANDS:
+for _command in [*cli_curation.COMMANDS, *cli_training.COMMANDS]:
     main.add_command(_command)
+for _command in cli_training.MODEL_COMMANDS:
+    models_group.add_command(_command)
 add_json_option(main)
 
 

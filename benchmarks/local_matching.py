@@ -1,0 +1,167 @@
+"""Local matching on real photos: how well each first pass shortlists, and what the full keypoint budget buys.
+
+    .venv/bin/python benchmarks/local_matching.py [--data ../shared/data] [--set nyala] [--queries 40]
+
+On the dev set's open-set split (benchmarks/accuracy_real.py's protocol, known queries only), every query is
+compared with every reference photo of its species (and flank, where the species is flank-specific). Printed:
+recall@K of the true individual for each first pass (global embedding; LNBNN over the reference descriptors at
+the cheap and at the full budget; LightGlue at the cheap budget on the global shortlist), then top-1 after the
+full-budget LightGlue rerank of each shortlist, counting confident correspondences or MAGSAC inliers, and the
+seconds per query of each step, all measured in this one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from registry.evaluate import experiments
+from registry.ingest.sources import read_manifest
+from registry.matching.embedders import load_efficientnet_lite0
+from registry.matching.imaging import load_image
+from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures, lnbnn_votes, verified_inliers
+
+
+def recall_at(ranked: list[str], truth: str, ks: tuple[int, ...]) -> list[int]:
+    return [int(truth in ranked[:k]) for k in ks]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--set", default="nyala", choices=("nyala", "holstein"))
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--cheap", type=int, default=256)
+    parser.add_argument("--long-side", type=int, default=512)
+    parser.add_argument("--shortlist", type=int, default=8, help="individuals reranked at the full budget")
+    parser.add_argument("--photos", type=int, default=2, help="photos per individual reranked at the full budget")
+    args = parser.parse_args()
+    manifest = args.data / args.set / "metadata.csv"
+    if not manifest.exists():
+        sys.exit(f"{manifest} not found: give --data or set REGISTRY_SHARED_DATA")
+    with tempfile.TemporaryDirectory() as tmp:
+        split = experiments.split_manifest(manifest, Path(tmp), max_identities=30 if args.set == "holstein" else None)
+        reference = read_manifest(Path(split["reference"])).rows
+        queries = read_manifest(Path(split["queries"])).rows
+    known = {r.identity for r in reference}
+    rng = np.random.default_rng(0)
+    queries = [q for q in queries if q.identity in known]
+    queries = [queries[i] for i in sorted(rng.permutation(len(queries))[: args.queries])]
+    matcher = AlikedLightGlue(max_keypoints=args.budget, long_side=args.long_side, upscale=True)
+    embedder = load_efficientnet_lite0(None)
+    began = time.perf_counter()
+    photos = reference + queries
+    cache = Path(tempfile.gettempdir()) / f"local-matching-{args.set}-{matcher.extractor_version}.npz"
+    features, vectors = [], []
+    if cache.exists():  # the same photos described at the same settings: reruns skip the slow part
+        with np.load(cache, allow_pickle=False) as stored:
+            keys = [str(p.image) for p in photos]
+            if list(stored["keys"]) == keys:
+                vectors = stored["vectors"]
+                features = [LocalFeatures(stored[f"k{i}"], stored[f"d{i}"], tuple(stored[f"s{i}"]))
+                            for i in range(len(keys))]
+    if not features:
+        for start in range(0, len(photos), 8):
+            images = [load_image(p.image, max_side=1024) for p in photos[start : start + 8]]
+            features += matcher.extract(images)
+            vectors.append(embedder.embed(images))
+        vectors = np.concatenate(vectors)
+        np.savez(cache, keys=np.asarray([str(p.image) for p in photos]), vectors=vectors,
+                 **{f"k{i}": f.keypoints for i, f in enumerate(features)},
+                 **{f"d{i}": f.descriptors for i, f in enumerate(features)},
+                 **{f"s{i}": np.asarray(f.image_size) for i, f in enumerate(features)})
+    print(f"described {len(photos)} photos in {time.perf_counter() - began:.0f} s "
+          f"({np.mean([len(f) for f in features]):.0f} keypoints each)", file=sys.stderr)
+    ref_features, query_features = features[: len(reference)], features[len(reference):]
+    ref_vectors, query_vectors = vectors[: len(reference)], vectors[len(reference):]
+    ks = (1, 5, 10, 20)
+    recalls: dict[str, list[list[int]]] = {}
+    top1: dict[str, list[int]] = {}
+    seconds: dict[str, float] = {}
+
+    def timed(name: str, began: float) -> None:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
+
+    for q, query in enumerate(queries):
+        same = [i for i, r in enumerate(reference)
+                if r.species == query.species and (query.viewpoint is None or r.viewpoint == query.viewpoint)]
+        owners = [reference[i].identity for i in same]
+        rankings: dict[str, list[str]] = {}
+        t = time.perf_counter()
+        sims = ref_vectors[same] @ query_vectors[q]
+        best: dict[str, float] = {}
+        for owner, s in zip(owners, sims, strict=True):
+            best[owner] = max(best.get(owner, -1.0), float(s))
+        rankings["global"] = sorted(best, key=lambda o: -best[o])
+        timed("global", t)
+        for budget in (args.cheap, args.budget):
+            t = time.perf_counter()
+            desc = np.concatenate([ref_features[i].descriptors[:budget] for i in same]).astype(np.float32)
+            owner_of = np.concatenate([[j] * len(ref_features[i].descriptors[:budget]) for j, i in enumerate(same)])
+            votes = lnbnn_votes(query_features[q].descriptors[:budget].astype(np.float32), desc,
+                                np.asarray([owners[j] for j in owner_of]))
+            rankings[f"lnbnn-{budget}"] = sorted(votes, key=lambda o: -votes[o])
+            timed(f"lnbnn-{budget}", t)
+        t = time.perf_counter()
+        shortlist = rankings["global"][:30]
+        first_photo = {}
+        for j, i in enumerate(same):
+            if owners[j] in shortlist and (owners[j] not in first_photo
+                                           or sims[j] > sims[same.index(first_photo[owners[j]])]):
+                first_photo[owners[j]] = i
+        cheap_query = matcher.truncated(query_features[q], args.cheap)
+        cheap = matcher.scores(cheap_query, [matcher.truncated(ref_features[first_photo[o]], args.cheap)
+                                             for o in shortlist])
+        order = np.argsort(-np.asarray(cheap), kind="stable")
+        rankings[f"lightglue-{args.cheap} on global top-30"] = [shortlist[i] for i in order]
+        timed(f"lightglue-{args.cheap} on global top-30", t)
+        for name, ranking in rankings.items():
+            recalls.setdefault(name, []).append(recall_at(ranking, query.identity, ks))
+        for name in (f"lnbnn-{args.budget}", f"lnbnn-{args.cheap}", f"lightglue-{args.cheap} on global top-30"):
+            t = time.perf_counter()
+            chosen = rankings[name][: args.shortlist]
+            # each chosen individual's photos most similar by the global embedding, at most --photos of them
+            by_owner: dict[str, list[tuple[float, int]]] = {}
+            for j, i in enumerate(same):
+                if owners[j] in chosen:
+                    by_owner.setdefault(owners[j], []).append((-float(sims[j]), i))
+            pairs = [(owner, i) for owner, found in by_owner.items() for _, i in sorted(found)[: args.photos]]
+            matches = matcher.match(query_features[q], [ref_features[i] for _, i in pairs])
+            count: dict[str, float] = {}
+            inliers: dict[str, float] = {}
+            for (owner, i), m in zip(pairs, matches, strict=True):
+                count[owner] = max(count.get(owner, 0), m.count(matcher.min_confidence))
+                inliers[owner] = max(inliers.get(owner, 0),
+                                     verified_inliers(query_features[q], ref_features[i], m, matcher.min_confidence))
+            for label, scores in (("count", count), ("inliers", inliers)):
+                winner = max(scores, key=lambda o: scores[o]) if scores else None
+                top1.setdefault(f"{name} -> lightglue-{args.budget} {label}", []).append(
+                    int(winner == query.identity))
+            timed(f"{name} -> rerank", t)
+        print(f"query {q + 1}/{len(queries)}", file=sys.stderr, end="\r")
+    n = len(queries)
+    print(f"\n{args.set}: {n} known queries, {len(reference)} reference photos, budget {args.budget} "
+          f"(cheap {args.cheap}), long side {args.long_side}, shortlist {args.shortlist} individuals x "
+          f"{args.photos} photos")
+    print("| first pass | " + " | ".join(f"recall@{k}" for k in ks) + " | s/query |")
+    print("|---|" + "---|" * (len(ks) + 1))
+    for name, rows in recalls.items():
+        means = np.mean(rows, axis=0)
+        print(f"| {name} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {seconds.get(name, 0) / n:.2f} |")
+    print("| two-stage | top-1 |\n|---|---|")
+    for name, hits in top1.items():
+        print(f"| {name} | {np.mean(hits):.3f} |")
+    for name, total in seconds.items():
+        if name.endswith("rerank"):
+            print(f"{name}: {total / n:.2f} s/query")
+
+
+if __name__ == "__main__":
+    main()
