@@ -49,6 +49,14 @@ class LocalMatcherSettings:
         return cls(**{**LEGACY_LOCAL, **data})
 
 
+def default_local_matcher() -> LocalMatcherSettings:
+    """The local matcher a new registry starts with: the measured defaults, or this machine's overrides from
+    `REGISTRY_LOCAL_MATCHER` (JSON, e.g. '{"max_keypoints": 512}' on a slow laptop; the test suite uses it to
+    keep code-path tests cheap). Once a registry exists its decision policy decides."""
+    overrides = os.environ.get("REGISTRY_LOCAL_MATCHER")
+    return LocalMatcherSettings(**json.loads(overrides)) if overrides else LocalMatcherSettings()
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path("registry-data"))
@@ -92,7 +100,7 @@ class Settings:
     species_threshold_offsets: dict[str, float] = field(default_factory=dict)
     orientation_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # species -> viewpoint -> deg
     test_time_augmentation: bool = False
-    local: LocalMatcherSettings = field(default_factory=LocalMatcherSettings)
+    local: LocalMatcherSettings = field(default_factory=default_local_matcher)
     weights: dict[str, str] = field(default_factory=dict)  # model name -> explicit weights file or folder
     allow_download: bool = False
     # HTTP API (`registry serve`)

@@ -15,6 +15,10 @@ from registry.matching.pipeline import Pipeline
 from registry.settings import Settings
 
 torch.set_num_threads(2)
+# Code-path tests run the two-stage matcher at a quarter of the default keypoint budget (the full budget's
+# accuracy is measured by benchmarks/accuracy_real.py and benchmarks/local_matching.py, not by unit tests).
+os.environ.setdefault("REGISTRY_LOCAL_MATCHER", '{"max_keypoints": 256, "first_pass_keypoints": 128, '
+                      '"lnbnn_individuals": 6}')
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
 SHARED_DATA = Path(os.environ.get("REGISTRY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -264,4 +264,5 @@ def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, popula
     repaired = json.loads(_cli(home, "--json", "doctor", "--repair").stdout)
     assert repaired["unrepaired"] == 0 and repaired["repaired"] == len(repaired["problems"])
     assert json.loads(_cli(home, "--json", "doctor").stdout) == {
-        "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "images": len(ids)}
+        "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "images": len(ids),
+        "unfinished_reembeds": []}

@@ -335,16 +335,17 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         report["reference_images"] = ingest.added
         report["skipped"] = [str(p) for p in ingest.problems]
         say(f"reference: {ingest.added} photos in {time.perf_counter() - started:.0f} s; calibrating ...")
-        report["calibration"] = registry.calibrate(per_class=calibration_pairs)
-        if train is not None:
+        if train is None:
+            report["calibration"] = registry.calibrate(per_class=calibration_pairs)
+        else:  # reembedding recalibrates with the trained version: calibrating the frozen one first is wasted
             began = time.perf_counter()
             card = registry.training.train(train, say=say)
-            moved = registry.models.reembed(card["version"], say=say)
+            moved = registry.models.reembed(card["version"], say=say, calibration_pairs=calibration_pairs)
             report["training"] = {"version": card["version"], "seconds": time.perf_counter() - began,
                                   "validation": card["validation"], "best_epoch": card["best_epoch"],
                                   "history": card["history"], "training_set": card["training_set"],
                                   "settings": card["settings"], "policy_version": moved["policy_version"]}
-            report["calibration"] = registry.catalog.current_policy().expected  # type: ignore[union-attr]
+            report["calibration"] = moved["calibration"]
         individuals = registry.catalog.individuals()
         names = {i["id"]: i["name"] for i in individuals}
         known = {(i["species"], i["name"]) for i in individuals}

@@ -79,7 +79,7 @@ class ModelVersions:
     # --- reembed ---------------------------------------------------------------------------------------
     def reembed(self, version: str | None = None, batch: int | None = None, recalibrate: bool = True,
                 say: Callable[[str], None] = lambda _m: None, progress: Callable[[int], None] | None = None,
-                actor: str = "registry") -> dict[str, Any]:
+                actor: str = "registry", calibration_pairs: int | None = None) -> dict[str, Any]:
         """Vectors of every indexed image from the trained version, then recalibration and the policy switch."""
         registry = self.registry
         row = self._row(version)
@@ -124,10 +124,11 @@ class ModelVersions:
         switch = {"embedder_weights": {**registry.policy.embedder_weights, embedder.name: relative}}
         try:
             if recalibrate:
-                summary = registry.calibration.calibrate(actor=actor, policy_changes=switch,
-                                                         reason=f"reembed into {row.version}")
+                summary = registry.calibration.calibrate(per_class=calibration_pairs, actor=actor,
+                                                         policy_changes=switch, reason=f"reembed into {row.version}")
                 policy_version = summary["policy_version"]
             else:
+                summary = None
                 policy = registry.set_policy(registry.policy.derive(
                     f"reembed into {row.version} (not recalibrated: raw-score fallback until `registry calibrate`)",
                     actor, **switch))
@@ -137,7 +138,8 @@ class ModelVersions:
             registry.use_collection(embedder.name, old_collection)
             raise
         return {"version": row.version, "collection": row.collection, "reembedded": len(todo),
-                "images": len(states), "previous_collection": old_collection, "policy_version": policy_version}
+                "images": len(states), "previous_collection": old_collection, "policy_version": policy_version,
+                "calibration": summary}
 
     def unfinished(self) -> list[dict[str, Any]]:
         """Trained versions whose collection holds some but not all vectors (a reembed that stopped)."""
