@@ -22,7 +22,7 @@ from registry.decide.metrics import (
     pairwise_clustering,
     sequential_predictions,
 )
-from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, wildfusion
+from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, rank_individuals, wildfusion
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import PhotoRow, read_manifest, write_manifest
 from registry.matching.imaging import ImageError, sha256_of_file
@@ -42,6 +42,7 @@ class QueryResult:
     known: bool
     candidates: list[CandidateScore]
     seconds: float
+    decided: list[tuple[int, float]] | None = None  # the registry's own ranking (verifier included), best first
 
 
 # --- splitting ---------------------------------------------------------------------------------------------
@@ -108,9 +109,10 @@ def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tupl
             began = time.perf_counter()
             exclude = (own[row.image],) if row.image in own else ()  # a query never matches its own photo
             candidates = identification.candidates(item, row.species, row.viewpoint, exclude)
-            identification.judge(candidates, row.species)  # fills calibrated scores
+            outcome = identification.judge(candidates, row.species)  # also fills calibrated scores
             results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates,
-                                       describe_each + time.perf_counter() - began))
+                                       describe_each + time.perf_counter() - began,
+                                       [(r.individual_id, r.score) for r in outcome.ranked]))
         if progress:
             progress(len(chunk))
     return results, problems
@@ -128,7 +130,10 @@ def _own_images(registry: Registry, rows: list[PhotoRow]) -> dict[Path, int]:
     return {path: ids[sha] for path, sha in shas.items() if sha in ids}
 
 
-def _ranked(result: QueryResult, score: ScoreFn) -> list[tuple[int, float]]:
+def _ranked(result: QueryResult, score: ScoreFn | None) -> list[tuple[int, float]]:
+    """Individuals best first under `score` (best photo per individual); None: as the registry decided."""
+    if score is None:
+        return list(result.decided or [])
     best: dict[int, float] = {}
     for candidate in result.candidates:
         value = score(candidate, result.row.species)
@@ -137,7 +142,7 @@ def _ranked(result: QueryResult, score: ScoreFn) -> list[tuple[int, float]]:
     return sorted(best.items(), key=lambda kv: (-kv[1], kv[0]))
 
 
-def predictions(results: list[QueryResult], score: ScoreFn, threshold: Callable[[str], float],
+def predictions(results: list[QueryResult], score: ScoreFn | None, threshold: Callable[[str], float],
                 names: dict[int, str]) -> list[Prediction]:
     """AnimalCLEF predictions under one scoring function and threshold rule."""
     out = []
@@ -245,6 +250,18 @@ def configurations(registry: Registry, results: list[QueryResult], names: dict[i
     if all(c.learned is not None for c in scorer.by_species.values()):
         configs["learned fusion (logistic)"] = lambda c, sp: scorer.calibrations_for(sp).learned(c.calibrated)  # type: ignore[misc]
     out = {name: _with_interval(predictions(results, fn, tau, names)) for name, fn in configs.items()}
+    verifiers = {sp: c.verifier for sp, c in scorer.by_species.items()}
+    if all(v is not None for v in verifiers.values()) and verifiers:
+        taus = {sp: r.get("verifier", {}).get("tau") for sp, r in
+                ((registry.policy.expected or {}).get("self_tuned") or {}).items()}
+        verified = []
+        for result in results:
+            verifier = verifiers.get(result.row.species) or verifiers.get("*")
+            ranked = verifier.verify(rank_individuals(result.candidates, {}))  # type: ignore[union-attr]
+            verified.append(QueryResult(result.row, result.known, result.candidates, result.seconds,
+                                        [(r.individual_id, r.score) for r in ranked]))
+        out["pair verifier (its self-tuned tau)"] = _with_interval(predictions(
+            verified, None, lambda sp: taus.get(sp) if taus.get(sp) is not None else tau(sp), names))
     tuned, chosen = cross_fitted_tau(results, names, scorer)
     if tuned:
         out[f"{scorer.name}, tau tuned per species (2-fold by identity)"] = {**_with_interval(tuned), "taus": chosen}
@@ -357,7 +374,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         if progress:
             progress.close()
         report["skipped"] += problems
-        decided = predictions(results, lambda c, _sp: c.score, registry.scorer.threshold_for, names)
+        decided = predictions(results, None, registry.scorer.threshold_for, names)
         actual = evaluate(decided)
         actual["overall"]["score_ci95"] = bootstrap_interval(decided)
         report.update(actual)
