@@ -54,6 +54,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
     parser.add_argument("--only", choices=sorted(PROTOCOLS), action="append")
     parser.add_argument("--out-dir", type=Path, default=None, help="Keep the JSON reports here.")
+    parser.add_argument("--limit", type=int, default=None, help="Fewer queries (quicker, wider CI).")
+    parser.add_argument("--only-trained", action="store_true", help="With --train: only the trained variant.")
     parser.add_argument("--train", type=int, default=None, metavar="EPOCHS",
                         help="Also fine-tune the embedder on each reference (`registry train`) and report that too.")
     args = parser.parse_args()
@@ -69,6 +71,8 @@ def main() -> None:
         from registry.learning.trainer import TrainSettings
 
         variants.append((" (trained embedder)", TrainSettings(epochs=args.train)))
+        if args.only_trained:
+            variants = variants[1:]
     for name in chosen:
         protocol = PROTOCOLS[name]
         for suffix, recipe in variants:
@@ -78,7 +82,7 @@ def main() -> None:
                                                    max_identities=protocol["max_identities"])
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
-                                         limit=protocol["limit"], say=lambda m: print(m, file=sys.stderr),
+                                         limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
                                          train=recipe)
                 report["split"] = split
                 report["wall_seconds"] = time.perf_counter() - started
