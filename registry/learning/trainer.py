@@ -237,7 +237,7 @@ class Trainer:
                 loss.backward()
                 optimiser.step()
                 schedule.step()
-                running.append(float(loss))
+                running.append(float(loss.detach()))
             found = validate()
             record = {"epoch": epoch, "loss": float(np.mean(running)) if running else float("nan"),
                       "val_score": found["score"] or 0.0, "val_top1": found["top1"] or 0.0}

@@ -49,7 +49,10 @@ def train(ctx: click.Context, species: str | None, then_reembed: bool, flips: tu
     emit(ctx, result, f"trained {card['version']} in {card['seconds']:.0f} s on {card['training_set']['train_photos']} "
          f"photos ({card['training_set']['classes']} classes); held-out identities: open-set score "
          f"{fmt(before['score'])} -> {fmt(best['val_score'])}, top-1 {fmt(before['top1'])} -> "
-         f"{fmt(best['val_top1'])} (epoch {card['best_epoch']})\n  checkpoint {card['checkpoint']}"
+         f"{fmt(best['val_top1'])} (epoch {card['best_epoch']})"
+         + ("\n  no epoch beat the starting weights on the held-out identities: the version keeps them (only the "
+            "letterboxed input differs); reembedding it gains little" if card["best_epoch"] == 0 else "")
+         + f"\n  checkpoint {card['checkpoint']}"
          + ("" if then_reembed else f"\n  put it in force: registry reembed --model {card['version']}"))
 
 
