@@ -141,12 +141,14 @@ class ModelVersions:
                 "images": len(states), "previous_collection": old_collection, "policy_version": policy_version,
                 "calibration": summary}
 
-    def unfinished(self) -> list[dict[str, Any]]:
-        """Trained versions whose collection holds some but not all vectors (a reembed that stopped)."""
+    def unfinished(self, indexed: int | None = None) -> list[dict[str, Any]]:
+        """Trained versions whose collection holds vectors but is not in force (a reembed that stopped).
+        `indexed`: the number of indexed images, when the caller has already counted them."""
         registry = self.registry
         in_force = set(registry.collections.values())
         existing = set(registry.index.collections())
-        indexed = sum(1 for s in registry.catalog.image_states().values() if s["status"] == "indexed")
+        if indexed is None:
+            indexed = sum(1 for s in registry.catalog.image_states().values() if s["status"] == "indexed")
         out = []
         with registry.catalog.transaction() as session:
             for row in session.scalars(select(Embedder).where(Embedder.weights_path.is_not(None))):
