@@ -13,6 +13,7 @@ seconds per query of each step, all measured in this one run.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -32,6 +33,45 @@ def recall_at(ranked: list[str], truth: str, ks: tuple[int, ...]) -> list[int]:
     return [int(truth in ranked[:k]) for k in ks]
 
 
+def simulate_shortlists(results: list[dict]) -> dict[str, float]:
+    """Top-1 of the registry's full-pass strategies replayed on every pair's full-budget scores: the cheap pass's
+    4 individuals (their global-best photo, plus their best LNBNN-voted others up to `photos`) and LNBNN's best
+    `individuals` others (their `photos` best-voted photos); an individual scores by its best photo or by the
+    noisy-OR of its best `combine` photos, each photo's MAGSAC inliers or correspondences mapped to (0, 1) by
+    n / (n + 20) (a stand-in for the registry's calibration, monotone like it)."""
+    out: dict[str, float] = {}
+    for lnbnn in ("cheap", "full"):
+        for individuals, photos in ((12, 1), (12, 2), (6, 2), (4, 3)):
+            for combine in (1, 2):
+                for score in ("inliers", "count"):
+                    hits, pairs = [], []
+                    for r in results:
+                        owners, votes, sims = r["owners"], r[f"lnbnn_{lnbnn}"], r["global"]
+                        by_vote: dict[str, list[int]] = {}
+                        for j in sorted(range(len(owners)), key=lambda j: -votes[j]):
+                            by_vote.setdefault(owners[j], []).append(j)
+                        by_global: dict[str, list[int]] = {}
+                        for j in sorted(range(len(owners)), key=lambda j: -sims[j]):
+                            by_global.setdefault(owners[j], []).append(j)
+                        chosen, first = set(), set(r["cheap_on_global"][:4])
+                        for owner in first:
+                            best = by_global[owner][0]
+                            chosen |= {best, *[j for j in by_vote.get(owner, []) if j != best][: photos - 1]}
+                        for owner in [o for o in by_vote if o not in first][:individuals]:
+                            chosen |= set(by_vote[owner][:photos])
+                        chosen = {j for j in chosen if r[score][j] >= 0}
+                        grouped: dict[str, list[float]] = {}
+                        for j in chosen:
+                            grouped.setdefault(owners[j], []).append(r[score][j] / (r[score][j] + 20.0))
+                        combined = {o: 1 - float(np.prod([1 - v for v in sorted(vs, reverse=True)[:combine]]))
+                                    for o, vs in grouped.items()}
+                        hits.append(int(max(combined, key=lambda o: combined[o]) == r["identity"]))
+                        pairs.append(len(chosen))
+                    out[f"cheap top-4 + LNBNN-{lnbnn} top-{individuals}, {photos} photos each ({np.mean(pairs):.0f} "
+                        f"pairs), {score}, combine {combine}"] = float(np.mean(hits))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
@@ -42,7 +82,16 @@ def main() -> None:
     parser.add_argument("--long-side", type=int, default=512)
     parser.add_argument("--shortlist", type=int, default=8, help="individuals reranked at the full budget")
     parser.add_argument("--photos", type=int, default=2, help="photos per individual reranked at the full budget")
+    parser.add_argument("--replay", type=Path, default=None,
+                        help="replay the strategies on a saved --exhaustive run's pair scores, nothing else")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="also replay shortlist strategies (LNBNN individuals x photos per individual) on the "
+                             "full-budget scores of every pair they can reach")
     args = parser.parse_args()
+    if args.replay:
+        for name, value in simulate_shortlists(json.loads(args.replay.read_text())).items():
+            print(f"| {name} | {value:.3f} |")
+        return
     manifest = args.data / args.set / "metadata.csv"
     if not manifest.exists():
         sys.exit(f"{manifest} not found: give --data or set REGISTRY_SHARED_DATA")
@@ -89,6 +138,7 @@ def main() -> None:
     def timed(name: str, began: float) -> None:
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - began
 
+    exhaustive: list[dict] = []
     for q, query in enumerate(queries):
         same = [i for i, r in enumerate(reference)
                 if r.species == query.species and (query.viewpoint is None or r.viewpoint == query.viewpoint)]
@@ -145,8 +195,46 @@ def main() -> None:
                 top1.setdefault(f"{name} -> lightglue-{args.budget} {label}", []).append(
                     int(winner == query.identity))
             timed(f"{name} -> rerank", t)
+        if args.exhaustive:
+            # every pair any replayed strategy can reach: LNBNN's 20 best individuals x their 3 best photos (both
+            # budgets) and the cheap pass's 4; matching every same-flank photo would cost ~4 min per query here
+            image_votes = {}
+            for budget in (args.cheap, args.budget):
+                desc = np.concatenate([ref_features[i].descriptors[:budget] for i in same]).astype(np.float32)
+                photo_of = np.concatenate([[j] * len(ref_features[i].descriptors[:budget])
+                                           for j, i in enumerate(same)])
+                votes = lnbnn_votes(query_features[q].descriptors[:budget].astype(np.float32), desc, photo_of)
+                image_votes[budget] = [votes.get(j, 0.0) for j in range(len(same))]
+            reach = set()
+            for values in image_votes.values():
+                by_owner: dict[str, list[int]] = {}
+                for j in sorted(range(len(same)), key=lambda j: -values[j]):
+                    by_owner.setdefault(owners[j], []).append(j)
+                for owner in list(by_owner)[:20]:
+                    reach.update(by_owner[owner][:3])
+            for owner in rankings[f"lightglue-{args.cheap} on global top-30"][:4]:
+                reach.add(max((j for j in range(len(same)) if owners[j] == owner), key=lambda j: sims[j]))
+            reach = sorted(reach)
+            t = time.perf_counter()
+            matches = matcher.match(query_features[q], [ref_features[same[j]] for j in reach])
+            pair_count = [-1.0] * len(same)
+            pair_inliers = [-1.0] * len(same)
+            for j, m in zip(reach, matches, strict=True):
+                pair_count[j] = m.count(matcher.min_confidence)
+                pair_inliers[j] = verified_inliers(query_features[q], ref_features[same[j]], m, matcher.min_confidence)
+            timed(f"union lightglue-{args.budget}", t)
+            exhaustive.append({"identity": query.identity, "owners": owners, "global": sims.tolist(),
+                               "count": pair_count, "inliers": pair_inliers,
+                               "lnbnn_cheap": image_votes[args.cheap], "lnbnn_full": image_votes[args.budget],
+                               "cheap_on_global": rankings[f"lightglue-{args.cheap} on global top-30"]})
         print(f"query {q + 1}/{len(queries)}", file=sys.stderr, end="\r")
     n = len(queries)
+    if exhaustive:
+        out = Path(tempfile.gettempdir()) / f"local-matching-{args.set}-exhaustive.json"
+        out.write_text(json.dumps(exhaustive))
+        print(f"every pair's scores: {out}", file=sys.stderr)
+        for name, value in simulate_shortlists(exhaustive).items():
+            top1.setdefault(f"replayed: {name}", []).append(value)
     print(f"\n{args.set}: {n} known queries, {len(reference)} reference photos, budget {args.budget} "
           f"(cheap {args.cheap}), long side {args.long_side}, shortlist {args.shortlist} individuals x "
           f"{args.photos} photos")

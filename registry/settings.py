@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 SETTINGS_FILE = "settings.json"
@@ -19,7 +19,7 @@ PROFILES = ("paper", "offline", "tiny-test")
 # What a registry made before these settings existed ran with: absent keys mean these values, so its feature
 # cache, calibrations and decisions stay valid.
 LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_individuals": 0, "lnbnn_individuals": 0,
-                "verify": False}
+                "verify": False, "lnbnn_photos": 1, "combine_photos": 1}
 
 
 @dataclass
@@ -38,8 +38,45 @@ class LocalMatcherSettings:
     # benchmarks/local_matching.py). 0 = one stage at the full budget / no LNBNN.
     first_pass_keypoints: int = 256
     full_rerank_individuals: int = 4
-    lnbnn_individuals: int = 12
+    lnbnn_individuals: int = 6
     verify: bool = True  # also score pairs by correspondences consistent with one epipolar geometry (MAGSAC)
+    # Photos of each individual matched at the full budget: LNBNN's individuals bring their `lnbnn_photos`
+    # best-voted photos, those of the first pass their best-voted others besides the one that qualified them, so
+    # an individual is judged on several photos (see `combine_photos`), not on one. Replayed on every pair's
+    # full-budget scores (benchmarks/local_matching.py --exhaustive, 25 queries each): 6 LNBNN individuals x 2
+    # photos vs 12 x 1, at 17-20 pairs instead of 16: nyala top-1 0.20 -> 0.40, holstein 0.76 -> 0.96; on the
+    # 300 nyala queries of benchmarks/accuracy_real.py, 0.250 -> 0.288 (docs/accuracy.md).
+    lnbnn_photos: int = 2
+    # An individual's score: its best photo's (1) or the noisy-OR of its best `combine_photos` photos' calibrated
+    # scores (only for calibrated scores in [0, 1]; the uncalibrated fallback always takes the best photo).
+    combine_photos: int = 2
+    # Per-species overrides of the matching stage (SPECIES_FIELDS): e.g. {"cow": {"lnbnn_individuals": 20}}.
+    # Photos are described once at `max_keypoints` and `long_side`, so a species may use fewer keypoints (the
+    # strongest ones), never more, and shares the working size.
+    species: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    SPECIES_FIELDS = ("max_keypoints", "first_pass_keypoints", "full_rerank_individuals", "lnbnn_individuals",
+                      "lnbnn_photos", "combine_photos")
+
+    def __post_init__(self) -> None:
+        for species, overrides in self.species.items():
+            unknown = set(overrides) - set(self.SPECIES_FIELDS)
+            if unknown:
+                raise ValueError(f"local matcher settings for {species!r}: {', '.join(sorted(unknown))} cannot be "
+                                 f"set per species (only {', '.join(self.SPECIES_FIELDS)})")
+            for name, value in overrides.items():
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ValueError(f"local matcher settings for {species!r}: {name} must be a whole number "
+                                     f">= 0, not {value!r}")
+            if overrides.get("max_keypoints", 0) > self.max_keypoints:
+                raise ValueError(f"local matcher settings for {species!r}: max_keypoints "
+                                 f"{overrides['max_keypoints']} exceeds the {self.max_keypoints} keypoints photos "
+                                 "are described with")
+
+    def for_species(self, species: str) -> LocalMatcherSettings:
+        """The matching-stage settings one species is matched with (its overrides on the registry's)."""
+        overrides = self.species.get(species)
+        return replace(self, **overrides, species={}) if overrides else self
 
     def to_json(self) -> dict:
         return asdict(self)

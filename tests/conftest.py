@@ -17,8 +17,10 @@ from registry.settings import Settings
 torch.set_num_threads(2)
 # Code-path tests run the two-stage matcher at a quarter of the default keypoint budget (the full budget's
 # accuracy is measured by benchmarks/accuracy_real.py and benchmarks/local_matching.py, not by unit tests).
+# One photo per LNBNN individual keeps the full pass at ~10 pairs; two photos per individual are exercised where
+# a test sets them (per-species overrides in test_calibration_and_fusion), and combine_photos keeps its default.
 os.environ.setdefault("REGISTRY_LOCAL_MATCHER", '{"max_keypoints": 256, "first_pass_keypoints": 128, '
-                      '"lnbnn_individuals": 6}')
+                      '"lnbnn_individuals": 6, "lnbnn_photos": 1}')
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
 SHARED_DATA = Path(os.environ.get("REGISTRY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

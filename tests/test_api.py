@@ -7,12 +7,14 @@ import csv
 import io
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,10 +103,18 @@ def test_identify_review_curate_export_and_ingest_jobs(api: TestClient, populati
     assert api.get(f"/individuals/{codes[1]}/history").json()["individual"] == codes[0]
     assert api.post(f"/changes/{merged['change']}/undo").status_code == 200
     capture = api.get("/exports/capture-history", params={"occasion": "survey"}).text.splitlines()
-    assert capture[0] == "individual,season-1,season-2" and len(capture) == len(codes) + 1
+    assert capture[0] == "individual,ch,freq,sex,life_stage,season-1,season-2" and len(capture) == len(codes) + 1
     mark = api.get("/exports/capture-history", params={"format": "mark"}).text.splitlines()
-    assert all(line.endswith(" 1;") for line in mark[1:])
+    assert all(re.fullmatch(r"/\* \S+ \*/ [01]+ 1( [01]){5};", line) for line in mark[2:])
     assert len(api.get("/exports/sightings.csv").text.splitlines()) == 1 + 13
+    edited = api.post(f"/individuals/{codes[0]}/attributes", json={"sex": "female", "nickname": "Tess"})
+    assert edited.status_code == 200 and edited.json()["attributes"]["nickname"] == "Tess"
+    assert api.get(f"/individuals/{codes[0]}/history").json()["attributes"]["sex"] == "female"
+    assert api.post(f"/individuals/{codes[0]}/attributes", json={"sex": "dragon"}).status_code == 422
+    assert api.post(f"/individuals/{codes[0]}/attributes", json={}).status_code == 409  # nothing to edit
+    with zipfile.ZipFile(io.BytesIO(api.get("/exports/dwc.zip").content)) as archive:
+        occurrences = archive.read("occurrence.csv").decode().splitlines()
+    assert len(occurrences) == 1 + 13 and occurrences[0].startswith("occurrenceID,eventID,eventDate")
 
     job = api.post("/ingest", json={"manifest": "season2/manifest.csv", "survey": "season-2", "mode": "identify"})
     assert job.status_code == 202
@@ -235,7 +245,7 @@ def test_every_route_enforces_its_scope(api: TestClient, population: Path) -> No
     expired = tokens.create(registry.catalog, "expired", scope="admin", expires_days=-1)
     scoped = {s: tokens.create(registry.catalog, f"who-{s}", scope=s) for s in tokens.SCOPES}
     review_routes = {"/identify", "/decisions/{decision_id}/confirm", "/decisions/{decision_id}/reassign",
-                     "/decisions/{decision_id}/reject"}
+                     "/decisions/{decision_id}/reject", "/individuals/{code}/attributes"}
     anonymous = TestClient(api.app)
     document = api.get("/openapi.json").json()
     walked = 0

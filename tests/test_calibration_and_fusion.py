@@ -147,6 +147,27 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
         answer = reopened.identify(query, "synleopard")
         best = answer.outcome.ranked[0].images[0]
         assert best.score == pytest.approx(reopened.scorer.calibrations_for("synleopard").learned(best.calibrated))
+        # per-species matching goes into force only with a calibration fitted under it
+        before = reopened.policy.version
+        with pytest.raises(CalibrationError, match="exceeds"):
+            reopened.calibrate(per_class=8, matching={"synleopard": {"max_keypoints": 100_000}})
+        with pytest.raises(CalibrationError, match="cannot be set per species"):
+            reopened.calibrate(per_class=8, matching={"synleopard": {"long_side": 256}})
+        assert reopened.policy.version == before and reopened.settings.local.species == {}
+        overrides = {"max_keypoints": 96, "full_rerank_individuals": 1, "lnbnn_individuals": 3, "lnbnn_photos": 2}
+        reopened.calibrate(per_class=8, matching={"synleopard": overrides})
+        assert reopened.policy.matcher_settings["species"] == {"synleopard": overrides}
+        described = reopened.identification.describe([query], ["synleopard"], [None])[0]
+        candidates = reopened.identification.candidates(described, "synleopard", None)
+        assert max(c.raw["aliked"] for c in candidates) <= 96  # the species' budget, not the described 256
+        photos_per_individual: dict[int, int] = {}
+        for c in candidates:
+            photos_per_individual[c.individual_id] = photos_per_individual.get(c.individual_id, 0) + 1
+        # one individual from the cheap pass, the others LNBNN's, each with its two best-voted photos
+        assert sorted(photos_per_individual.values())[-2:] == [2, 2] and len(photos_per_individual) <= 4
+    with Registry(settings, pipeline=offline_pipeline) as again:  # the overrides are the policy's
+        assert again.settings.local.for_species("synleopard").max_keypoints == 96
+        assert again.settings.local.for_species("other").max_keypoints == 256
 
 
 def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:

@@ -57,6 +57,19 @@ def test_full_workflow_through_the_cli(tmp_path: Path, population: Path) -> None
     unknown = CliRunner().invoke(main, [*home, "history", "SYN-9999"])
     assert unknown.exit_code == 1 and "no individual with code or name 'SYN-9999'" in unknown.output
 
+    edited = json.loads(_run(*home, "--json", "edit", code, "--sex", "male", "--alternate-id", "park:7"))
+    assert edited["attributes"]["sex"] == "male" and edited["attributes"]["alternate_ids"] == ["park:7"]
+    assert "male" in _run(*home, "history", code) and "alias park:7" in _run(*home, "history", code)
+    assert "Panthera pardus" in _run(*home, "species", "synleopard", "--scientific-name", "Panthera pardus")
+    package = json.loads(_run(*home, "--json", "export", "camtrap-dp", str(tmp_path / "camtrap")))
+    # the photo identified without a capture time: no timestamp, and its survey's deployment no place or interval
+    assert package["observations"] == 13 and len(package["problems"]) == 3
+    assert "no capture time" in package["problems"][0] and all("season-2" in p for p in package["problems"][1:])
+    dwc = json.loads(_run(*home, "--json", "export", "dwc", str(tmp_path / "dwc.zip")))
+    assert dwc["occurrences"] == 13 and dwc["individuals"] == 6
+    nowhere = CliRunner().invoke(main, [*home, "export", "secr", str(tmp_path / "secr"), "--epsg", "32736"])
+    assert nowhere.exit_code == 1 and "no synleopard photo has a location" in nowhere.output
+
 
 def test_ingest_reports_bad_rows_and_exits_3(tmp_path: Path, population: Path) -> None:
     home = ["--data-dir", str(tmp_path / "reg")]

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from registry.ingest import doctor
@@ -24,17 +22,6 @@ from registry.services.registry import Registry
 from registry.settings import Settings
 from registry.store.catalog import Catalog
 from registry.store.vector_index import VectorIndex, VectorPoint
-
-CLI = [sys.executable, "-m", "registry"]
-
-
-def _cli(data: Path, *args: str, env: dict[str, str] | None = None, expect: int | None = 0,
-         ) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **(env or {})})
-    if expect is not None:
-        assert result.returncode == expect, result.stderr[-3000:]
-    return result
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -88,7 +75,7 @@ def test_a_season_with_planted_bad_inputs(tmp_path: Path, population: Path) -> N
 
     home = tmp_path / "reg"
     _init(home)
-    first = _cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3)
+    first = run_cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3)
     report = json.loads(first.stdout)
     assert report["added"] == 6 and report["skipped"] == 7
     reasons = "\n".join(report["problems"])
@@ -99,16 +86,16 @@ def test_a_season_with_planted_bad_inputs(tmp_path: Path, population: Path) -> N
     with open(report["problems_file"]) as f:
         assert len(list(csv.DictReader(f))) == 7
 
-    again = json.loads(_cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3).stdout)
+    again = json.loads(run_cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3).stdout)
     assert again["added"] == 0 and again["already_present"] == 6
-    stats = json.loads(_cli(home, "--json", "stats").stdout)
+    stats = json.loads(run_cli(home, "--json", "stats").stdout)
     assert stats["images"] == 6 and stats["sightings"] == 6 and stats["pending_images"] == 0
     renamed = folder / "images" / "same-photo-other-name.jpg"
     shutil.copy(folder / good[3]["image"], renamed)
     plain = tmp_path / "plain"
     plain.mkdir()
     shutil.copy(renamed, plain / "x.jpg")
-    same = json.loads(_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species", "synleopard",
+    same = json.loads(run_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species", "synleopard",
                            "--mode", "identify").stdout)
     assert same["added"] == 0 and same["already_present"] == 1  # recognised by content, not by name
 
@@ -122,10 +109,10 @@ def test_folder_layouts(tmp_path: Path, population: Path) -> None:
     (by_identity / "README.txt").write_text("stray file")
     home = tmp_path / "reg"
     _init(home, batch_size=8)
-    report = json.loads(_cli(home, "--json", "ingest", str(by_identity), "--survey", "s1",
+    report = json.loads(run_cli(home, "--json", "ingest", str(by_identity), "--survey", "s1",
                              "--species", "synleopard").stdout)
     assert report["added"] == len(rows) and report["skipped"] == 0
-    names = {i["name"] for i in json.loads(_cli(home, "--json", "individuals").stdout)}
+    names = {i["name"] for i in json.loads(run_cli(home, "--json", "individuals").stdout)}
     assert names == {r["identity"] for r in rows}
 
     plain = tmp_path / "camera-card"
@@ -134,9 +121,9 @@ def test_folder_layouts(tmp_path: Path, population: Path) -> None:
     for row in second:
         shutil.copy(population / "season2" / row["image"], plain / "DCIM" / Path(row["image"]).name)
     (plain / "DCIM" / "index.html").write_text("<html></html>")
-    missing_species = _cli(home, "ingest", str(plain), "--survey", "s2", expect=1)
+    missing_species = run_cli(home, "ingest", str(plain), "--survey", "s2", expect=1)
     assert "--species" in missing_species.stderr
-    identified = json.loads(_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species",
+    identified = json.loads(run_cli(home, "--json", "ingest", str(plain), "--survey", "s2", "--species",
                                  "synleopard", "--mode", "identify", "--layout", "plain").stdout)
     assert identified["added"] == 3 and identified["matched"] + identified["new_individuals"] == 3
     assert any("index.html" in w for w in identified["warnings"])
@@ -212,7 +199,7 @@ def test_killed_mid_ingest_then_rerun_equals_an_uninterrupted_run(
             ingest(home, reference, "s1", "reference")
         season = reference if mode == "reference" else queries
         if name == "killed":
-            killed = _cli(home, "ingest", str(season), "--survey", "s", "--mode", mode,
+            killed = run_cli(home, "ingest", str(season), "--survey", "s", "--mode", mode,
                           env={"REGISTRY_CRASH_AT": point}, expect=None)
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
             assert check(home)["images"] >= 1
@@ -239,8 +226,8 @@ def _tiny_pipeline() -> Pipeline:
 def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, population: Path) -> None:
     home = tmp_path / "reg"
     _init(home, batch_size=8)
-    _cli(home, "ingest", str(population / "season1" / "manifest.csv"), "--survey", "s1")
-    assert json.loads(_cli(home, "--json", "doctor").stdout)["consistent"]
+    run_cli(home, "ingest", str(population / "season1" / "manifest.csv"), "--survey", "s1")
+    assert json.loads(run_cli(home, "--json", "doctor").stdout)["consistent"]
     settings = Settings.load(home)
     catalog = Catalog(settings.sqlalchemy_url)
     states = catalog.image_states()
@@ -256,13 +243,13 @@ def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, popula
     feature_files = sorted((home / "features").rglob(f"{states[ids[3]]['sha256']}.npz"))
     feature_files[0].unlink()
 
-    broken = json.loads(_cli(home, "--json", "doctor", expect=5).stdout)
+    broken = json.loads(run_cli(home, "--json", "doctor", expect=5).stdout)
     kinds = {(p["kind"], p["image_id"]) for p in broken["problems"]}
     assert not broken["consistent"]
     assert {("pending-image", ids[0]), ("missing-vector", ids[1]), ("wrong-individual", ids[2]),
             ("orphan-vector", 9999), ("missing-features", ids[3])} <= kinds
-    repaired = json.loads(_cli(home, "--json", "doctor", "--repair").stdout)
+    repaired = json.loads(run_cli(home, "--json", "doctor", "--repair").stdout)
     assert repaired["unrepaired"] == 0 and repaired["repaired"] == len(repaired["problems"])
-    assert json.loads(_cli(home, "--json", "doctor").stdout) == {
+    assert json.loads(run_cli(home, "--json", "doctor").stdout) == {
         "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "images": len(ids),
         "unfinished_reembeds": []}

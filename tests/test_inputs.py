@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from registry.ingest.sources import ManifestError, read_manifest
+from registry.ingest.sources import ManifestError, read_manifest, read_source
 from registry.matching.imaging import ImageError, inspect_image, load_image, normalise_orientation
 
 
@@ -94,3 +95,61 @@ def test_exif_orientation_downscale_and_viewpoint_rotation(tmp_path: Path) -> No
     rules = {"right": -90.0, "left": 90.0}
     assert normalise_orientation(Image.new("RGB", (30, 10)), "right", rules).size == (10, 30)
     assert normalise_orientation(Image.new("RGB", (30, 10)), "front", rules).size == (30, 10)
+
+
+def _package(folder: Path, deployments: str, media: str, observations: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "datapackage.json").write_text(json.dumps({
+        "profile": "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json",
+        "resources": [{"name": n, "path": f"{n}.csv"} for n in ("deployments", "media", "observations")]}))
+    (folder / "deployments.csv").write_text(deployments)
+    (folder / "media.csv").write_text(media)
+    (folder / "observations.csv").write_text(observations)
+    return folder
+
+
+def test_camtrap_dp_packages_are_read_row_by_row(tmp_path: Path) -> None:
+    (tmp_path / "pkg").mkdir()
+    for name in ("m1.jpg", "m2.jpg", "m3.jpg", "m4.jpg", "m5.jpg"):
+        _photo(tmp_path / "pkg" / name)
+    package = _package(
+        tmp_path / "pkg",
+        "deploymentID,locationName,latitude,longitude,deploymentStart,deploymentEnd,cameraModel\n"
+        "d1,north pan,-23.9,31.4,2024-06-01T00:00:00Z,2024-06-30T00:00:00Z,Browning\n"
+        "d2,south pan,95,31.5,2024-06-01T00:00:00Z,2024-06-30T00:00:00Z,\n"  # latitude out of range
+        "d3,ridge,-24.0,31.6,2024-07-01T00:00:00Z,2024-06-01T00:00:00Z,\n",  # ends before it starts
+        "mediaID,deploymentID,timestamp,filePath,fileMediatype\n"
+        "a,d1,2024-06-02T06:00:00Z,m1.jpg,image/jpeg\n"
+        "b,d1,2024-06-03T06:00:00Z,m2.jpg,image/jpeg\n"  # two individuals in one photo
+        "c,d9,2024-06-03T06:00:00Z,m3.jpg,image/jpeg\n"  # unknown deployment
+        "d,d1,2024-06-04T06:00:00+02:00,https://example.org/m4.jpg,image/jpeg\n"  # a URL
+        "e,d1,2024-06-05T06:00:30Z,m5.jpg,image/jpeg\n"  # event-level observation covers it
+        "f,d1,2024-06-05T06:00:40Z,clip.mp4,video/mp4\n",
+        "observationID,deploymentID,mediaID,eventStart,eventEnd,observationType,scientificName,individualID,sex,"
+        "lifeStage,bboxX\n"
+        "o1,d1,a,,,animal,Tragelaphus angasii,NYA-7,female,adult,0.1\n"
+        "o2,d1,b,,,animal,Tragelaphus angasii,NYA-7,,,\n"
+        "o3,d1,b,,,animal,Tragelaphus angasii,NYA-8,,,\n"
+        "o4,d1,c,,,animal,Tragelaphus angasii,,,,\n"
+        "o5,d1,,2024-06-05T06:00:00Z,2024-06-05T06:01:00Z,animal,Tragelaphus angasii,NYA-9,,,\n"
+        "o6,d1,a,,,blank,,,,,\n")
+    manifest = read_source(package)
+    assert manifest.format == "camtrap-dp"
+    by_line = {r.line: r for r in manifest.rows}
+    assert sorted(by_line) == [2, 6]
+    first = by_line[2]
+    assert (first.identity, first.species, first.deployment, first.location, first.sex, first.life_stage) == (
+        "NYA-7", "Tragelaphus angasii", "d1", "north pan", "female", "adult")
+    assert first.latitude == -23.9 and first.captured_at.isoformat() == "2024-06-02T06:00:00"
+    assert by_line[6].identity == "NYA-9"  # from the event-level observation
+    problems = [str(p) for p in manifest.problems]
+    assert any("deployments.csv:3: latitude 95.0 is outside" in p for p in problems)
+    assert any("deployments.csv:4: deploymentEnd" in p for p in problems)
+    assert any("media.csv:3: observations name several individuals (NYA-7, NYA-8)" in p for p in problems)
+    assert any("media.csv:4: deploymentID 'd9' is not in deployments.csv" in p for p in problems)
+    assert any("media.csv:5: filePath https://example.org/m4.jpg is a URL" in p for p in problems)
+    assert any("bounding boxes" in w for w in manifest.warnings) and any("1 videos" in w for w in manifest.warnings)
+    assert [d.code for d in manifest.deployments] == ["d1"]
+    (package / "media.csv").unlink()
+    with pytest.raises(ManifestError, match=r"media\.csv is missing"):
+        read_source(package)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registry.decide.scoring import CandidateScore, IndividualScore
+from registry.decide.scoring import CandidateScore, IndividualScore, rank_individuals
 from registry.decide.verifier import PairVerifier, candidate_features, training_rows
 from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures, PairMatches, lnbnn_votes, verified_inliers
 from registry.settings import LEGACY_LOCAL, LocalMatcherSettings
@@ -64,6 +64,28 @@ def test_registries_made_before_the_two_stage_matcher_keep_their_settings() -> N
     assert {k: getattr(old, k) for k in LEGACY_LOCAL} == LEGACY_LOCAL
     new = LocalMatcherSettings()
     assert new.max_keypoints == 1024 and new.upscale and new.verify and new.first_pass_keypoints == 256
+
+
+def test_per_species_matching_overrides_are_checked_and_scoped() -> None:
+    local = LocalMatcherSettings(max_keypoints=512, species={"cow": {"lnbnn_individuals": 20, "max_keypoints": 256}})
+    assert local.for_species("cow").lnbnn_individuals == 20 and local.for_species("cow").max_keypoints == 256
+    assert local.for_species("nyala") == local and local.for_species("cow").long_side == local.long_side
+    assert LocalMatcherSettings.from_json(local.to_json()) == local  # stored in the policy, read back the same
+    for bad, message in (({"max_keypoints": 1024}, "exceeds"), ({"long_side": 256}, "cannot be set per species"),
+                         ({"lnbnn_photos": -1}, "whole number"), ({"lnbnn_photos": True}, "whole number")):
+        with pytest.raises(ValueError, match=message):
+            LocalMatcherSettings(max_keypoints=512, species={"cow": bad})
+
+
+def test_an_individual_can_score_by_the_agreement_of_its_best_photos() -> None:
+    photos = [CandidateScore(1, 7, {}, {}, 0.6), CandidateScore(2, 7, {}, {}, 0.5),
+              CandidateScore(3, 8, {}, {}, 0.7), CandidateScore(4, 7, {}, {}, 0.1)]
+    best = rank_individuals(photos, {})
+    assert [(r.individual_id, r.score) for r in best] == [(8, 0.7), (7, 0.6)]
+    combined = rank_individuals(photos, {}, combine_photos=2)  # 1 - 0.4 * 0.5: two photos that agree
+    assert [r.individual_id for r in combined] == [7, 8]
+    assert combined[0].score == pytest.approx(0.8) and combined[0].best_image_id == 1
+    assert rank_individuals(photos, {}, combine_photos=3)[0].score == pytest.approx(1 - 0.4 * 0.5 * 0.9)
 
 
 def _ranked(scores: list[list[float]]) -> list[IndividualScore]:

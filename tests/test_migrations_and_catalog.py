@@ -12,8 +12,8 @@ from registry.store import migrate
 from registry.store.catalog import Catalog, DuplicateImageError, UnknownIndividualError, species_prefix
 from registry.store.tables import Base, Individual, Sighting
 
-TABLES = {"surveys", "individuals", "images", "sightings", "decisions", "embedders", "calibrations", "species",
-          "decision_policies", "changes", "api_tokens", "jobs"}
+TABLES = {"surveys", "locations", "deployments", "individuals", "images", "sightings", "decisions", "embedders",
+          "calibrations", "species", "decision_policies", "changes", "api_tokens", "jobs"}
 
 
 def _image_fields(sha: str, **extra: object) -> dict:

@@ -4,15 +4,13 @@ training steps (sub-center ArcFace, pytorch-metric-learning), real Qdrant collec
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from registry.ingest.ingestion import Ingestor
@@ -21,18 +19,8 @@ from registry.services.registry import Registry
 from registry.services.training import flank_specific
 from registry.settings import Settings
 
-CLI = [sys.executable, "-m", "registry.interfaces.cli.main"]
 RECIPE = ["--epochs", "2", "--input-size", "64", "--batch-size", "8"]
 pytestmark = pytest.mark.filterwarnings("ignore:.*RANDOM.*:UserWarning")
-
-
-def _cli(data: Path, *args: str, env: dict[str, str] | None = None, expect: int | None = 0,
-         ) -> subprocess.CompletedProcess:
-    result = subprocess.run([*CLI, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **(env or {})})
-    if expect is not None:
-        assert result.returncode == expect, result.stderr[-3000:]
-    return result
 
 
 def _registry_with_references(home: Path, population: Path) -> None:
@@ -56,7 +44,7 @@ def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_colle
     home = tmp_path / "reg"
     _registry_with_references(home, population)
     before = _state(home)
-    trained = json.loads(_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
+    trained = json.loads(run_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
     checkpoint = Path(trained["checkpoint"])
     assert all(checkpoint.with_suffix(ext).is_file() for ext in (".safetensors", ".json", ".png"))
     assert trained["parent"]["weights_sha256"] == before["primary_sha"]
@@ -68,7 +56,7 @@ def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_colle
     row = next(m for m in after_train["models"] if m["version"] == trained["version"])
     assert row["trained"] and not row["in_force"] and row["parent"] is not None
 
-    result = json.loads(_cli(home, "--json", "reembed").stdout)
+    result = json.loads(run_cli(home, "--json", "reembed").stdout)
     assert result["images"] == 12 and result["reembedded"] == 12
     switched = _state(home)
     policy = switched["policy"]
@@ -80,17 +68,17 @@ def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_colle
 
     season2 = population / "season2" / "manifest.csv"
     photo = population / "season2" / next(iter(_manifest_images(season2)))
-    answer = json.loads(_cli(home, "--json", "identify", str(photo), "--record", "--survey", "s2").stdout)
+    answer = json.loads(run_cli(home, "--json", "identify", str(photo), "--record", "--survey", "s2").stdout)
     assert answer[0]["policy_version"] == policy.version
     final = _state(home)
     assert final["counts"][new_collection] == 13  # the new photo went into the collection in force
     assert final["counts"][before["collections"][trained["name"]]] == 12  # the old one stays until pruned
 
-    pruned = json.loads(_cli(home, "--json", "vectors", "prune").stdout)
+    pruned = json.loads(run_cli(home, "--json", "vectors", "prune").stdout)
     assert [p["collection"] for p in pruned] == [before["collections"][trained["name"]]]
     left = _state(home)
     assert before["collections"][trained["name"]] not in left["counts"] and left["counts"][new_collection] == 13
-    assert json.loads(_cli(home, "--json", "doctor").stdout)["consistent"]
+    assert json.loads(run_cli(home, "--json", "doctor").stdout)["consistent"]
 
 
 def _manifest_images(manifest: Path) -> list[str]:
@@ -103,31 +91,32 @@ def _manifest_images(manifest: Path) -> list[str]:
 def test_a_killed_reembed_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path: Path, population: Path) -> None:
     home = tmp_path / "reg"
     _registry_with_references(home, population)
-    _cli(home, "train", *RECIPE)
+    run_cli(home, "train", *RECIPE)
     before = _state(home)
-    killed = _cli(home, "reembed", env={"REGISTRY_CRASH_AT": "reembed-batch:2"}, expect=None)
+    killed = run_cli(home, "reembed", env={"REGISTRY_CRASH_AT": "reembed-batch:2"}, expect=None)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     stopped = _state(home)
     assert stopped["policy"].version == before["policy"].version  # no switch: the old version still decides
     assert stopped["collections"] == before["collections"]
-    doctor = json.loads(_cli(home, "--json", "doctor").stdout)
+    doctor = json.loads(run_cli(home, "--json", "doctor").stdout)
     assert doctor["consistent"]
     assert [(r["vectors"], r["images"]) for r in doctor["unfinished_reembeds"]] == [(8, 12)]
-    text = _cli(home, "doctor").stdout
+    text = run_cli(home, "doctor").stdout
     assert "unfinished reembed" in text and "registry reembed --model" in text
 
-    resumed = json.loads(_cli(home, "--json", "reembed").stdout)
+    resumed = json.loads(run_cli(home, "--json", "reembed").stdout)
     assert resumed["reembedded"] == 4 and resumed["images"] == 12  # only what the killed run had not written
     done = _state(home)
     assert done["policy"].embedder_weights and done["counts"][resumed["collection"]] == 12
-    assert json.loads(_cli(home, "--json", "doctor").stdout)["unfinished_reembeds"] == []
+    assert json.loads(run_cli(home, "--json", "doctor").stdout)["unfinished_reembeds"] == []
 
 
 def test_a_trained_model_is_exported_and_installed_into_another_registry(tmp_path: Path, population: Path) -> None:
     home, other = tmp_path / "site-a", tmp_path / "site-b"
     _registry_with_references(home, population)
-    trained = json.loads(_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
-    archive = Path(json.loads(_cli(home, "--json", "models", "export", str(tmp_path / "model.zip")).stdout)["exported"])
+    trained = json.loads(run_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
+    exported = run_cli(home, "--json", "models", "export", str(tmp_path / "model.zip")).stdout
+    archive = Path(json.loads(exported)["exported"])
     assert archive.is_file()
 
     damaged = tmp_path / "damaged.zip"
@@ -136,15 +125,15 @@ def test_a_trained_model_is_exported_and_installed_into_another_registry(tmp_pat
             data = source.read(name)
             out.writestr(name, data[:-100] + bytes(100) if name.endswith(".safetensors") else data)
     _registry_with_references(other, population)
-    refused = _cli(other, "models", "install", str(damaged), expect=1)
+    refused = run_cli(other, "models", "install", str(damaged), expect=1)
     assert "sha256" in refused.stderr
     not_a_model = tmp_path / "notes.zip"
     not_a_model.write_text("not a zip")
-    assert "not a model archive" in _cli(other, "models", "install", str(not_a_model), expect=1).stderr
+    assert "not a model archive" in run_cli(other, "models", "install", str(not_a_model), expect=1).stderr
 
-    installed = json.loads(_cli(other, "--json", "models", "install", str(archive)).stdout)
+    installed = json.loads(run_cli(other, "--json", "models", "install", str(archive)).stdout)
     assert installed["version"] == trained["version"]
-    _cli(other, "reembed")
+    run_cli(other, "reembed")
     state = _state(other)
     assert state["primary_sha"] == trained["weights_sha256"] and state["policy"].embedder_weights
 

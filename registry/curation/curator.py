@@ -1,6 +1,6 @@
 """Curation by people: confirm, reassign or reject an automatic decision; merge two individuals; split one;
-undo any of these. Nothing is deleted, and every change is written to the `changes` audit table with the
-rows before and after, so `undo` restores exactly what was there.
+edit an individual's attributes; undo any of these. Nothing is deleted, and every change is written to the
+`changes` audit table with the rows before and after, so `undo` restores exactly what was there.
 
 Write order: one SQL transaction (rows + audit entry), then the vector payloads of the affected images. SQL is
 the truth: a crash between the two leaves payloads that `registry doctor --repair` rewrites from SQL.
@@ -18,7 +18,9 @@ from sqlalchemy.orm import Session
 
 from registry.store.catalog import Catalog, CatalogError
 from registry.store.stores import Stores
-from registry.store.tables import Change, Decision, Image, Individual, Sighting
+from registry.store.tables import LIFE_STAGES, SEXES, Change, Decision, Image, Individual, Sighting
+
+ATTRIBUTES = ("sex", "life_stage", "nickname", "alternate_ids", "notes")
 
 
 class CurationError(CatalogError):
@@ -43,6 +45,10 @@ def _restore_individual(i: Individual, state: dict[str, Any]) -> None:
     i.merged_into_id = state["merged_into_id"]
     retired = state.get("retired_at")
     i.retired_at = datetime.fromisoformat(retired) if retired else None
+
+
+def _attribute_state(i: Individual) -> dict[str, Any]:
+    return {"id": i.id, **{name: getattr(i, name) for name in ATTRIBUTES}}
 
 
 def _decision_sighting(session: Session, decision_id: int) -> tuple[Decision, Sighting]:
@@ -223,6 +229,42 @@ class Curator:
             raise CurationError(f"no image {key!r} in the registry")
         return image.id
 
+    # --- attributes ---------------------------------------------------------------------------------------
+    def edit(self, individual: str, reason: str | None = None, **attributes: Any) -> dict[str, Any]:
+        """Set an individual's attributes (sex, life stage, nickname, alternate ids, notes); an empty text clears
+        one. Audited and undoable like every curation; the vectors are not touched."""
+        unknown = set(attributes) - set(ATTRIBUTES)
+        if unknown:
+            raise CurationError(f"unknown attribute(s) {', '.join(sorted(unknown))}; known: {', '.join(ATTRIBUTES)}")
+        values = {k: v for k, v in attributes.items() if v is not None}
+        if not values:
+            raise CurationError(f"nothing to edit: give at least one of {', '.join(ATTRIBUTES)}")
+        if values.get("sex") is not None and values["sex"] not in SEXES:
+            raise CurationError(f"sex {values['sex']!r} is not one of {', '.join(SEXES)}")
+        if values.get("life_stage") is not None and values["life_stage"] not in LIFE_STAGES:
+            raise CurationError(f"life stage {values['life_stage']!r} is not one of {', '.join(LIFE_STAGES)}")
+        if "alternate_ids" in values:
+            ids = values["alternate_ids"]
+            if not isinstance(ids, list) or not all(isinstance(i, str) and i.strip() for i in ids):
+                raise CurationError("alternate ids must be a list of non-empty texts")
+            values["alternate_ids"] = sorted({i.strip() for i in ids}) or None
+        for name in ("nickname", "notes"):
+            if name in values:
+                values[name] = str(values[name]).strip() or None
+        with self.catalog.transaction() as session:
+            target = self.catalog.resolve(session, individual)
+            before = _attribute_state(target)
+            for name, value in values.items():
+                setattr(target, name, value)
+            after = _attribute_state(target)
+            if after == before:
+                raise CurationError(f"{target.code} already has these attributes")
+            changed = ", ".join(f"{k} {after[k]!r}" for k in ATTRIBUTES if after[k] != before[k])
+            change = self._record(session, "edit", f"edited {target.code}: {changed}", reason,
+                                  {"attributes": [before]}, {"attributes": [after]})
+        return {**self._result(change, []), "individual": target.code,
+                "attributes": {k: after[k] for k in ATTRIBUTES}}
+
     # --- undo ---------------------------------------------------------------------------------------------
     def undo(self, change_id: int, reason: str | None = None) -> dict[str, Any]:
         """Restore the rows a change touched, if nothing changed them since."""
@@ -242,6 +284,18 @@ class Curator:
                                         "undo the later change first")
             undo_before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
                                            "individuals": []}
+            attributes_after = []
+            for after in change.after.get("attributes", []):
+                edited = session.get(Individual, after["id"])
+                if _attribute_state(edited) != after:  # type: ignore[arg-type]
+                    raise CurationError(f"{edited.code} was edited again after change {change_id}; "  # type: ignore[union-attr]
+                                        "undo the later change first")
+            for state in change.before.get("attributes", []):
+                edited = session.get(Individual, state["id"])
+                undo_before.setdefault("attributes", []).append(_attribute_state(edited))  # type: ignore[arg-type]
+                for name in ATTRIBUTES:
+                    setattr(edited, name, state[name])
+                attributes_after.append(_attribute_state(edited))  # type: ignore[arg-type]
             for state in change.before.get("sightings", []):
                 sighting = current_sightings[state["id"]]
                 sighting.individual_id, sighting.method, sighting.status = (
@@ -265,6 +319,8 @@ class Curator:
             after = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
                      "individuals": [_individual_state(session.get(Individual, i["id"]))  # type: ignore[arg-type]
                                      for i in undo_before["individuals"]]}
+            if attributes_after:
+                after["attributes"] = attributes_after
             record = self._record(session, "undo", f"undid change {change_id} ({change.summary})", reason,
                                   undo_before, after, undoes=change)
             image_ids = sorted({s.image_id for s in current_sightings.values()} | set(followers))

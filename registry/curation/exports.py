@@ -5,19 +5,22 @@ individual's sightings count for the individual it was merged into) and leave re
 from __future__ import annotations
 
 import csv
+import itertools
 from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
 from registry.store.catalog import Catalog, CatalogError, follow_merges
-from registry.store.tables import Decision, Image, Individual, Sighting, Survey
+from registry.store.tables import Decision, Deployment, Image, Individual, Location, Sighting, Survey
 
 OCCASIONS = ("survey", "year", "month")
-SIGHTING_COLUMNS = ["individual", "species", "name", "captured_at", "survey", "latitude", "longitude", "image",
-                    "sha256", "viewpoint", "method", "decision_id", "decision_outcome", "score", "threshold",
-                    "scorer"]
+SIGHTING_COLUMNS = ["individual", "species", "name", "sex", "life_stage", "captured_at", "survey", "location",
+                    "deployment", "latitude", "longitude", "image", "sha256", "viewpoint", "method", "decision_id",
+                    "decision_outcome", "score", "threshold", "scorer", "sighting_id"]
 
 
 def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str, Any]]:
@@ -29,24 +32,29 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
         def resolved(individual_id: int) -> Individual:
             return individuals[follow_merges(individual_id, merged.get)]
 
-        query = (select(Sighting, Image, Survey.name, Decision)
+        query = (select(Sighting, Image, Survey.name, Decision, Location.name, Deployment.code)
                  .join(Image, Image.id == Sighting.image_id)
                  .outerjoin(Survey, Survey.id == Image.survey_id)
                  .outerjoin(Decision, Decision.id == Sighting.decision_id)
+                 .outerjoin(Location, Location.id == Image.location_id)
+                 .outerjoin(Deployment, Deployment.id == Image.deployment_id)
                  .where(Sighting.status == "active")
                  .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id))
         if species:
             query = query.where(Image.species == species)
-        for sighting, image, survey, decision in session.execute(query):
+        for sighting, image, survey, decision, location, deployment in session.execute(query):
             individual = resolved(sighting.individual_id)
             yield {
                 "individual": individual.code, "species": individual.species, "name": individual.name or "",
+                "sex": individual.sex, "life_stage": individual.life_stage,
                 "captured_at": image.captured_at.isoformat() if image.captured_at else "", "survey": survey or "",
+                "location": location or "", "deployment": deployment or "",
                 "latitude": image.latitude, "longitude": image.longitude, "image": str(catalog.paths.local(image.path)),
                 "sha256": image.sha256, "viewpoint": image.viewpoint or "", "method": sighting.method,
                 "decision_id": sighting.decision_id or "", "decision_outcome": decision.outcome if decision else "",
                 "score": decision.score if decision else "", "threshold": decision.threshold if decision else "",
                 "scorer": (decision.model_versions or {}).get("scorer", "") if decision else "",
+                "sighting_id": sighting.id,
             }
 
 
@@ -83,10 +91,51 @@ def _occasions(catalog: Catalog, occasion: str) -> tuple[list[str], dict[str, st
         return periods, {}
 
 
+@dataclass(frozen=True)
+class OccasionRange:
+    """An explicit sampling occasion: photos taken from `start` up to and including `end` (dates or times)."""
+
+    label: str
+    start: datetime
+    end: datetime
+
+
+def read_occasions(path: Path) -> list[OccasionRange]:
+    """`start,end[,label]` rows (ISO dates or date-times; a date's end covers that whole day), in time order and
+    not overlapping; each problem names the file and line."""
+    ranges = []
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or not {"start", "end"} <= set(reader.fieldnames):
+            raise CatalogError(f"{path}: needs columns start,end (and optionally label)")
+        for line, row in enumerate(reader, start=2):
+            try:
+                start = datetime.fromisoformat(row["start"].strip())
+                end_text = row["end"].strip()
+                end = datetime.fromisoformat(end_text)
+                if len(end_text) == 10:  # a date: the whole day
+                    end = end.replace(hour=23, minute=59, second=59, microsecond=999999)
+            except (ValueError, AttributeError) as exc:
+                raise CatalogError(f"{path}:{line}: start/end must be ISO dates ({exc})") from exc
+            if end < start:
+                raise CatalogError(f"{path}:{line}: end {row['end']} is before start {row['start']}")
+            if ranges and start <= ranges[-1].end:
+                raise CatalogError(f"{path}:{line}: occasions must be in time order and not overlap")
+            ranges.append(OccasionRange((row.get("label") or "").strip() or start.date().isoformat(), start, end))
+    if not ranges:
+        raise CatalogError(f"{path}: no occasions")
+    return ranges
+
+
 def capture_history(catalog: Catalog, occasion: str = "survey", species: str | None = None,
-                    ) -> tuple[list[str], dict[str, list[int]], int]:
+                    occasion_days: float | None = None, ranges: list[OccasionRange] | None = None,
+                    robust: bool = False) -> tuple[list[str], dict[str, list[int]], int]:
     """(occasions in order, individual code -> 0/1 per occasion, sightings without an occasion), for one
-    species: a capture history mixing species is meaningless, so a registry of several needs `species`."""
+    species: a capture history mixing species is meaningless, so a registry of several needs `species`.
+
+    Occasions: every survey, year or month (`occasion`), consecutive periods of `occasion_days` from the first
+    photo's day, or explicit `ranges`. `robust`: Pollock's robust design, primary occasions = surveys, secondary
+    = the days with photos within each (labels `survey/day`)."""
     if occasion not in OCCASIONS:
         raise ValueError(f"occasion must be one of {', '.join(OCCASIONS)}")
     if species is None:
@@ -95,14 +144,13 @@ def capture_history(catalog: Catalog, occasion: str = "survey", species: str | N
             raise CatalogError(f"this registry holds {len(known)} species ({', '.join(known)}): give --species "
                                "(one capture history per species)")
         species = known[0] if known else None
-    occasions, _ = _occasions(catalog, occasion)
+    rows = list(sightings(catalog, species))
+    key_of = _occasion_keys(catalog, occasion, occasion_days, ranges, robust)
+    occasions = key_of.occasions
     seen: dict[str, set[str]] = {}
     undated = 0
-    for row in sightings(catalog, species):
-        if occasion == "survey":
-            key = row["survey"] or None
-        else:
-            key = _period(row["captured_at"], occasion) if row["captured_at"] else None
+    for row in rows:
+        key = key_of(row)
         if key is None:
             undated += 1
             continue
@@ -111,20 +159,123 @@ def capture_history(catalog: Catalog, occasion: str = "survey", species: str | N
     return occasions, matrix, undated
 
 
+class _OccasionKeys:
+    """Which occasion a sighting belongs to, and the occasions in order (from the sampling, not the detections:
+    a survey or period in which nobody was identified is still an occasion, its zeros are data)."""
+
+    def __init__(self, occasions: list[str], key: Any, primaries: list[str] | None = None) -> None:
+        self.occasions = occasions
+        self.primaries = primaries  # robust design: each occasion's primary occasion (survey)
+        self._key = key
+
+    def __call__(self, row: dict[str, Any]) -> str | None:
+        return self._key(row)
+
+
+def _occasion_keys(catalog: Catalog, occasion: str, occasion_days: float | None,
+                   ranges: list[OccasionRange] | None, robust: bool) -> _OccasionKeys:
+    def when(row: dict[str, Any]) -> datetime | None:
+        return datetime.fromisoformat(row["captured_at"]) if row["captured_at"] else None
+
+    if ranges:
+        def in_range(row: dict[str, Any]) -> str | None:
+            moment = when(row)
+            return next((r.label for r in ranges if moment and r.start <= moment <= r.end), None)
+        return _OccasionKeys([r.label for r in ranges], in_range)
+    with catalog.transaction() as session:
+        times = sorted(t for t in session.scalars(select(Image.captured_at).where(Image.captured_at.is_not(None))))
+        surveys, _ = _occasions(catalog, "survey")
+        days_by_survey: dict[str, set[str]] = {}
+        for name, moment in session.execute(select(Survey.name, Image.captured_at)
+                                            .join(Image, Image.survey_id == Survey.id)
+                                            .where(Image.captured_at.is_not(None))):
+            days_by_survey.setdefault(name, set()).add(moment.date().isoformat())
+    if robust:
+        pairs = [(survey, day) for survey in surveys for day in sorted(days_by_survey.get(survey, ()))]
+
+        def secondary(row: dict[str, Any]) -> str | None:
+            moment = when(row)
+            return f"{row['survey']}/{moment.date().isoformat()}" if moment and row["survey"] else None
+        return _OccasionKeys([f"{survey}/{day}" for survey, day in pairs], secondary, [p[0] for p in pairs])
+    if occasion_days:
+        if occasion_days <= 0:
+            raise CatalogError("occasion length must be positive")
+        if not times:
+            return _OccasionKeys([], lambda row: None)
+        first = times[0].replace(hour=0, minute=0, second=0, microsecond=0)
+        length = timedelta(days=occasion_days)
+        count = int((times[-1] - first) / length) + 1
+        labels = [(first + k * length).date().isoformat() for k in range(count)]
+
+        def period(row: dict[str, Any]) -> str | None:
+            moment = when(row)
+            return labels[int((moment - first) / length)] if moment else None
+        return _OccasionKeys(labels, period)
+    occasions, _ = _occasions(catalog, occasion)
+    if occasion == "survey":
+        return _OccasionKeys(occasions, lambda row: row["survey"] or None)
+    return _OccasionKeys(occasions, lambda row: _period(row["captured_at"], occasion) if row["captured_at"] else None)
+
+
+MARK_COVARIATES = ("female", "male", "adult", "subadult", "juvenile")  # 0/1 indicators; all 0 = unknown
+
+
 def write_capture_history(catalog: Catalog, out: Path, occasion: str = "survey", species: str | None = None,
-                          fmt: str = "csv") -> dict[str, Any]:
-    occasions, matrix, undated = capture_history(catalog, occasion, species)
+                          fmt: str = "csv", occasion_days: float | None = None,
+                          ranges: list[OccasionRange] | None = None, robust: bool = False) -> dict[str, Any]:
+    """The capture histories as a CSV RMark/marked read as they are (`individual, ch, freq, sex, life_stage`,
+    then one 0/1 column per occasion; `ch` is text) or Program MARK's `.inp` (`/* code */ ch freq covariates;`
+    with sex and life-stage indicator covariates)."""
+    occasions, matrix, undated = capture_history(catalog, occasion, species, occasion_days, ranges, robust)
+    primaries = _occasion_keys(catalog, occasion, occasion_days, ranges, robust).primaries
+    attributes = {i["code"]: i for i in catalog.individuals(species)}
+    label = ("robust design (survey/day)" if robust else "explicit ranges" if ranges
+             else f"{occasion_days:g}-day periods" if occasion_days else occasion)
     with open(out, "w", newline="") as f:
         if fmt == "mark":
-            f.write(f"/* capture histories by {occasion}: {' '.join(occasions)} */\n")
+            f.write(f"/* capture histories by {label}: {' '.join(occasions)} */\n")
+            f.write(f"/* ch freq {' '.join(MARK_COVARIATES)} (individual covariates, 0/1) */\n")
             for code, row in matrix.items():
-                f.write(f"/* {code} */ {''.join(map(str, row))} 1;\n")
+                about = attributes.get(code, {})
+                values = [int(about.get("sex") == c or about.get("life_stage") == c) for c in MARK_COVARIATES]
+                f.write(f"/* {code} */ {''.join(map(str, row))} 1 {' '.join(map(str, values))};\n")
         elif fmt == "csv":
             writer = csv.writer(f)
-            writer.writerow(["individual", *occasions])
+            writer.writerow(["individual", "ch", "freq", "sex", "life_stage", *occasions])
             for code, row in matrix.items():
-                writer.writerow([code, *row])
+                about = attributes.get(code, {})
+                writer.writerow([code, "".join(map(str, row)), 1, about.get("sex", "unknown"),
+                                 about.get("life_stage", "unknown"), *row])
         else:
             raise ValueError(f"unknown format {fmt!r} (csv or mark)")
-    return {"out": str(out), "occasions": occasions, "individuals": len(matrix), "undated_sightings": undated,
-            "format": fmt, "species": species or (catalog.species() or [None])[0]}
+    result: dict[str, Any] = {"out": str(out), "occasions": occasions, "individuals": len(matrix),
+                              "undated_sightings": undated, "format": fmt,
+                              "species": species or (catalog.species() or [None])[0]}
+    if primaries is not None:  # RMark's process.data(time.intervals = ...): 0 within a primary, 1 between
+        result["time_intervals"] = [int(a != b) for a, b in itertools.pairwise(primaries)]
+    return result
+
+
+def write_photos(catalog: Catalog, out_dir: Path, species: str | None = None) -> dict[str, Any]:
+    """A folder per individual (its code) with a copy of each photo of its active sightings, named by capture
+    time and content hash so they sort in time order: what people ask for to check or share an animal's file.
+    Photos that cannot be read from their stored path are reported, not fatal."""
+    import shutil
+
+    out_dir = Path(out_dir)
+    copied, missing = 0, []
+    folders: set[str] = set()
+    for row in sightings(catalog, species):
+        source = Path(row["image"])
+        folder = out_dir / row["individual"]
+        stamp = row["captured_at"].replace(":", "").replace("-", "")[:15] if row["captured_at"] else "undated"
+        target = folder / f"{stamp}_{row['sha256'][:10]}{source.suffix.lower()}"
+        if not source.is_file():
+            missing.append(str(source))
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        folders.add(row["individual"])
+        if not target.exists():
+            shutil.copy2(source, target)
+        copied += 1
+    return {"out": str(out_dir), "individuals": len(folders), "photos": copied, "missing": missing}

@@ -29,7 +29,7 @@ class CandidateScore:
 
 @dataclass
 class IndividualScore:
-    """A candidate individual: its best image decides its score."""
+    """A candidate individual: its best image (or its best images combined) decides its score."""
 
     individual_id: int
     code: str
@@ -60,6 +60,7 @@ class Outcome:
 
 class Scorer(Protocol):
     name: str
+    probabilities: bool  # whether scores are calibrated probabilities (then photos may be combined)
 
     def score(self, candidate: CandidateScore, species: str) -> None:
         """Fill `candidate.calibrated` and `candidate.score` from `candidate.raw`."""
@@ -78,6 +79,7 @@ class LocalMatchScorer:
     """Uncalibrated fallback: the candidate's score is its number of confident LightGlue correspondences."""
 
     name = "raw-local-matches"
+    probabilities = False
 
     def __init__(self, matcher: str, threshold: float) -> None:
         self.matcher = matcher
@@ -108,6 +110,8 @@ class CalibratedFusionScorer:
     `calibrations` maps a species (or "*", every other species) to the calibrators fitted for it, so one species
     can be recalibrated without touching the others'.
     """
+
+    probabilities = True
 
     def __init__(self, calibrations: dict[str, Calibrations] | Calibrations, primary: str, local: str,
                  complementary: str | None, alpha: float, thresholds: dict[str, float] | None = None,
@@ -154,16 +158,25 @@ class CalibratedFusionScorer:
         return self.calibrations_for(species).verifier.verify(ranked)
 
 
-def rank_individuals(candidates: Iterable[CandidateScore], codes: dict[int, str]) -> list[IndividualScore]:
-    """Group scored candidate images by individual; an individual scores as its best image."""
+def rank_individuals(candidates: Iterable[CandidateScore], codes: dict[int, str],
+                     combine_photos: int = 1) -> list[IndividualScore]:
+    """Group scored candidate images by individual. An individual scores as its best image or, with
+    `combine_photos` > 1, as the noisy-OR of its best `combine_photos` images' scores (1 - prod(1 - p)): a second
+    photo of the same animal that also matches is evidence the best one alone does not carry."""
     groups: dict[int, list[CandidateScore]] = {}
     for candidate in candidates:
         groups.setdefault(candidate.individual_id, []).append(candidate)
     ranked = []
     for individual_id, images in groups.items():
         images.sort(key=lambda c: c.score, reverse=True)
+        score = images[0].score
+        if combine_photos > 1 and len(images) > 1:
+            missed = 1.0
+            for image in images[:combine_photos]:
+                missed *= 1.0 - min(max(image.score, 0.0), 1.0)
+            score = 1.0 - missed
         ranked.append(IndividualScore(individual_id, codes.get(individual_id, str(individual_id)),
-                                      images[0].score, images[0].image_id, images))
+                                      score, images[0].image_id, images))
     ranked.sort(key=lambda s: (-s.score, s.individual_id))
     return ranked
 

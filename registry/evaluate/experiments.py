@@ -257,7 +257,8 @@ def configurations(registry: Registry, results: list[QueryResult], names: dict[i
         verified = []
         for result in results:
             verifier = verifiers.get(result.row.species) or verifiers.get("*")
-            ranked = verifier.verify(rank_individuals(result.candidates, {}))  # type: ignore[union-attr]
+            combine = registry.identification.combine_photos(scorer, result.row.species)
+            ranked = verifier.verify(rank_individuals(result.candidates, {}, combine))  # type: ignore[union-attr]
             verified.append(QueryResult(result.row, result.known, result.candidates, result.seconds,
                                         [(r.individual_id, r.score) for r in ranked]))
         out["pair verifier (its self-tuned tau)"] = _with_interval(predictions(
@@ -308,7 +309,8 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         features = registry.identification.candidate_features(chosen)
         chosen = [i for i in chosen if i in features]
         others = registry.identification.global_similarities(described.vectors, chosen, skip=primary)
-        local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen])
+        local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen],
+                                           budget=registry.settings.local.for_species(row.species).max_keypoints)
         candidates = []
         for position, image_id in enumerate(chosen):
             raw = {primary: float(similarity[order[position]]), **{n: s[image_id] for n, s in others.items()},

@@ -156,11 +156,18 @@ def generate(
     return_rate: float = 0.7,
     new_per_season: float = 0.3,
     progress: Callable[[int], None] | None = None,
+    camera_traps: bool = False,
 ) -> list[SynthRecord]:
     """Write seasons `season1/ … seasonK/` with images and a `manifest.csv` each; return every record.
 
     Season 1 has `individuals` animals. Each later season sees a `return_rate` share of all animals known so
     far again, plus `new_per_season × individuals` animals never seen before.
+
+    `camera_traps`: the photos come from camera stations (`STATIONS`, one deployment per station and season,
+    operating the whole season): each animal lives near a home station and is photographed in bursts (the
+    photos of one visit seconds apart at one station); the manifests gain `location` and `deployment`, and each
+    season also gets a Camtrap DP package `camtrap-dp/` (deployments, media, media-level animal observations
+    without identities: true identities stay in the manifests).
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -178,6 +185,7 @@ def generate(
         return identity
 
     present = [new_identity() for _ in range(individuals)]
+    home: dict[str, int] = {}
     for season in range(1, seasons + 1):
         if season > 1:
             known = sorted(coats)
@@ -190,19 +198,78 @@ def generate(
         rows = []
         for identity in present:
             n_photos = int(rng.integers(photos_per_sighting[0], photos_per_sighting[1] + 1))
+            if camera_traps:  # one visit to a station near its home: a burst of photos seconds apart
+                if identity not in home:
+                    home[identity] = int(rng.integers(len(STATIONS)))
+                station = (home[identity] + int(rng.choice([0, 0, 0, 1, -1]))) % len(STATIONS)
+                visit = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
             for k in range(n_photos):
-                when = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
+                if camera_traps:
+                    when = visit + timedelta(seconds=3 * k)
+                    lat, lon = STATIONS[station][1:]
+                else:
+                    when = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
                 name = f"images/{identity}_s{season}_{k}.jpg"
                 photograph(textures[identity], rng).save(season_dir / name, quality=90)
-                lat, lon = -24.0 + rng.normal(0, 0.05), 31.5 + rng.normal(0, 0.05)
-                rows.append([name, identity, SPECIES, "left", when.isoformat(timespec="seconds"),
-                             f"{lat:.5f}", f"{lon:.5f}"])
+                if not camera_traps:
+                    lat, lon = -24.0 + rng.normal(0, 0.05), 31.5 + rng.normal(0, 0.05)
+                row = [name, identity, SPECIES, "left", when.isoformat(timespec="seconds"), f"{lat:.5f}", f"{lon:.5f}"]
+                if camera_traps:
+                    row += [STATIONS[station][0], f"{STATIONS[station][0]}-s{season}"]
+                rows.append(row)
                 records.append(SynthRecord(season_dir / name, identity, season, when))
                 if progress:
                     progress(1)
         rows.sort(key=lambda r: r[4])
         with open(season_dir / "manifest.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(MANIFEST_COLUMNS)
+            writer.writerow(MANIFEST_COLUMNS + (["location", "deployment"] if camera_traps else []))
             writer.writerows(rows)
+        if camera_traps:
+            write_camtrap_package(season_dir, season, rows, start, start + timedelta(days=61))
     return records
+
+
+# camera stations of the camera-trap mode: name, latitude, longitude (a 3 x 2 grid ~5 km apart)
+STATIONS = [(f"station-{chr(65 + k)}", round(-24.0 + 0.045 * (k // 2), 5), round(31.5 + 0.05 * (k % 2), 5))
+            for k in range(6)]
+
+
+def write_camtrap_package(season_dir: Path, season: int, rows: list[list[str]], start: datetime,
+                          end: datetime) -> Path:
+    """The season as a Camtrap DP package next to its images (no individualID: that is the registry's job)."""
+    import json
+
+    package = season_dir / "camtrap-dp"
+    package.mkdir(exist_ok=True)
+
+    def stamp(moment: datetime) -> str:
+        return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    with open(package / "deployments.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["deploymentID", "locationID", "locationName", "latitude", "longitude", "deploymentStart",
+                         "deploymentEnd", "cameraModel"])
+        for name, lat, lon in STATIONS:
+            writer.writerow([f"{name}-s{season}", name, name, lat, lon, stamp(start), stamp(end), "synthetic"])
+    with open(package / "media.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["mediaID", "deploymentID", "captureMethod", "timestamp", "filePath", "filePublic",
+                         "fileName", "fileMediatype"])
+        for k, row in enumerate(rows):
+            writer.writerow([f"m{season}-{k}", row[8], "activityDetection", row[4] + "Z", f"../{row[0]}", "false",
+                             Path(row[0]).name, "image/jpeg"])
+    with open(package / "observations.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["observationID", "deploymentID", "mediaID", "eventStart", "eventEnd", "observationLevel",
+                         "observationType", "scientificName", "count", "classificationMethod", "classifiedBy"])
+        for k, row in enumerate(rows):
+            writer.writerow([f"o{season}-{k}", row[8], f"m{season}-{k}", row[4] + "Z", row[4] + "Z", "media",
+                             "animal", SPECIES, 1, "human", "synthetic ground truth (species only)"])
+    (package / "datapackage.json").write_text(json.dumps({
+        "profile": "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json",
+        "name": f"synthetic-season-{season}", "created": stamp(datetime.now()),
+        "resources": [{"name": n, "path": f"{n}.csv", "profile": "tabular-data-resource"}
+                      for n in ("deployments", "media", "observations")],
+    }, indent=2) + "\n")
+    return package

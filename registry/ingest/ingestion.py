@@ -8,16 +8,17 @@ killed at any point is finished by the next one (the recorder resumes pending wr
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from registry.ingest.sources import RowProblem, read_source
+from registry.ingest.sources import ManifestError, RowProblem, read_source
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.pipeline import Described
 from registry.services.identification import Identification
 from registry.services.recording import PhotoRow
 from registry.services.registry import Registry
+from registry.store.catalog import CatalogError
 
 MODES = ("reference", "identify")
 
@@ -74,7 +75,15 @@ class Ingestor:
         report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
                               warnings=list(manifest.warnings))
         report.resumed = registry.recorder.resume_pending()
+        if manifest.deployments:  # places and operating intervals first, so photos (and secr usage) find them
+            try:
+                registry.catalog.register_deployments(manifest.deployments)
+            except CatalogError as exc:
+                raise ManifestError(f"{manifest_path}: {exc}") from exc
         rows = manifest.rows
+        if manifest.format == "camtrap-dp":  # scientific names the registry already knows by its own name
+            known = {r["scientific_name"]: r["name"] for r in registry.catalog.species_rows() if r["scientific_name"]}
+            rows = [replace(row, species=known.get(row.species, row.species)) for row in rows]
         if allowed_root is not None:  # photos named by a remote caller must stay inside the import folder
             root = Path(allowed_root).resolve()
             outside = [r for r in rows if not r.image.resolve().is_relative_to(root)]
@@ -126,7 +135,9 @@ class Ingestor:
                         on_identified(row, identification)
                 report.added += 1
             if references:
-                registry.recorder.record_references(references, survey)
+                # another registry's codes (a Camtrap DP package's individualID) are names here, never our codes
+                registry.recorder.record_references(references, survey,
+                                                    match_codes=manifest.format != "camtrap-dp")
             if progress:
                 progress(len(batch))
         return report

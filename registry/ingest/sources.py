@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from registry.services.recording import PhotoRow
+from registry.store.tables import LIFE_STAGES, SEXES
 
-REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude"}
+REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude",
+                    "location", "deployment", "sex", "life_stage"}
 ANIMALCLEF_COLUMNS = {"image_id", "identity", "path", "species", "orientation", "date", "split"}
 UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
 
@@ -40,6 +43,7 @@ class Manifest:
     rows: list[PhotoRow]
     problems: list[RowProblem]
     warnings: list[str]
+    deployments: list[Any] = field(default_factory=list)  # camtrap_dp.DeploymentInfo, registered before the rows
 
 
 def _text(value: str | None) -> str | None:
@@ -58,6 +62,15 @@ def _float(value: str | None, name: str, low: float, high: float) -> float | Non
     if not math.isfinite(number) or not low <= number <= high:
         raise ValueError(f"{name} {text} is outside [{low}, {high}]")
     return number
+
+
+def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    if text.lower() not in allowed:
+        raise ValueError(f"{name} {text!r} is not one of {', '.join(allowed)}")
+    return text.lower()
 
 
 def _datetime(value: str | None) -> datetime | None:
@@ -106,6 +119,7 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
     rows: list[PhotoRow] = []
     problems: list[RowProblem] = []
     seen: dict[str, int] = {}
+    placements: dict[str, str | None] = {}  # deployment -> its location, as the first row naming it says
     base = path.parent
     for index, raw in enumerate(raw_rows):
         line = index + 2
@@ -131,9 +145,18 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
                 captured_at=_datetime(raw.get(date_col)),
                 latitude=_float(raw.get("latitude"), "latitude", -90, 90),
                 longitude=_float(raw.get("longitude"), "longitude", -180, 180),
+                location=_text(raw.get("location")),
+                deployment=_text(raw.get("deployment")),
+                sex=_choice(raw.get("sex"), "sex", SEXES),
+                life_stage=_choice(raw.get("life_stage"), "life_stage", LIFE_STAGES),
             )
         except ValueError as exc:
             problems.append(RowProblem(str(path), line, str(exc)))
+            continue
+        placed = placements.setdefault(row.deployment, row.location) if row.deployment else None
+        if row.deployment and row.location and placed != row.location:
+            problems.append(RowProblem(str(path), line, f"deployment {row.deployment!r} is at location {placed!r} "
+                                                        f"in an earlier row, not {row.location!r}"))
             continue
         key = str(row.image.resolve())
         if key in seen:
@@ -165,16 +188,18 @@ def write_manifest(rows: list[PhotoRow], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["image", "identity", "species", "viewpoint", "captured_at", "latitude", "longitude"])
+        writer.writerow(["image", "identity", "species", "viewpoint", "captured_at", "latitude", "longitude",
+                         "location", "deployment", "sex", "life_stage"])
         for r in rows:
             writer.writerow([str(r.image.resolve()), r.identity or "", r.species, r.viewpoint or "",
                              r.captured_at.isoformat() if r.captured_at else "",
-                             "" if r.latitude is None else r.latitude, "" if r.longitude is None else r.longitude])
+                             "" if r.latitude is None else r.latitude, "" if r.longitude is None else r.longitude,
+                             r.location or "", r.deployment or "", r.sex or "", r.life_stage or ""])
     return path
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-LAYOUTS = ("auto", "csv", "identity-folders", "plain")
+LAYOUTS = ("auto", "csv", "identity-folders", "plain", "camtrap-dp")
 
 
 def _exif_time(path: Path) -> datetime | None:
@@ -223,10 +248,15 @@ def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manife
 
 
 def read_source(path: Path, default_species: str | None = None, layout: str = "auto") -> Manifest:
-    """A season's photos from a CSV manifest or from a folder (see `read_folder`)."""
+    """A season's photos from a CSV manifest, a Camtrap DP package (a folder with `datapackage.json`, or that
+    file) or a folder of photos (see `read_folder`)."""
+    from registry.ingest import camtrap_dp
+
     path = Path(path)
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
+    if layout == "camtrap-dp" or (layout == "auto" and camtrap_dp.is_package(path)):
+        return camtrap_dp.read_package(path, default_species)[0]
     if path.is_dir():
         if layout == "csv":
             raise ManifestError(f"{path} is a folder, not a CSV manifest")

@@ -20,17 +20,17 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from PIL import Image as PILImage
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sqlalchemy import text
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from registry.curation import exports, review
+from registry.curation import darwin_core, exports, review
 from registry.curation.curator import CurationError, Curator
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import LAYOUTS, ManifestError, count_items
@@ -73,6 +73,17 @@ class MergeRequest(BaseModel):
 
 class SplitRequest(BaseModel):
     images: list[str]
+    reason: str | None = None
+
+
+class AttributesRequest(BaseModel):
+    """Only the attributes given change; an empty text clears nickname or notes, [] clears alternate ids."""
+
+    sex: Literal["female", "male", "unknown"] | None = None
+    life_stage: Literal["adult", "subadult", "juvenile", "unknown"] | None = None
+    nickname: str | None = Field(default=None, max_length=200)
+    alternate_ids: list[str] | None = Field(default=None, max_length=50)
+    notes: str | None = Field(default=None, max_length=10_000)
     reason: str | None = None
 
 
@@ -261,8 +272,18 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/exports/capture-history", response_class=PlainTextResponse)
     def export_capture_history(_: Reader, occasion: str = "survey", species: str | None = None,
-                               format: str = "csv") -> str:
-        return _via_file(lambda out: exports.write_capture_history(service.reads, out, occasion, species, format))
+                               format: str = "csv", occasion_days: Annotated[float | None, Query(gt=0)] = None,
+                               robust: bool = False) -> str:
+        return _via_file(lambda out: exports.write_capture_history(service.reads, out, occasion, species, format,
+                                                                   occasion_days, None, robust))
+
+    @app.get("/exports/dwc.zip", response_class=Response)
+    def export_dwc(_: Reader, species: str | None = None) -> Response:
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "dwc.zip"
+            darwin_core.export(service.reads, out, species)
+            return Response(out.read_bytes(), media_type="application/zip",
+                            headers={"Content-Disposition": 'attachment; filename="dwc.zip"'})
 
     # --- identification --------------------------------------------------------------------------------
     @app.post("/identify")
@@ -338,6 +359,11 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     @app.post("/individuals/{code}/split")
     def split(code: str, user: Admin, body: SplitRequest) -> dict[str, Any]:
         return service.run(lambda r: Curator(r.stores, user.name).split(code, body.images, body.reason))
+
+    @app.post("/individuals/{code}/attributes")
+    def edit_attributes(code: str, user: Reviewer, body: AttributesRequest) -> dict[str, Any]:
+        values = body.model_dump(exclude={"reason"})
+        return service.run(lambda r: Curator(r.stores, user.name).edit(code, body.reason, **values))
 
     @app.post("/changes/{change_id}/undo")
     def undo(change_id: int, user: Admin, body: ReasonRequest | None = None) -> dict[str, Any]:

@@ -229,8 +229,13 @@ class AlikedLightGlue:
         """The raw scores a pair gets: confident correspondences, and (with `verify`) the verified ones."""
         return [self.name, self.verified_name] if self.verify else [self.name]
 
-    def pair_scores(self, query: LocalFeatures, candidates: list[LocalFeatures]) -> list[dict[str, float]]:
-        """Every raw local score of each pair (`score_names`), from one LightGlue pass."""
+    def pair_scores(self, query: LocalFeatures, candidates: list[LocalFeatures],
+                    budget: int = 0) -> list[dict[str, float]]:
+        """Every raw local score of each pair (`score_names`), from one LightGlue pass; with `budget`, of each
+        photo's strongest `budget` keypoints (a species matched with fewer keypoints than photos are described)."""
+        if budget:
+            query = self.truncated(query, budget)
+            candidates = [self.truncated(c, budget) for c in candidates]
         out = []
         for candidate, matches in zip(candidates, self.match(query, candidates), strict=True):
             scores = {self.name: float(matches.count(self.min_confidence))}

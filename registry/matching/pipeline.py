@@ -110,11 +110,6 @@ class Pipeline:
         return [e.name for e in self.embedders] + self.local.score_names
 
     @property
-    def local_settings(self) -> dict:
-        """The local-matcher settings these models run with (part of the decision policy)."""
-        return self.settings.local.to_json()
-
-    @property
     def versions(self) -> dict[str, str]:
         return {**{e.name: e.version for e in self.embedders}, **self.local.versions}
 

@@ -6,6 +6,7 @@ new version of the decision policy.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -150,7 +151,9 @@ class CalibrationService:
             ids = [query_id, *(p.candidate_image_id for p in group)]
             features = registry.identification.candidate_features(ids)
             vectors = {name: registry.index.vectors(c, ids) for name, c in registry.collections.items()}
-            local_scores = local.pair_scores(features[query_id], [features[p.candidate_image_id] for p in group])
+            budget = registry.settings.local.for_species(group[0].species).max_keypoints
+            local_scores = local.pair_scores(features[query_id], [features[p.candidate_image_id] for p in group],
+                                             budget=budget)
             for pair, local_score in zip(group, local_scores, strict=True):
                 pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_image_id])) for name, v in vectors.items()}
                 pair.raw.update(local_score)
@@ -284,11 +287,36 @@ class CalibrationService:
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Callable[[int], None] | None = None,
                   actor: str = "registry", self_tune: bool = True, policy_changes: dict[str, Any] | None = None,
-                  reason: str = "") -> dict[str, Any]:
+                  reason: str = "", matching: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
         the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
         queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
-        that species' calibrators and tau change; the others' stay as they were."""
+        that species' calibrators and tau change; the others' stay as they were.
+
+        `matching`: per-species matching-stage overrides (LocalMatcherSettings.species; {} clears a species')
+        that go into force with this calibration, since raw scores fitted under other settings would not fit."""
+        registry = self.registry
+        previous = registry.settings.local
+        if matching is not None:
+            if species is not None and set(matching) - {species}:
+                raise CalibrationError(f"calibrate --species {species} cannot change the matching of "
+                                       f"{', '.join(sorted(set(matching) - {species}))}: their calibrations were "
+                                       "fitted under the settings in force")
+            merged = {**previous.species, **matching}
+            try:
+                registry.settings.local = replace(previous, species={sp: o for sp, o in merged.items() if o})
+            except (TypeError, ValueError) as exc:
+                raise CalibrationError(f"matching overrides {matching}: {exc}") from exc
+        try:
+            return self._calibrate(per_class, species, seed, learned, progress, actor, self_tune, policy_changes,
+                                   reason)
+        except BaseException:
+            registry.settings.local = previous  # nothing went into force: keep matching as the policy says
+            raise
+
+    def _calibrate(self, per_class: int | None, species: str | None, seed: int, learned: bool,
+                   progress: Callable[[int], None] | None, actor: str, self_tune: bool,
+                   policy_changes: dict[str, Any] | None, reason: str) -> dict[str, Any]:
         registry = self.registry
         registry.recorder.resume_pending()
         per_class = per_class or registry.settings.calibration_pairs
@@ -350,7 +378,7 @@ class CalibrationService:
             + (f", tau self-tuned for {', '.join(sp for sp, r in tuned.items() if r['tau'] is not None)}"
                if any(r["tau"] is not None for r in tuned.values()) else ""),
             actor, model_versions=versions, calibration_batches=batches, fusion=fusion_kind,
-            matcher_settings=registry.pipeline.local_settings, thresholds=thresholds,
+            matcher_settings=registry.settings.local.to_json(), thresholds=thresholds,
             expected={"self_tuned": tuned} if tuned else None, **(policy_changes or {})))
         return {**summary, "batch": batch, "policy_version": new.version, "self_tuned": tuned,
                 "calibrators": [f"{m}/{sp or 'pooled'}" for m, sp in fitted],

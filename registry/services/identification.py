@@ -21,6 +21,7 @@ from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
 from registry.services.recording import PhotoRow
+from registry.settings import LocalMatcherSettings
 from registry.store import crashpoints
 from registry.store.catalog import CatalogError
 from registry.store.tables import Image
@@ -124,7 +125,7 @@ class Identifier:
         return (the query's own photo when it is already in the registry)."""
         registry = self.registry
         settings, pipeline = registry.settings, registry.pipeline
-        local = settings.local
+        local = settings.local.for_species(species)
         primary = pipeline.primary.name
         hits = registry.index.search_individuals(
             registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
@@ -135,16 +136,24 @@ class Identifier:
         image_ids = [i for i in shortlist if i in features]
         matcher = pipeline.local
         if local.first_pass_keypoints and local.full_rerank_individuals:
-            image_ids = self._first_pass(described, image_ids, shortlist, features)
+            image_ids = self._first_pass(described, image_ids, shortlist, features, local)
         if local.lnbnn_individuals:  # the animals whose keypoints vote best, whatever the global embedding says
-            found = self.lnbnn_shortlist(described, species, viewpoint, exclude, exclude_individuals)
-            chosen = set(shortlist[i] for i in image_ids)
-            extra = {image: individual for image, individual in found.items() if individual not in chosen}
+            ranking = self.lnbnn_ranking(described, species, viewpoint, exclude, exclude_individuals)
+            photos_of = dict(ranking)
+            chosen = {shortlist[i] for i in image_ids}
+            extra: dict[int, int] = {}
+            for individual in chosen:  # already in the full pass: also its best-voted other photos
+                others = [p for p in photos_of.get(individual, []) if p not in image_ids]
+                extra.update({p: individual for p in others[: max(0, local.lnbnn_photos - 1)]})
+            newcomers = [individual for individual, _ in ranking if individual not in chosen]
+            for individual in newcomers[: local.lnbnn_individuals]:
+                extra.update({p: individual for p in photos_of[individual][: max(1, local.lnbnn_photos)]})
             features.update(self.candidate_features(list(extra), problems))
             shortlist.update(extra)
             image_ids += [i for i in extra if i in features]
         sims = self.global_similarities(described.vectors, image_ids)
-        local_scores = matcher.pair_scores(described.local, [features[i] for i in image_ids])
+        local_scores = matcher.pair_scores(described.local, [features[i] for i in image_ids],
+                                           budget=local.max_keypoints)
         candidates = []
         for image_id, scores in zip(image_ids, local_scores, strict=True):
             raw = {**{name: by_image[image_id] for name, by_image in sims.items()}, **scores}
@@ -152,10 +161,9 @@ class Identifier:
         return candidates
 
     def _first_pass(self, described: Described, image_ids: list[int], owner: dict[int, int],
-                    features: dict[int, LocalFeatures]) -> list[int]:
+                    features: dict[int, LocalFeatures], local: LocalMatcherSettings) -> list[int]:
         """The shortlisted photos of the `full_rerank_individuals` individuals whose photos match best with the
         strongest `first_pass_keypoints` keypoints: the full budget costs ~5x more per pair, so only they get it."""
-        local = self.registry.settings.local
         matcher = self.registry.pipeline.local
         if len(set(owner[i] for i in image_ids)) <= local.full_rerank_individuals:
             return image_ids
@@ -169,28 +177,28 @@ class Identifier:
         keep = set(ranked[: local.full_rerank_individuals])
         return [i for i in image_ids if owner[i] in keep]
 
-    def lnbnn_shortlist(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...],
-                        exclude_individuals: tuple[int, ...]) -> dict[int, int]:
-        """The best photo of each of the `lnbnn_individuals` individuals that LNBNN (one-vs-many over every
-        reference descriptor of the species, HotSpotter's scoring) ranks highest: image id -> individual."""
+    def lnbnn_ranking(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...],
+                      exclude_individuals: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+        """Individuals as LNBNN (one-vs-many over every reference descriptor of the species, HotSpotter's
+        scoring) ranks them, each by its best-voted photo, with its photos best-voted first."""
         registry = self.registry
-        local = registry.settings.local
+        local = registry.settings.local.for_species(species)
         budget = local.first_pass_keypoints or local.max_keypoints
         members = registry.index.candidates_of(registry.collections[registry.pipeline.primary.name], species,
                                                viewpoint, exclude, exclude_individuals)
         pool = self.descriptor_pool.get(members, budget)
         if pool is None:
-            return {}
+            return []
         descriptors, image_of = pool
         query = registry.pipeline.local.truncated(described.local, budget).descriptors
         votes = lnbnn_votes(query.astype(np.float32), descriptors, image_of)
-        by_individual: dict[int, tuple[float, int]] = {}
+        by_individual: dict[int, list[tuple[float, int]]] = {}
         for image_id, vote in votes.items():
-            individual = members[int(image_id)]
-            if vote > by_individual.get(individual, (0.0, 0))[0]:
-                by_individual[individual] = (vote, int(image_id))
-        ranked = sorted(by_individual, key=lambda i: (-by_individual[i][0], i))
-        return {by_individual[i][1]: i for i in ranked[: local.lnbnn_individuals]}
+            by_individual.setdefault(members[int(image_id)], []).append((-vote, int(image_id)))
+        for photos in by_individual.values():
+            photos.sort()
+        ranked = sorted(by_individual, key=lambda i: (by_individual[i][0][0], i))
+        return [(i, [image_id for _, image_id in by_individual[i]]) for i in ranked]
 
     @property
     def descriptor_pool(self) -> DescriptorPool:
@@ -206,7 +214,8 @@ class Identifier:
             scorer.score(candidate, species)
         with registry.catalog.transaction() as session:
             codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
-        outcome = decide(scorer.rerank(rank_individuals(candidates, codes), species), scorer.threshold_for(species))
+        ranked = rank_individuals(candidates, codes, self.combine_photos(scorer, species))
+        outcome = decide(scorer.rerank(ranked, species), scorer.threshold_for(species))
         outcome.policy_version = registry.policy.version
         outcome.scorer = scorer.name
         return outcome
@@ -225,7 +234,11 @@ class Identifier:
                                      exclude=hidden_images, exclude_individuals=hidden_individuals)
         for candidate in candidates:
             scorer.score(candidate, species)
-        return scorer.rerank(rank_individuals(candidates, {}), species)
+        return scorer.rerank(rank_individuals(candidates, {}, self.combine_photos(scorer, species)), species)
+
+    def combine_photos(self, scorer: Scorer, species: str) -> int:
+        """How many of an individual's best photos its score combines (calibrated probabilities only)."""
+        return self.registry.settings.local.for_species(species).combine_photos if scorer.probabilities else 1
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
               problems: list[str] | None = None) -> Outcome:

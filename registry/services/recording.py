@@ -42,6 +42,10 @@ class PhotoRow:
     captured_at: datetime | None = None
     latitude: float | None = None
     longitude: float | None = None
+    location: str | None = None  # a camera station or site name (Camtrap DP locationName)
+    deployment: str | None = None  # one camera's operating interval at the location (Camtrap DP deploymentID)
+    sex: str | None = None  # of a labelled individual: female, male, unknown
+    life_stage: str | None = None  # adult, subadult, juvenile, unknown
 
 
 IndexItem = tuple[int, Described, int, PhotoRow, int | None]  # image id, description, individual, row, survey
@@ -58,11 +62,18 @@ class Recorder:
                   survey: str | None) -> Image:
         catalog = self.registry.catalog
         survey_row = catalog.survey(session, survey) if survey else None
+        location = catalog.location(session, row.location, row.latitude, row.longitude) if row.location else None
+        deployment = catalog.deployment(session, row.deployment, location) if row.deployment else None
+        if location is None and deployment is not None and deployment.location_id is not None:
+            location_id: int | None = deployment.location_id
+        else:
+            location_id = location.id if location else None
         width, height = described.local.image_size
         return catalog.add_image(
             session, sha256=sha, path=catalog.paths.stored(row.image), species=row.species,
             viewpoint=row.viewpoint, captured_at=row.captured_at, latitude=row.latitude, longitude=row.longitude,
-            survey_id=survey_row.id if survey_row else None, width=width, height=height)
+            survey_id=survey_row.id if survey_row else None, location_id=location_id,
+            deployment_id=deployment.id if deployment else None, width=width, height=height)
 
     def index_many(self, items: list[IndexItem]) -> None:
         """Upsert vectors (one call per collection), then mark the images indexed: the last step of a write."""
@@ -78,9 +89,10 @@ class Recorder:
         registry.catalog.mark_indexed([item[0] for item in items])
         crashpoints.reached("after-indexed")
 
-    def record_references(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None) -> None:
+    def record_references(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None,
+                          match_codes: bool = True) -> None:
         """Record a batch of labelled photos: one SQL transaction, one upsert per collection. A manifest identity
-        that is an individual's name or code (of this species) is that individual."""
+        that is an individual's name or (with `match_codes`) its code, of this species, is that individual."""
         self.resume_pending()
         registry = self.registry
         for _, sha, described in batch:
@@ -90,13 +102,18 @@ class Recorder:
         with registry.catalog.transaction() as session:
             for row, sha, described in batch:
                 image = self.add_image(session, row, sha, described, survey)
-                individual = registry.catalog.individual_by_label(session, row.species, row.identity)  # type: ignore[arg-type]
+                individual = registry.catalog.individual_by_label(session, row.species, row.identity,  # type: ignore[arg-type]
+                                                                  match_codes)
                 if individual is None:
                     individual = registry.catalog.new_individual(session, row.species, name=row.identity)
                 elif individual.merged_into_id is not None:
                     individual = registry.catalog.resolve(session, individual.code)
                 if individual.retired_at is not None:  # a label brings a retired individual back
                     individual.retired_at = None
+                for name in ("sex", "life_stage"):  # a manifest fills what is unknown, never overwrites
+                    value = getattr(row, name)
+                    if value and value != "unknown" and getattr(individual, name) == "unknown":
+                        setattr(individual, name, value)
                 registry.catalog.add_sighting(session, image, individual, "reference")
                 written.append((image.id, described, individual.id, row, image.survey_id))
         self.index_many(written)

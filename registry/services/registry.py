@@ -220,8 +220,9 @@ class Registry:
 
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Any = None, actor: str = "registry",
-                  self_tune: bool = True) -> dict[str, Any]:
-        return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune)
+                  self_tune: bool = True, matching: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+        return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune,
+                                          matching=matching)
 
     @property
     def models(self) -> Any:

@@ -30,8 +30,10 @@ from registry.store.tables import (
     Change,
     Decision,
     DecisionPolicyRow,
+    Deployment,
     Image,
     Individual,
+    Location,
     Sighting,
     Species,
     Survey,
@@ -120,6 +122,52 @@ class Catalog:
             session.add(survey)
             session.flush()
         return survey
+
+    def location(self, session: Session, name: str, latitude: float | None = None,
+                 longitude: float | None = None) -> Location:
+        """The location of this name, created on first use (with the first coordinates given for it)."""
+        found = session.scalar(select(Location).where(Location.name == name))
+        if found is None:
+            found = Location(name=name, latitude=latitude, longitude=longitude)
+            try:
+                with session.begin_nested():
+                    session.add(found)
+            except IntegrityError:  # another writer created it first
+                found = session.scalar(select(Location).where(Location.name == name))
+        return found  # type: ignore[return-value]
+
+    def deployment(self, session: Session, code: str, location: Location | None = None) -> Deployment:
+        """The deployment of this code, created on first use at `location`; a code already placed at another
+        location is refused (one camera interval has one place)."""
+        found = session.scalar(select(Deployment).where(Deployment.code == code))
+        if found is None:
+            found = Deployment(code=code, location_id=location.id if location else None)
+            try:
+                with session.begin_nested():
+                    session.add(found)
+            except IntegrityError:
+                found = session.scalar(select(Deployment).where(Deployment.code == code))
+        if location is not None and found.location_id not in (None, location.id):  # type: ignore[union-attr]
+            placed = session.get(Location, found.location_id)  # type: ignore[union-attr]
+            raise CatalogError(f"deployment {code!r} is at location {placed.name!r}, "  # type: ignore[union-attr]
+                               f"not {location.name!r}")
+        if location is not None and found.location_id is None:  # type: ignore[union-attr]
+            found.location_id = location.id  # type: ignore[union-attr]
+        return found  # type: ignore[return-value]
+
+    def register_deployments(self, deployments: list[Any]) -> None:
+        """Locations (with coordinates) and deployments (with operating intervals and setup notes) from a
+        source that describes them (a Camtrap DP package); what is already known is completed, not changed."""
+        with self.transaction() as session:
+            for info in deployments:
+                location = (self.location(session, info.location, info.latitude, info.longitude)
+                            if info.location else None)
+                if location is not None and location.latitude is None and info.latitude is not None:
+                    location.latitude, location.longitude = info.latitude, info.longitude
+                deployment = self.deployment(session, info.code, location)
+                deployment.started_at = deployment.started_at or info.started_at
+                deployment.ended_at = deployment.ended_at or info.ended_at
+                deployment.setup = deployment.setup or info.setup
 
     # --- images ----------------------------------------------------------------------------------------
     def image_by_sha(self, session: Session, sha256: str) -> Image | None:
@@ -260,11 +308,13 @@ class Catalog:
         session.flush()
         return individual
 
-    def individual_by_label(self, session: Session, species: str, label: str) -> Individual | None:
-        """A manifest's identity: an individual of this species named so, or whose code it is."""
+    def individual_by_label(self, session: Session, species: str, label: str,
+                            match_codes: bool = True) -> Individual | None:
+        """A manifest's identity: an individual of this species named so, or (`match_codes`) whose code it is."""
         found = session.scalar(select(Individual).where(Individual.species == species, Individual.name == label))
-        return found or session.scalar(select(Individual).where(Individual.species == species,
-                                                                 Individual.code == label))
+        if found is not None or not match_codes:
+            return found
+        return session.scalar(select(Individual).where(Individual.species == species, Individual.code == label))
 
     def retire_unsighted(self, session: Session, individual_ids: set[int]) -> list[Individual]:
         """Retire those of these individuals left without an active sighting (kept with their code, never
@@ -435,10 +485,12 @@ class Catalog:
             members = [individual.id, *session.scalars(
                 select(Individual.id).where(Individual.merged_into_id == individual.id))]
             rows = session.execute(
-                select(Sighting, Image, Survey.name, Decision.score)
+                select(Sighting, Image, Survey.name, Decision.score, Location.name, Deployment.code)
                 .join(Image, Sighting.image_id == Image.id)
                 .outerjoin(Survey, Image.survey_id == Survey.id)
                 .outerjoin(Decision, Sighting.decision_id == Decision.id)
+                .outerjoin(Location, Image.location_id == Location.id)
+                .outerjoin(Deployment, Image.deployment_id == Deployment.id)
                 .where(Sighting.individual_id.in_(members), Sighting.status == "active")
                 .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id)
             ).all()
@@ -446,6 +498,8 @@ class Catalog:
                 {
                     "captured_at": _iso(image.captured_at),
                     "survey": survey_name,
+                    "location": location_name,
+                    "deployment": deployment_code,
                     "latitude": image.latitude,
                     "longitude": image.longitude,
                     "image": str(self.paths.local(image.path)),
@@ -454,20 +508,23 @@ class Catalog:
                     "decision_id": sighting.decision_id,
                     "score": score,
                 }
-                for sighting, image, survey_name, score in rows
+                for sighting, image, survey_name, score, location_name, deployment_code in rows
             ]
             dates = [s["captured_at"] for s in sightings if s["captured_at"]]
             codes = [individual.code, *session.scalars(select(Individual.code).where(Individual.id.in_(members)))]
             mentions = re.compile(r"\b(" + "|".join(re.escape(c) for c in set(codes)) + r")\b")
             merges = [{"change": c.id, "kind": c.kind, "summary": c.summary, "when": _iso(c.created_at),
                        "undone_by": c.undone_by_id}
-                      for c in session.scalars(select(Change).where(Change.kind.in_(("merge", "split")))
+                      for c in session.scalars(select(Change).where(Change.kind.in_(("merge", "split", "edit")))
                                                .order_by(Change.id))
                       if mentions.search(c.summary)]
             return {
                 "individual": individual.code,
                 "species": individual.species,
                 "name": individual.name,
+                "attributes": {"sex": individual.sex, "life_stage": individual.life_stage,
+                               "nickname": individual.nickname, "alternate_ids": individual.alternate_ids or [],
+                               "notes": individual.notes},
                 "asked_for": key,
                 "first_seen": min(dates) if dates else None,
                 "last_seen": max(dates) if dates else None,
@@ -514,9 +571,23 @@ class Catalog:
                 query = query.where(Individual.species == species)
             return [
                 {"id": ind.id, "code": ind.code, "species": ind.species, "name": ind.name, "sightings": n,
-                 "first_seen": _iso(first), "last_seen": _iso(last)}
+                 "first_seen": _iso(first), "last_seen": _iso(last), "sex": ind.sex, "life_stage": ind.life_stage,
+                 "nickname": ind.nickname}
                 for ind, n, first, last in session.execute(query).all()
             ]
+
+    def species_rows(self) -> list[dict[str, Any]]:
+        """Every species with individuals: its code prefix and scientific name."""
+        with self._sessions() as session:
+            return [{"name": s.name, "code_prefix": s.code_prefix, "scientific_name": s.scientific_name}
+                    for s in session.scalars(select(Species).order_by(Species.name))]
+
+    def set_scientific_name(self, species: str, scientific_name: str) -> None:
+        if species not in self.species():
+            raise CatalogError(f"no photos of species {species!r} in the registry; known: "
+                               f"{', '.join(self.species()) or 'none'}")
+        with self.transaction() as session:
+            self._species_row(session, species).scientific_name = scientific_name.strip() or None
 
     def species(self) -> list[str]:
         with self._sessions() as session:

@@ -33,6 +33,8 @@ class Base(DeclarativeBase):
 
 
 SIGHTING_METHODS = ("reference", "automatic", "confirmed", "corrected")
+SEXES = ("female", "male", "unknown")
+LIFE_STAGES = ("adult", "subadult", "juvenile", "unknown")  # Camtrap DP's lifeStage values
 IMAGE_STATUSES = ("pending", "indexed")  # pending: SQL row written, vectors not yet confirmed in the index
 
 
@@ -50,6 +52,38 @@ class Survey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
+class Location(Base):
+    """A place photos are taken at (a camera station, a transect point): Camtrap DP's locationID/locationName."""
+
+    __tablename__ = "locations"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    latitude: Mapped[float | None] = mapped_column(Float)
+    longitude: Mapped[float | None] = mapped_column(Float)
+    notes: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Deployment(Base):
+    """One camera at one location for one operating interval (Camtrap DP's deployment): what a detector's
+    effort is counted from in spatial capture-recapture."""
+
+    __tablename__ = "deployments"
+    __table_args__ = (CheckConstraint("ended_at IS NULL OR started_at IS NULL OR ended_at >= started_at",
+                                      name="ck_deployments_interval"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(200), unique=True)
+    location_id: Mapped[int | None] = mapped_column(ForeignKey("locations.id"), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    setup: Mapped[str | None] = mapped_column(Text)  # camera model, height, bait: free text
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    location: Mapped[Location | None] = relationship()
+
+
 class Species(Base):
     """Each species' code prefix (unique across species, so codes never collide) and its next sequence number."""
 
@@ -58,6 +92,7 @@ class Species(Base):
     name: Mapped[str] = mapped_column(String(100), primary_key=True)
     code_prefix: Mapped[str] = mapped_column(String(20), unique=True)
     next_seq: Mapped[int] = mapped_column(Integer, default=1)
+    scientific_name: Mapped[str | None] = mapped_column(String(200))  # for Darwin Core and Camtrap DP exports
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
 
@@ -66,6 +101,8 @@ class Individual(Base):
     __table_args__ = (
         UniqueConstraint("species", "species_seq", name="uq_individuals_species_seq"),
         UniqueConstraint("species", "name", name="uq_individuals_species_name"),
+        CheckConstraint("sex IN ('female', 'male', 'unknown')", name="ck_individuals_sex"),
+        CheckConstraint("life_stage IN ('adult', 'subadult', 'juvenile', 'unknown')", name="ck_individuals_life_stage"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -80,6 +117,12 @@ class Individual(Base):
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
     # set when its last active sighting was reassigned or rejected: kept with its code, never counted, undoable
     retired_at: Mapped[datetime | None] = mapped_column(DateTime)
+    # attributes a field team records (edited with `registry edit`, audited, exported as Darwin Core sex/lifeStage)
+    sex: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    life_stage: Mapped[str] = mapped_column(String(16), default="unknown", server_default="unknown")
+    nickname: Mapped[str | None] = mapped_column(String(200))
+    alternate_ids: Mapped[list | None] = mapped_column(JSON)  # ids in other catalogues, e.g. ["Wildbook:ZB-12"]
+    notes: Mapped[str | None] = mapped_column(Text)
 
 
 class Image(Base):
@@ -95,12 +138,18 @@ class Image(Base):
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
     survey_id: Mapped[int | None] = mapped_column(ForeignKey("surveys.id"), index=True)
+    location_id: Mapped[int | None] = mapped_column(ForeignKey("locations.id", name="fk_images_location"),
+                                                    index=True)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id", name="fk_images_deployment"),
+                                                      index=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     ingested_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
     status: Mapped[str] = mapped_column(String(16), default="pending")
 
     survey: Mapped[Survey | None] = relationship()
+    location: Mapped[Location | None] = relationship()
+    deployment: Mapped[Deployment | None] = relationship()
 
 
 class Sighting(Base):
@@ -204,12 +253,13 @@ class DecisionPolicyRow(Base):
 
 
 class Change(Base):
-    """The audit trail of every curation (confirm, reassign, reject, merge, split, undo): who, when, why, and
-    the rows before and after, so that `registry undo` can restore exactly what was there."""
+    """The audit trail of every curation (confirm, reassign, reject, merge, split, attribute edit, undo): who,
+    when, why, and the rows before and after, so that `registry undo` can restore exactly what was there."""
 
     __tablename__ = "changes"
     __table_args__ = (
-        CheckConstraint("kind IN ('confirm', 'reassign', 'reject', 'merge', 'split', 'undo')", name="ck_changes_kind"),
+        CheckConstraint("kind IN ('confirm', 'reassign', 'reject', 'merge', 'split', 'undo', 'edit')",
+                        name="ck_changes_kind"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

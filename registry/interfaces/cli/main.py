@@ -200,17 +200,30 @@ def stats(ctx: click.Context) -> None:
 @click.option("--learned/--no-learned", default=True, show_default=True, help="Also fit the learned fusion.")
 @click.option("--self-tune/--no-self-tune", default=True, show_default=True,
               help="Choose tau per species on simulated open-set queries of the labelled photos.")
+@click.option("--matching", default=None, metavar="JSON",
+              help='Per-species matching overrides put in force with this calibration, e.g. '
+                   '\'{"cow": {"lnbnn_individuals": 20, "lnbnn_photos": 2}}\' ({} clears a species\'); fields: '
+                   'max_keypoints (at most the described budget), first_pass_keypoints, full_rerank_individuals, '
+                   'lnbnn_individuals, lnbnn_photos.')
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
-              self_tune: bool) -> None:
+              self_tune: bool, matching: str | None) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos, choose tau per species
     on simulated open-set queries (leave-identities-out), and put both in force as a new decision policy."""
+    overrides = None
+    if matching is not None:
+        try:
+            overrides = json.loads(matching)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON ({exc})", param_hint="--matching") from exc
+        if not isinstance(overrides, dict) or not all(isinstance(v, dict) for v in overrides.values()):
+            raise click.BadParameter('give {"SPECIES": {"FIELD": VALUE, ...}, ...}', param_hint="--matching")
     with open_registry(ctx) as registry:
         total = 2 * (pairs or registry.settings.calibration_pairs) * max(1, len(registry.catalog.species()))
         with progress_bar("calibration pairs", total) as bar:
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
                                          actor=root_obj(ctx).get("actor") or "registry calibrate",
-                                         self_tune=self_tune)
+                                         self_tune=self_tune, matching=overrides)
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
@@ -498,17 +511,23 @@ def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.M
 @click.option("--individuals", "n_individuals", type=int, default=20, show_default=True)
 @click.option("--seasons", type=int, default=2, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--camera-traps", is_flag=True,
+              help="Photos from camera stations in bursts; each season also as a Camtrap DP package.")
 @click.pass_context
-def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int) -> None:
+def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int, camera_traps: bool) -> None:
     """Generate a synthetic spotted population: images and manifests with true identities."""
     from registry.evaluate import synth as synthetic
 
     with tqdm(desc="synth", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
-        records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update)
+        records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update,
+                                     camera_traps=camera_traps)
     data = {"out_dir": str(out_dir), "images": len(records), "individuals": len({r.identity for r in records}),
             "manifests": [str(out_dir / f"season{k}" / "manifest.csv") for k in range(1, seasons + 1)]}
+    if camera_traps:
+        data["camtrap_dp"] = [str(out_dir / f"season{k}" / "camtrap-dp") for k in range(1, seasons + 1)]
     emit(ctx, data, f"{data['images']} photos of {data['individuals']} individuals in {out_dir}; manifests:\n  "
-          + "\n  ".join(data["manifests"]))
+          + "\n  ".join(data["manifests"])
+          + ("\nCamtrap DP packages:\n  " + "\n  ".join(data["camtrap_dp"]) if camera_traps else ""))
 
 
 @main.command()

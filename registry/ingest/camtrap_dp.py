@@ -1,0 +1,196 @@
+"""Reading a Camtrap DP package (`datapackage.json` + `deployments.csv`, `media.csv`, `observations.csv`).
+
+Deployments become the registry's locations and deployments (coordinates, operating interval, camera notes);
+each photo (image media; videos are skipped) becomes a row with its deployment's location and coordinates and
+its timestamp; an animal observation of the photo (media-level, or event-level covering the photo's time at
+its deployment) gives the row its species (`scientificName`) and, with `individualID`, its identity — a
+reference label. Every problem names the table, the line and the reason; the good rows go on.
+
+Until the registry has annotations (issue 13), a photo is one animal: a photo whose observations name several
+individuals is reported and skipped, and bounding boxes are noted but the whole photo is used.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from registry.ingest.sources import Manifest, ManifestError, RowProblem
+from registry.services.recording import PhotoRow
+from registry.store.tables import LIFE_STAGES, SEXES
+
+IMAGE_TYPES = ("image/",)
+
+
+@dataclass(frozen=True)
+class DeploymentInfo:
+    """A deployment as the package describes it, registered before its photos."""
+
+    code: str
+    location: str | None
+    latitude: float | None
+    longitude: float | None
+    started_at: datetime | None
+    ended_at: datetime | None
+    setup: str | None
+
+
+def is_package(path: Path) -> bool:
+    path = Path(path)
+    return (path.is_dir() and (path / "datapackage.json").is_file()) or path.name == "datapackage.json"
+
+
+def _time(text: str | None, what: str) -> datetime | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(f"{what} {text!r} is not an ISO 8601 date-time") from exc
+    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+
+
+def _number(text: str | None, what: str, low: float, high: float) -> float | None:
+    text = (text or "").strip()
+    if not text:
+        return None
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} {text!r} is not a number") from exc
+    if not low <= value <= high:
+        raise ValueError(f"{what} {value} is outside [{low}, {high}]")
+    return value
+
+
+def _table(folder: Path, descriptor: dict, name: str) -> tuple[Path, list[dict[str, str]]]:
+    resource = next((r for r in descriptor.get("resources", []) if r.get("name") == name), None)
+    relative = resource.get("path") if resource else f"{name}.csv"
+    if not isinstance(relative, str):
+        raise ManifestError(f"{folder / 'datapackage.json'}: resource {name!r} must have one path")
+    path = folder / relative
+    if not path.is_file():
+        raise ManifestError(f"{folder}: the Camtrap DP table {relative} is missing")
+    with open(path, newline="", encoding="utf-8-sig") as handle:
+        return path, list(csv.DictReader(handle))
+
+
+def read_package(path: Path, default_species: str | None = None) -> tuple[Manifest, list[DeploymentInfo]]:
+    """The package's photos as manifest rows, and its deployments."""
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    try:
+        descriptor = json.loads((folder / "datapackage.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{folder / 'datapackage.json'}: not a readable data package ({exc})") from exc
+    warnings: list[str] = []
+    if "camtrap-dp" not in str(descriptor.get("profile", "")):
+        warnings.append(f"{folder / 'datapackage.json'}: profile {descriptor.get('profile')!r} is not Camtrap DP; "
+                        "read as one anyway")
+    problems: list[RowProblem] = []
+
+    deployments_path, deployment_rows = _table(folder, descriptor, "deployments")
+    deployments: dict[str, DeploymentInfo] = {}
+    for line, row in enumerate(deployment_rows, start=2):
+        code = (row.get("deploymentID") or "").strip()
+        try:
+            if not code:
+                raise ValueError("no deploymentID")
+            if code in deployments:
+                raise ValueError(f"deploymentID {code!r} appears twice")
+            start, end = _time(row.get("deploymentStart"), "deploymentStart"), _time(row.get("deploymentEnd"),
+                                                                                     "deploymentEnd")
+            if start and end and end < start:
+                raise ValueError(f"deploymentEnd {end} is before deploymentStart {start}")
+            deployments[code] = DeploymentInfo(
+                code, (row.get("locationName") or row.get("locationID") or "").strip() or None,
+                _number(row.get("latitude"), "latitude", -90, 90),
+                _number(row.get("longitude"), "longitude", -180, 180),
+                start, end, "; ".join(v for v in ((row.get("cameraModel") or "").strip(),
+                                                  (row.get("deploymentComments") or "").strip()) if v) or None)
+        except ValueError as exc:
+            problems.append(RowProblem(str(deployments_path), line, str(exc)))
+
+    media_path, media_rows = _table(folder, descriptor, "media")
+    observations_path, observation_rows = _table(folder, descriptor, "observations")
+    by_media: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    by_event: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    for line, row in enumerate(observation_rows, start=2):
+        if (row.get("observationType") or "").strip() != "animal":
+            continue
+        media_id = (row.get("mediaID") or "").strip()
+        if media_id:
+            by_media.setdefault(media_id, []).append((line, row))
+        else:  # event-level: applies to the deployment's photos between eventStart and eventEnd
+            by_event.setdefault((row.get("deploymentID") or "").strip(), []).append((line, row))
+
+    rows: list[PhotoRow] = []
+    boxes = skipped_videos = without_animal = 0
+    seen: set[str] = set()
+    for line, media in enumerate(media_rows, start=2):
+        try:
+            media_id = (media.get("mediaID") or "").strip()
+            if not media_id:
+                raise ValueError("no mediaID")
+            if media_id in seen:
+                raise ValueError(f"mediaID {media_id!r} appears twice")
+            seen.add(media_id)
+            if not (media.get("fileMediatype") or "image/").startswith(IMAGE_TYPES):
+                skipped_videos += 1
+                continue
+            deployment = deployments.get((media.get("deploymentID") or "").strip())
+            if deployment is None:
+                raise ValueError(f"deploymentID {media.get('deploymentID')!r} is not in deployments.csv")
+            file_path = (media.get("filePath") or "").strip()
+            if not file_path:
+                raise ValueError("no filePath")
+            if "://" in file_path:
+                raise ValueError(f"filePath {file_path} is a URL; download the photos and give local paths")
+            timestamp = _time(media.get("timestamp"), "timestamp")
+            observed = list(by_media.get(media_id, []))
+            for obs_line, obs in by_event.get(deployment.code, []):
+                start, end = _time(obs.get("eventStart"), "eventStart"), _time(obs.get("eventEnd"), "eventEnd")
+                if timestamp and start and end and start <= timestamp <= end:
+                    observed.append((obs_line, obs))
+            if not observed:
+                without_animal += 1
+                continue
+            individuals = {(o.get("individualID") or "").strip() for _, o in observed} - {""}
+            if len(individuals) > 1:
+                raise ValueError(f"observations name several individuals ({', '.join(sorted(individuals))}) in "
+                                 "one photo; one animal per photo until annotations are supported")
+            names = {(o.get("scientificName") or "").strip() for _, o in observed} - {""}
+            if len(names) > 1:
+                raise ValueError(f"observations name several species ({', '.join(sorted(names))}) in one photo")
+            boxes += any((o.get("bboxX") or "").strip() for _, o in observed)
+            life_stage = {(o.get("lifeStage") or "").strip() for _, o in observed} - {""}
+            sex = {(o.get("sex") or "").strip() for _, o in observed} - {""}
+            if sex - set(SEXES) or life_stage - set(LIFE_STAGES):
+                raise ValueError(f"sex {sorted(sex)} / lifeStage {sorted(life_stage)}: Camtrap DP allows "
+                                 "female, male / adult, subadult, juvenile")
+            species = default_species or (names.pop() if names else None)
+            if species is None:
+                raise ValueError("no scientificName on its observation; give --species")
+            image = Path(file_path)
+            rows.append(PhotoRow(
+                line=line, image=image if image.is_absolute() else folder / image, species=species,
+                identity=individuals.pop() if individuals else None, captured_at=timestamp,
+                latitude=deployment.latitude, longitude=deployment.longitude, location=deployment.location,
+                deployment=deployment.code, sex=sex.pop() if len(sex) == 1 else None,
+                life_stage=life_stage.pop() if len(life_stage) == 1 else None))
+        except ValueError as exc:
+            problems.append(RowProblem(str(media_path), line, str(exc)))
+    if boxes:
+        warnings.append(f"{observations_path}: {boxes} photos have bounding boxes; the whole photo is used "
+                        "(annotations are not supported yet)")
+    if without_animal:
+        warnings.append(f"{media_path}: {without_animal} photos have no animal observation and were not read")
+    if skipped_videos:
+        warnings.append(f"{media_path}: {skipped_videos} videos skipped (photos only)")
+    manifest = Manifest(folder / "datapackage.json", "camtrap-dp", rows, problems, warnings,
+                        deployments=list(deployments.values()))
+    return manifest, manifest.deployments
