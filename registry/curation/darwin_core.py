@@ -54,7 +54,8 @@ def occurrences(catalog: Catalog, species: str | None = None) -> list[dict[str, 
             "locationID": s["location"],
             "locality": s["location"],
             "identifiedBy": (f"registry ({s['scorer']}, tau {s['threshold']})" if machine and s["scorer"]
-                             else "registry" if machine else "reviewer"),
+                             else "registry" if machine else "reference label" if s["method"] == "reference"
+                             else "reviewer"),
             "dateIdentified": "",
             "identificationVerificationStatus": VERIFICATION[s["method"]],
             "identificationRemarks": (f"score {s['score']:.3f}" if machine and isinstance(s["score"], float) else ""),

@@ -72,6 +72,7 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
     detectors: dict[tuple[str, int], _Detector] = {}
     taken: set[str] = set()
     detections: list[tuple[str, datetime, tuple[str, int]]] = []
+    photo_spans: dict[tuple[tuple[str, int], int | None], list[datetime]] = {}
     skipped = 0
     with catalog.transaction() as session:
         individuals = {i.id: i for i in session.scalars(select(Individual))}
@@ -102,8 +103,8 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
                 interval = (deployment.started_at, deployment.ended_at)
                 if interval not in detector.intervals:
                     detector.intervals.append(interval)
-            elif image.captured_at is not None:
-                detector.intervals.append((image.captured_at, image.captured_at))
+            elif image.captured_at is not None:  # no recorded interval: the span of its photos, per deployment
+                photo_spans.setdefault((key, deployment.id if deployment else None), []).append(image.captured_at)
             if sighting is None:
                 continue
             if image.captured_at is None:
@@ -111,6 +112,8 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
                 continue
             code = individuals[follow_merges(sighting.individual_id, merged.get)].code
             detections.append((code, image.captured_at, key))
+        for (key, _), times in photo_spans.items():
+            detectors[key].intervals.append((min(times), max(times)))
         # a camera that operated but photographed none of them is a detector too: its zeros are data
         for deployment, location in session.execute(
                 select(Deployment, Location).outerjoin(Location, Location.id == Deployment.location_id)
