@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--calibrate", action="store_true")
     parser.add_argument("--budget", type=float, default=10.0, help="seconds per query the defaults must stay under")
     args = parser.parse_args()
-    metadata = args.data / "holstein" / "metadata.csv"
+    metadata = (args.data / "holstein" / "metadata.csv").resolve()  # the manifests live in a temp folder
     if not metadata.exists():
         sys.exit(f"{metadata} not found: give --data or set REGISTRY_SHARED_DATA")
     with metadata.open(newline="") as handle:
@@ -62,7 +62,10 @@ def main() -> None:
         with Registry(Settings.load(settings.data_dir)) as registry:
             _ = registry.pipeline, registry.collections  # model loading is not part of the per-query cost
             began = time.perf_counter()
-            added = Ingestor(registry).ingest(root / "reference.csv", "reference", "reference").added
+            report = Ingestor(registry).ingest(root / "reference.csv", "reference", "reference")
+            added = report.added
+            if added < len(reference) * 0.9:
+                sys.exit(f"only {added} of {len(reference)} reference photos went in: {report.problems[:3]}")
             ingest_s = time.perf_counter() - began
             print(f"reference: {added} photos in {ingest_s:.0f} s ({added / ingest_s:.2f} img/s)", flush=True)
             if args.calibrate:
