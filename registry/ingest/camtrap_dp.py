@@ -79,8 +79,8 @@ def _table(folder: Path, descriptor: dict, name: str) -> tuple[Path, list[dict[s
         return path, list(csv.DictReader(handle))
 
 
-def read_package(path: Path, default_species: str | None = None) -> tuple[Manifest, list[DeploymentInfo]]:
-    """The package's photos as manifest rows, and its deployments."""
+def read_package(path: Path, default_species: str | None = None) -> Manifest:
+    """The package's photos as manifest rows, with its deployments (`Manifest.deployments`)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     try:
@@ -191,6 +191,5 @@ def read_package(path: Path, default_species: str | None = None) -> tuple[Manife
         warnings.append(f"{media_path}: {without_animal} photos have no animal observation and were not read")
     if skipped_videos:
         warnings.append(f"{media_path}: {skipped_videos} videos skipped (photos only)")
-    manifest = Manifest(folder / "datapackage.json", "camtrap-dp", rows, problems, warnings,
-                        deployments=list(deployments.values()))
-    return manifest, manifest.deployments
+    return Manifest(folder / "datapackage.json", "camtrap-dp", rows, problems, warnings,
+                    deployments=list(deployments.values()))

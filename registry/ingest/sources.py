@@ -256,7 +256,7 @@ def read_source(path: Path, default_species: str | None = None, layout: str = "a
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
     if layout == "camtrap-dp" or (layout == "auto" and camtrap_dp.is_package(path)):
-        return camtrap_dp.read_package(path, default_species)[0]
+        return camtrap_dp.read_package(path, default_species)
     if path.is_dir():
         if layout == "csv":
             raise ManifestError(f"{path} is a folder, not a CSV manifest")
