@@ -132,6 +132,9 @@ class Settings:
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
     resume_grace_seconds: float = 300.0
+    # Photos of one deployment at most this far apart form one event (a burst): an animal's photos in it are
+    # decided together. A sequence id from the source wins over it.
+    event_interval_seconds: float = 60.0
     # Photo paths are stored relative to this folder (when under it), so a moved archive needs only a new root.
     photo_root: str | None = None
     species_threshold_offsets: dict[str, float] = field(default_factory=dict)
@@ -144,6 +147,8 @@ class Settings:
     api_public_reads: bool = False  # read endpoints without a token
     api_max_upload_mb: float = 25.0
     api_import_root: str | None = None  # server folder that manifests given to POST /ingest must live in
+    review_margin: float = 0.15  # decisions whose smallest margin is at most this wait in the review queue
+    web_tile_url: str | None = None  # a map tile server for the workspace's maps (none: coordinates only)
     # Not stored: whether the profile was chosen (stored settings, `init --profile`) rather than defaulted, so
     # a machine without a settings file takes the profile of the catalog's decision policy.
     profile_explicit: bool = field(default=False, compare=False)

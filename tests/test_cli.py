@@ -104,6 +104,7 @@ def test_demo_runs_end_to_end_as_a_real_process(tmp_path: Path) -> None:
     assert report["decisions"] > 0 and report["stats"]["decisions"] == report["decisions"]
     assert set(report["overall"]) >= {"baks", "baus", "score", "top1", "top5", "queries"}
     assert report["overall"]["score"] >= 0.8
+    assert report["workspace"]["serve"] == f"registry --data-dir {report['registry']} serve"  # the README's last step
     again = subprocess.run([sys.executable, "-m", "registry", "--data-dir", str(tmp_path / "demo" / "registry"),
                             "--json", "stats"], capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(again.stdout)["images"] == report["stats"]["images"]

@@ -47,7 +47,7 @@ def registry(database_url: str, tmp_path: Path, population: Path, offline_pipeli
 def _state(registry: Registry) -> dict:
     """SQL rows curation may touch, and every vector payload's individual."""
     with registry.catalog.transaction() as session:
-        sightings = sorted((s.id, s.image_id, s.individual_id, s.method, s.status)
+        sightings = sorted((s.id, s.annotation_id, s.individual_id, s.method, s.status)
                            for s in session.scalars(select(Sighting)))
         individuals = sorted((i.id, i.code, i.merged_into_id) for i in session.scalars(select(Individual)))
     payloads = {c: sorted((i, p["individual_id"]) for i, p in registry.index.payloads(c))
@@ -100,10 +100,10 @@ def test_decisions_confirmed_reassigned_rejected_and_histories(registry: Registr
     assert [s["method"] for s in registry.catalog.history(other)["sightings"]].count("corrected") == 1
     rejected = registry.catalog.history(third.individual_code)["sightings"]
     assert Path(queries[2]["image"]).name not in {Path(s["image"]).name for s in rejected}
-    states = registry.catalog.image_states([third.image_id])
-    assert states[third.image_id]["individual_id"] is None
+    states = registry.catalog.annotation_states([third.annotation_id])
+    assert states[third.annotation_id]["individual_id"] is None
     payloads = dict(registry.index.payloads(registry.collections["efficientnet-lite0"]))
-    assert payloads[third.image_id].get("individual_id") is None  # a rejected photo is no longer a candidate
+    assert payloads[third.annotation_id].get("individual_id") is None  # a rejected photo is no longer a candidate
 
     new = curator.reassign(first.decision_id, new=True)
     split_source = registry.catalog.history(new["individual"])
@@ -332,8 +332,8 @@ def test_a_camera_trap_season_goes_in_as_camtrap_dp_and_comes_out_in_the_standar
         photos = exports.write_photos(registry.catalog, tmp_path / "by-individual")
 
         report = Ingestor(registry).ingest(package, "season-2", "identify")
-        media = _rows(package / "media.csv")
-        assert report.added == len(media) and report.problems == []
+        media, observed = _rows(package / "media.csv"), _rows(package / "observations.csv")
+        assert report.added == len(observed) >= len(media) and report.problems == []  # a box each
         exported = camtrap_dp.export(registry.catalog, tmp_path / "out")
 
     # secr: one detection per animal, occasion and station, as read.capthist reads the two files
@@ -341,6 +341,13 @@ def test_a_camera_trap_season_goes_in_as_camtrap_dp_and_comes_out_in_the_standar
     truth = {(codes[r["identity"]], (datetime.fromisoformat(r["captured_at"]) - first).days // 7 + 1, r["location"])
              for r in rows}
     assert set(detections) == truth and set(detections.values()) == {1} and result["detections"] == len(truth)
+    # the same detections for oSCR: trap numbers index oscr_tdf.csv's rows
+    traps_numbered = {row["trap"]: row for row in _rows(tmp_path / "secr" / "oscr_tdf.csv")}
+    label_of = {row["detector"]: row for row in _rows(tmp_path / "secr" / "detectors.csv")}
+    assert len(traps_numbered) == len(label_of)
+    edf = {(r["individual"], int(r["occasion"]), r["trap"]) for r in _rows(tmp_path / "secr" / "oscr_edf.csv")}
+    number = {label: str(k) for k, label in enumerate(label_of, start=1)}
+    assert edf == {(code, occasion, number[detector]) for code, occasion, detector in detections}
     assert set(detectors) == {r["location"] for r in rows}
     assert all(detectors[d][2][o - 1] == "1" for _, o, d in truth)  # used when it detected
     where = {name: (lat, lon) for name, lat, lon in synth.STATIONS}
@@ -377,9 +384,20 @@ def test_a_camera_trap_season_goes_in_as_camtrap_dp_and_comes_out_in_the_standar
         assert checked.valid, checked.flatten(["type", "message"])
     observations = _rows(tmp_path / "out" / "observations.csv")
     machine = [o for o in observations if o["classificationMethod"] == "machine"]
-    assert len(machine) == len(media) and all(o["individualID"] for o in machine)
+    assert len(machine) == len(observed) and all(o["individualID"] for o in machine)
+    # every observation of the package came back out, with its box, in the photo it was in
+    name_of = {m["mediaID"]: m["fileName"] for m in media}
+    out_names = {m["mediaID"]: m["fileName"] for m in _rows(tmp_path / "out" / "media.csv")}
+
+    def boxes(rows_: list[dict], names: dict) -> list[tuple]:
+        return sorted((names[o["mediaID"]], *(round(float(o[k]), 4) if o[k] else None
+                                              for k in ("bboxX", "bboxY", "bboxWidth", "bboxHeight")))
+                      for o in rows_)
+
+    assert boxes(machine, out_names) == boxes(observed, name_of)
+    assert {o["eventID"].split("/")[-1] for o in machine} == {o["eventID"] for o in observed}
     assert all(o["classifiedBy"].startswith("registry decision policy v") for o in machine)
-    assert exported["problems"] == [] and exported["media"] == len(rows) + len(media)
+    assert exported["problems"] == [] and exported["media"] == len({r["image"] for r in rows}) + len(media)
     out_deployments = {d["deploymentID"]: d for d in _rows(tmp_path / "out" / "deployments.csv")}
     for code, source in {d["deploymentID"]: d for d in _rows(package / "deployments.csv")}.items():
         assert out_deployments[code]["deploymentStart"] == source["deploymentStart"]  # its operating interval

@@ -31,7 +31,7 @@ from registry.services.calibrating import cross_fitted_fusion, is_resighting
 from registry.services.registry import ProfileMismatchError, Registry
 from registry.settings import Settings
 from registry.store.catalog import CatalogError
-from registry.store.tables import Decision, Image
+from registry.store.tables import Annotation, Decision, Image
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -111,23 +111,23 @@ def test_calibrating_one_species_keeps_the_others(tmp_path: Path, offline_pipeli
 def test_tuning_never_matches_a_query_with_its_own_photo(registry: Registry, population: Path) -> None:
     registry.calibrate()
     rows = read_manifest(population / "season1" / "manifest.csv").rows  # photos that are references themselves
-    ids = registry.catalog.image_ids_by_sha([sha256_of_file(r.image) for r in rows])
-    own = {r.image: ids[sha256_of_file(r.image)] for r in rows}
+    ids = registry.catalog.annotations_by_sha([sha256_of_file(r.image) for r in rows])
+    own = {r.image: ids[sha256_of_file(r.image)][0] for r in rows}
     known = {(i["species"], i["name"]) for i in registry.catalog.individuals()}
     results, _ = experiments.collect(registry, rows, known)
     assert len(results) == len(rows)
     for result in results:
-        assert own[result.row.image] not in {c.image_id for c in result.candidates}
+        assert own[result.row.image] not in {c.annotation_id for c in result.candidates}
 
 
 def test_calibration_positives_are_resightings(registry: Registry, population: Path) -> None:
     Ingestor(registry).ingest(population / "season2" / "manifest.csv", "season-2", "reference")
     gap = registry.settings.calibration_min_gap_hours
-    by_id = {i["image_id"]: i for i in registry.catalog.labelled_images()}
+    by_id = {i["annotation_id"]: i for i in registry.catalog.labelled_annotations()}
     pairs, summary = registry.calibration.sample_pairs(per_class=30, seed=1)
     positives = [p for p in pairs if p.same]
     assert positives and summary["positives_without_resightings"] == []
-    assert all(is_resighting(by_id[p.query_image_id], by_id[p.candidate_image_id], gap) for p in positives)
+    assert all(is_resighting(by_id[p.query_annotation_id], by_id[p.candidate_annotation_id], gap) for p in positives)
     # the rule itself: another survey, or far enough apart in time; a burst is neither
     from datetime import datetime, timedelta
 
@@ -242,10 +242,11 @@ def test_undo_of_reassign_new_keeps_later_sightings_resolving(registry: Registry
     curator.undo(split["change"])
     assert registry.catalog.history(split["individual"])["individual"] == answer.individual_code
     with registry.catalog.transaction() as session:
-        image_id = session.scalar(select(Image.id).where(Image.path == str(second.resolve())))
-    state = registry.catalog.image_states([image_id])[image_id]
+        annotation_id = session.scalar(select(Annotation.id).join(Image, Image.id == Annotation.image_id)
+                                       .where(Image.path == str(second.resolve())))
+    state = registry.catalog.annotation_states([annotation_id])[annotation_id]
     for collection in registry.collections.values():
-        payload = dict(registry.index.payloads(collection))[image_id]
+        payload = dict(registry.index.payloads(collection))[annotation_id]
         assert payload["individual_id"] == state["individual_id"]
     assert doctor.check(registry)["consistent"]
 
@@ -285,7 +286,7 @@ def test_identify_record_resumes_a_write_that_crashed_after_sql(tmp_path: Path, 
                              env={**os.environ, "REGISTRY_CRASH_AT": "after-sql"})
     assert crashed.returncode == -9
     with Registry(Settings.load(home), pipeline=offline_pipeline) as registry:
-        assert [p["kind"] for p in doctor.check(registry)["problems"]] == ["pending-image"]
+        assert [p["kind"] for p in doctor.check(registry)["problems"]] == ["pending-annotation"]
     subprocess.run([*cli, "identify", str(second), "--record"], check=True, capture_output=True)
     with Registry(Settings.load(home), pipeline=offline_pipeline) as registry:
         report = doctor.check(registry)
@@ -297,14 +298,17 @@ def test_writers_resume_only_writes_older_than_the_grace_period(registry: Regist
 
     from registry.store.tables import utcnow
 
-    with registry.catalog.transaction() as session:
-        young = Image(sha256="a" * 64, path="/x.jpg", species="synleopard", width=1, height=1, status="pending")
-        old = Image(sha256="b" * 64, path="/y.jpg", species="synleopard", width=1, height=1, status="pending",
-                    ingested_at=utcnow() - timedelta(hours=1))
-        session.add_all([young, old])
+    catalog = registry.catalog
+    with catalog.transaction() as session:
+        young = catalog.add_annotation(session, catalog.add_image(session, sha256="a" * 64, path="/x.jpg", width=1,
+                                                                  height=1), "synleopard")
+        old = catalog.add_annotation(session, catalog.add_image(session, sha256="b" * 64, path="/y.jpg", width=1,
+                                                                height=1), "synleopard")
+        old.created_at = utcnow() - timedelta(hours=1)
+        young_id, old_id = young.id, old.id
     cutoff = utcnow() - timedelta(seconds=registry.settings.resume_grace_seconds)
-    assert [i.sha256 for i in registry.catalog.pending_images(cutoff)] == ["b" * 64]
-    assert {i.sha256 for i in registry.catalog.pending_images()} == {"a" * 64, "b" * 64}
+    assert catalog.pending_annotations(cutoff) == [old_id]
+    assert set(catalog.pending_annotations()) == {young_id, old_id}
 
 
 def test_photo_paths_are_relative_to_the_root_and_relocate_moves_others(
@@ -366,9 +370,9 @@ def test_calibrate_chooses_tau_on_simulated_open_set_queries(tmp_path: Path, pop
     assert policy.expected["self_tuned"]["synleopard"]["expected"]["score"] == report["expected"]["score"]
     assert report["expected"]["score"] >= 0.8  # synthetic spots: the open-set rule separates them
     # a hidden individual never appears among its own photo's candidates
-    item = registry.catalog.labelled_images("synleopard")[0]
-    ranked = registry.identification.rank_stored(item["image_id"], "synleopard", item["viewpoint"], registry.scorer,
-                                                 (item["image_id"],), (item["individual_id"],))
+    item = registry.catalog.labelled_annotations("synleopard")[0]
+    ranked = registry.identification.rank_stored(item["annotation_id"], "synleopard", item["viewpoint"],
+                                                 registry.scorer, (item["annotation_id"],), (item["individual_id"],))
     assert ranked and item["individual_id"] not in {r.individual_id for r in ranked}
     untuned = registry.calibrate(self_tune=False)
     assert untuned["self_tuned"] == {} and registry.policy.thresholds == {}

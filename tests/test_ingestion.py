@@ -89,7 +89,7 @@ def test_a_season_with_planted_bad_inputs(tmp_path: Path, population: Path) -> N
     again = json.loads(run_cli(home, "--json", "ingest", str(manifest), "--survey", "s1", expect=3).stdout)
     assert again["added"] == 0 and again["already_present"] == 6
     stats = json.loads(run_cli(home, "--json", "stats").stdout)
-    assert stats["images"] == 6 and stats["sightings"] == 6 and stats["pending_images"] == 0
+    assert stats["images"] == 6 and stats["sightings"] == 6 and stats["pending_annotations"] == 0
     renamed = folder / "images" / "same-photo-other-name.jpg"
     shutil.copy(folder / good[3]["image"], renamed)
     plain = tmp_path / "plain"
@@ -133,7 +133,7 @@ def _snapshot(data: Path) -> dict:
     """Everything a registry holds, keyed by content so that two registries can be compared."""
     settings = Settings.load(data)
     catalog = Catalog(settings.sqlalchemy_url)
-    states = catalog.image_states()
+    states = catalog.annotation_states()
     with catalog.transaction() as session:
         from sqlalchemy import select
 
@@ -141,9 +141,9 @@ def _snapshot(data: Path) -> dict:
 
         codes = dict(session.execute(select(Individual.id, Individual.code)).all())
         individuals = sorted(session.execute(select(Individual.code, Individual.name, Individual.species)).all())
-        sightings = sorted((states[s.image_id]["sha256"], codes[s.individual_id], s.method, s.status)
+        sightings = sorted((states[s.annotation_id]["sha256"], codes[s.individual_id], s.method, s.status)
                            for s in session.scalars(select(Sighting)))
-        decisions = sorted((states[d.image_id]["sha256"], d.outcome, codes.get(d.individual_id),
+        decisions = sorted((states[d.annotation_id]["sha256"], d.outcome, codes.get(d.individual_id),
                             None if d.score is None else round(d.score, 4)) for d in session.scalars(select(Decision)))
     catalog.close()
     index = VectorIndex(path=settings.qdrant_path)
@@ -202,7 +202,7 @@ def test_killed_mid_ingest_then_rerun_equals_an_uninterrupted_run(
             killed = run_cli(home, "ingest", str(season), "--survey", "s", "--mode", mode,
                           env={"REGISTRY_CRASH_AT": point}, expect=None)
             assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-            assert check(home)["images"] >= 1
+            assert check(home)["annotations"] >= 1
         ingest(home, season, "s", mode)
         report = check(home)
         assert report["consistent"], report
@@ -230,7 +230,7 @@ def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, popula
     assert json.loads(run_cli(home, "--json", "doctor").stdout)["consistent"]
     settings = Settings.load(home)
     catalog = Catalog(settings.sqlalchemy_url)
-    states = catalog.image_states()
+    states = catalog.annotation_states()
     ids = sorted(states)
     catalog.mark_pending([ids[0]])
     catalog.close()
@@ -244,12 +244,12 @@ def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, popula
     feature_files[0].unlink()
 
     broken = json.loads(run_cli(home, "--json", "doctor", expect=5).stdout)
-    kinds = {(p["kind"], p["image_id"]) for p in broken["problems"]}
+    kinds = {(p["kind"], p["annotation_id"]) for p in broken["problems"]}
     assert not broken["consistent"]
-    assert {("pending-image", ids[0]), ("missing-vector", ids[1]), ("wrong-individual", ids[2]),
+    assert {("pending-annotation", ids[0]), ("missing-vector", ids[1]), ("wrong-individual", ids[2]),
             ("orphan-vector", 9999), ("missing-features", ids[3])} <= kinds
     repaired = json.loads(run_cli(home, "--json", "doctor", "--repair").stdout)
     assert repaired["unrepaired"] == 0 and repaired["repaired"] == len(repaired["problems"])
     assert json.loads(run_cli(home, "--json", "doctor").stdout) == {
-        "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "images": len(ids),
+        "consistent": True, "problems": [], "repaired": 0, "unrepaired": 0, "annotations": len(ids),
         "unfinished_reembeds": []}

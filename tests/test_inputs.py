@@ -126,17 +126,19 @@ def test_camtrap_dp_packages_are_read_row_by_row(tmp_path: Path) -> None:
         "e,d1,2024-06-05T06:00:30Z,m5.jpg,image/jpeg\n"  # event-level observation covers it
         "f,d1,2024-06-05T06:00:40Z,clip.mp4,video/mp4\n",
         "observationID,deploymentID,mediaID,eventStart,eventEnd,observationType,scientificName,individualID,sex,"
-        "lifeStage,bboxX\n"
-        "o1,d1,a,,,animal,Tragelaphus angasii,NYA-7,female,adult,0.1\n"
-        "o2,d1,b,,,animal,Tragelaphus angasii,NYA-7,,,\n"
-        "o3,d1,b,,,animal,Tragelaphus angasii,NYA-8,,,\n"
-        "o4,d1,c,,,animal,Tragelaphus angasii,,,,\n"
-        "o5,d1,,2024-06-05T06:00:00Z,2024-06-05T06:01:00Z,animal,Tragelaphus angasii,NYA-9,,,\n"
-        "o6,d1,a,,,blank,,,,,\n")
+        "lifeStage,bboxX,bboxY,bboxWidth,bboxHeight\n"
+        "o1,d1,a,,,animal,Tragelaphus angasii,NYA-7,female,adult,0.1,0.2,0.3,0.4\n"
+        "o2,d1,b,,,animal,Tragelaphus angasii,NYA-7,,,,,,\n"  # two animals in one photo without boxes
+        "o3,d1,b,,,animal,Tragelaphus angasii,NYA-8,,,,,,\n"
+        "o4,d1,c,,,animal,Tragelaphus angasii,,,,,,,\n"
+        "o5,d1,,2024-06-05T06:00:00Z,2024-06-05T06:01:00Z,animal,Tragelaphus angasii,NYA-9,,,,,,\n"
+        "o6,d1,a,,,blank,,,,,,,,\n"
+        "o7,d1,a,,,animal,Tragelaphus angasii,,,,0.6,0.2,0.5,0.4\n")
     manifest = read_source(package)
     assert manifest.format == "camtrap-dp"
-    by_line = {r.line: r for r in manifest.rows}
-    assert sorted(by_line) == [2, 6]
+    assert sorted(r.line for r in manifest.rows) == [2, 2, 6]  # photo a holds two boxed animals
+    assert sorted(r.box for r in manifest.rows if r.line == 2) == [(0.1, 0.2, 0.3, 0.4), (0.6, 0.2, 0.4, 0.4)]
+    by_line = {r.line: r for r in manifest.rows if r.identity or r.line != 2}
     first = by_line[2]
     assert (first.identity, first.species, first.deployment, first.location, first.sex, first.life_stage) == (
         "NYA-7", "Tragelaphus angasii", "d1", "north pan", "female", "adult")
@@ -145,10 +147,10 @@ def test_camtrap_dp_packages_are_read_row_by_row(tmp_path: Path) -> None:
     problems = [str(p) for p in manifest.problems]
     assert any("deployments.csv:3: latitude 95.0 is outside" in p for p in problems)
     assert any("deployments.csv:4: deploymentEnd" in p for p in problems)
-    assert any("media.csv:3: observations name several individuals (NYA-7, NYA-8)" in p for p in problems)
+    assert any("media.csv:3: observations name several individualID values (NYA-7, NYA-8)" in p for p in problems)
     assert any("media.csv:4: deploymentID 'd9' is not in deployments.csv" in p for p in problems)
     assert any("media.csv:5: filePath https://example.org/m4.jpg is a URL" in p for p in problems)
-    assert any("bounding boxes" in w for w in manifest.warnings) and any("1 videos" in w for w in manifest.warnings)
+    assert any("1 videos" in w for w in manifest.warnings)
     assert [d.code for d in manifest.deployments] == ["d1"]
     (package / "media.csv").unlink()
     with pytest.raises(ManifestError, match=r"media\.csv is missing"):

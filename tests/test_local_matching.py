@@ -84,7 +84,7 @@ def test_an_individual_can_score_by_the_agreement_of_its_best_photos() -> None:
     assert [(r.individual_id, r.score) for r in best] == [(8, 0.7), (7, 0.6)]
     combined = rank_individuals(photos, {}, combine_photos=2)  # 1 - 0.4 * 0.5: two photos that agree
     assert [r.individual_id for r in combined] == [7, 8]
-    assert combined[0].score == pytest.approx(0.8) and combined[0].best_image_id == 1
+    assert combined[0].score == pytest.approx(0.8) and combined[0].best_annotation_id == 1
     assert rank_individuals(photos, {}, combine_photos=3)[0].score == pytest.approx(1 - 0.4 * 0.5 * 0.9)
 
 
@@ -93,7 +93,7 @@ def _ranked(scores: list[list[float]]) -> list[IndividualScore]:
     for individual, photos in enumerate(scores, start=1):
         images = [CandidateScore(100 * individual + k, individual, {}, {"global": s, "aliked": s}, s)
                   for k, s in enumerate(photos)]
-        out.append(IndividualScore(individual, str(individual), photos[0], images[0].image_id, images))
+        out.append(IndividualScore(individual, str(individual), photos[0], images[0].annotation_id, images))
     return out
 
 

@@ -12,12 +12,12 @@ from registry.store import migrate
 from registry.store.catalog import Catalog, DuplicateImageError, UnknownIndividualError, species_prefix
 from registry.store.tables import Base, Individual, Sighting
 
-TABLES = {"surveys", "locations", "deployments", "individuals", "images", "sightings", "decisions", "embedders",
-          "calibrations", "species", "decision_policies", "changes", "api_tokens", "jobs"}
+TABLES = {"surveys", "locations", "deployments", "individuals", "images", "annotations", "events", "sightings",
+          "decisions", "embedders", "calibrations", "species", "decision_policies", "changes", "api_tokens", "jobs"}
 
 
 def _image_fields(sha: str, **extra: object) -> dict:
-    return {"sha256": sha, "path": f"/photos/{sha}.jpg", "species": "nyala", "width": 10, "height": 10, **extra}
+    return {"sha256": sha, "path": f"/photos/{sha}.jpg", "width": 10, "height": 10, **extra}
 
 
 def test_migrations_upgrade_match_models_and_downgrade(database_url: str) -> None:
@@ -80,24 +80,25 @@ def test_history_is_in_time_order_and_stats_count(catalog: Catalog) -> None:
         for i, day in enumerate([20, 3, 11]):
             image = catalog.add_image(session, **_image_fields(f"{i}" * 64, captured_at=datetime(2024, 5, day)))
             image.survey_id = catalog.survey(session, f"survey-{i % 2}").id
-            catalog.add_sighting(session, image, individual, "reference")
+            catalog.add_sighting(session, catalog.add_annotation(session, image, "nyala"), individual, "reference")
     history = catalog.history("NYA-0001")
     assert [s["captured_at"][:10] for s in history["sightings"]] == ["2024-05-03", "2024-05-11", "2024-05-20"]
     assert history["first_seen"].startswith("2024-05-03") and history["surveys"] == 2
-    assert catalog.stats() == {"individuals": 1, "images": 3, "sightings": 3, "decisions": 0, "surveys": 2,
-                               "pending_images": 3}
+    assert catalog.stats() == {"individuals": 1, "images": 3, "annotations": 3, "sightings": 3, "decisions": 0,
+                               "surveys": 2, "pending_annotations": 3}
 
 
 def test_sighting_methods_are_a_closed_set(catalog: Catalog) -> None:
     """The same row is accepted with a known method and refused with an unknown one: only the CHECK differs."""
     with catalog.transaction() as session:
         individual = catalog.new_individual(session, "nyala")
-        images = [catalog.add_image(session, **_image_fields(c * 64)) for c in "bc"]
-        individual_id, image_ids = individual.id, [i.id for i in images]
+        annotations = [catalog.add_annotation(session, catalog.add_image(session, **_image_fields(c * 64)), "nyala")
+                       for c in "bc"]
+        individual_id, annotation_ids = individual.id, [a.id for a in annotations]
     with catalog.transaction() as session:
-        session.add(Sighting(image_id=image_ids[0], individual_id=individual_id, method="confirmed"))
+        session.add(Sighting(annotation_id=annotation_ids[0], individual_id=individual_id, method="confirmed"))
     with pytest.raises(IntegrityError), catalog.transaction() as session:
-        session.add(Sighting(image_id=image_ids[1], individual_id=individual_id, method="guessed"))
+        session.add(Sighting(annotation_id=annotation_ids[1], individual_id=individual_id, method="guessed"))
     assert catalog.stats()["sightings"] == 1
 
 

@@ -57,8 +57,8 @@ def test_returning_animal_is_matched_and_a_new_one_is_created_once(
         with pytest.raises(CatalogError, match="already in the registry"):
             registry.identify(first, "synleopard", record=True)
         stats = registry.catalog.stats()
-        assert stats == {"individuals": 7, "images": 14, "sightings": 14, "decisions": 2, "surveys": 2,
-                         "pending_images": 0}
+        assert stats == {"individuals": 7, "images": 14, "annotations": 14, "sightings": 14, "decisions": 2,
+                         "surveys": 2, "pending_annotations": 0}
         history = registry.catalog.history(code)
         assert [s["method"] for s in history["sightings"]] == ["automatic", "automatic"]
         created_id = next(i["id"] for i in registry.catalog.individuals() if i["code"] == code)

@@ -57,7 +57,7 @@ def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_colle
     assert row["trained"] and not row["in_force"] and row["parent"] is not None
 
     result = json.loads(run_cli(home, "--json", "reembed").stdout)
-    assert result["images"] == 12 and result["reembedded"] == 12
+    assert result["annotations"] == 12 and result["reembedded"] == 12
     switched = _state(home)
     policy = switched["policy"]
     assert policy.version > before["policy"].version and policy.calibration_batches
@@ -100,12 +100,12 @@ def test_a_killed_reembed_resumes_and_ends_where_an_uninterrupted_one_does(tmp_p
     assert stopped["collections"] == before["collections"]
     doctor = json.loads(run_cli(home, "--json", "doctor").stdout)
     assert doctor["consistent"]
-    assert [(r["vectors"], r["images"]) for r in doctor["unfinished_reembeds"]] == [(8, 12)]
+    assert [(r["vectors"], r["annotations"]) for r in doctor["unfinished_reembeds"]] == [(8, 12)]
     text = run_cli(home, "doctor").stdout
     assert "unfinished reembed" in text and "registry reembed --model" in text
 
     resumed = json.loads(run_cli(home, "--json", "reembed").stdout)
-    assert resumed["reembedded"] == 4 and resumed["images"] == 12  # only what the killed run had not written
+    assert resumed["reembedded"] == 4 and resumed["annotations"] == 12  # only what the killed run had not written
     done = _state(home)
     assert done["policy"].embedder_weights and done["counts"][resumed["collection"]] == 12
     assert json.loads(run_cli(home, "--json", "doctor").stdout)["unfinished_reembeds"] == []

@@ -25,11 +25,11 @@ def test_round_trip_filters_payload_update_delete_and_reopen(tmp_path: Path) -> 
         index.ensure_collection("emb_test", 8)
         index.upsert("emb_test", points)
         hits = index.search("emb_test", points[0].vector * 3.0, limit=5, species="nyala")
-        assert hits[0].image_id == 1 and {h.image_id for h in hits} == {1, 2}
+        assert hits[0].annotation_id == 1 and {h.annotation_id for h in hits} == {1, 2}
         assert hits[0].score == pytest.approx(1.0, abs=1e-5)  # stored L2-normalised, cosine similarity
-        assert [h.image_id for h in index.search("emb_test", points[0].vector, 5, "nyala", "right")] == [2]
-        assert [h.image_id for h in index.search("emb_test", points[0].vector, 5, "nyala",
-                                                 exclude_image_ids=[1])] == [2]
+        assert [h.annotation_id for h in index.search("emb_test", points[0].vector, 5, "nyala", "right")] == [2]
+        assert [h.annotation_id for h in index.search("emb_test", points[0].vector, 5, "nyala",
+                                                 exclude_annotation_ids=[1])] == [2]
         index.set_individual("emb_test", [2], 10)
         index.delete("emb_test", [3])
     with VectorIndex(path=tmp_path / "qdrant") as reopened:  # everything survived closing
@@ -71,10 +71,10 @@ def test_viewpoint_rule_and_rejected_points_are_not_candidates(tmp_path: Path) -
         index.ensure_collection("emb_vp", 8)
         index.upsert("emb_vp", points)
         index.set_individual("emb_vp", [5], None)  # rejected
-        left = {h.image_id for h in index.search("emb_vp", query, 10, "nyala", "left")}
+        left = {h.annotation_id for h in index.search("emb_vp", query, 10, "nyala", "left")}
         assert left == {1, 3, 4}
-        assert {h.image_id for h in index.search("emb_vp", query, 10, "nyala", "right")} == {2, 3, 4}
-        assert {h.image_id for h in index.search("emb_vp", query, 10, "nyala")} == {1, 2, 3, 4}
+        assert {h.annotation_id for h in index.search("emb_vp", query, 10, "nyala", "right")} == {2, 3, 4}
+        assert {h.annotation_id for h in index.search("emb_vp", query, 10, "nyala")} == {1, 2, 3, 4}
         assert len(index.search("emb_vp", query, 1, "nyala", "left")) == 1
 
 

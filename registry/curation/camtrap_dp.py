@@ -25,9 +25,11 @@ from sqlalchemy import select
 
 from registry.store.catalog import Catalog, follow_merges
 from registry.store.tables import (
+    Annotation,
     Change,
     Decision,
     Deployment,
+    Event,
     Image,
     Individual,
     Location,
@@ -132,12 +134,20 @@ def export(catalog: Catalog, out_dir: Path, species: str | None = None, title: s
                  .outerjoin(Location, Location.id == Image.location_id)
                  .outerjoin(Deployment, Deployment.id == Image.deployment_id)
                  .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id))
+        annotations_query = (select(Annotation, Event.code, Sighting, Decision)
+                             .outerjoin(Event, Event.id == Annotation.event_id)
+                             .outerjoin(Sighting, (Sighting.annotation_id == Annotation.id)
+                                        & (Sighting.status == "active"))
+                             .outerjoin(Decision, Decision.id == Sighting.decision_id)
+                             .order_by(Annotation.id))
         if species:
-            query = query.where(Image.species == species)
+            query = query.where(Image.id.in_(select(Annotation.image_id).where(Annotation.species == species)))
+            annotations_query = annotations_query.where(Annotation.species == species)
         photos = session.execute(query).all()
-        sightings = {s.image_id: (s, d) for s, d in session.execute(
-            select(Sighting, Decision).outerjoin(Decision, Decision.id == Sighting.decision_id)
-            .where(Sighting.status == "active"))}
+        animals: dict[int, list[tuple[Annotation, str | None, Sighting, Decision | None]]] = {}
+        for annotation, event_code, sighting, decision in session.execute(annotations_query):
+            if sighting is not None:
+                animals.setdefault(annotation.image_id, []).append((annotation, event_code, sighting, decision))
         reviewers = _reviewers(session)
 
         deployments: dict[str, dict[str, Any]] = {}
@@ -163,32 +173,32 @@ def export(catalog: Catalog, out_dir: Path, species: str | None = None, title: s
             })
             if image.captured_at is None:
                 problems.append(f"{path.name}: no capture time (media.timestamp is required)")
-            found = sightings.get(image.id)
-            if found is None:
-                continue
-            sighting, decision = found
-            individual = individuals[follow_merges(sighting.individual_id, merged.get)]
-            machine = sighting.method == "automatic"
-            if machine and decision is not None:
-                by = f"registry decision policy v{decision.policy_id}" if decision.policy_id else "registry"
-            elif sighting.method == "reference":
-                by = "reference label"
-            else:
-                by = reviewers.get(sighting.decision_id or -1, "reviewer")
-            observation_rows.append({
-                "observationID": f"obs-{sighting.id}", "deploymentID": deployment_id, "mediaID": image.sha256,
-                "eventID": "", "eventStart": _timestamp(image.captured_at), "eventEnd": _timestamp(image.captured_at),
-                "observationLevel": "media", "observationType": "animal",
-                "scientificName": scientific.get(image.species) or image.species, "count": 1,
-                "lifeStage": "" if individual.life_stage == "unknown" else individual.life_stage,
-                "sex": "" if individual.sex == "unknown" else individual.sex,
-                "individualID": individual.code,
-                "bboxX": "", "bboxY": "", "bboxWidth": "", "bboxHeight": "",
-                "classificationMethod": "machine" if machine else "human", "classifiedBy": by,
-                "classificationTimestamp": _timestamp(decision.created_at if decision else sighting.created_at),
-                "classificationProbability": _probability(decision) if machine else "",
-                "observationComments": f"sighting method {sighting.method}",
-            })
+            for annotation, event_code, sighting, decision in animals.get(image.id, []):
+                individual = individuals[follow_merges(sighting.individual_id, merged.get)]
+                machine = sighting.method == "automatic"
+                if machine and decision is not None:
+                    by = f"registry decision policy v{decision.policy_id}" if decision.policy_id else "registry"
+                elif sighting.method == "reference":
+                    by = "reference label"
+                else:
+                    by = reviewers.get(sighting.decision_id or -1, "reviewer")
+                box = annotation.box or ("", "", "", "")
+                observation_rows.append({
+                    "observationID": f"obs-{sighting.id}", "deploymentID": deployment_id, "mediaID": image.sha256,
+                    "eventID": event_code or "", "eventStart": _timestamp(image.captured_at),
+                    "eventEnd": _timestamp(image.captured_at), "observationLevel": "media",
+                    "observationType": "animal",
+                    "scientificName": scientific.get(annotation.species) or annotation.species, "count": 1,
+                    "lifeStage": "" if individual.life_stage == "unknown" else individual.life_stage,
+                    "sex": "" if individual.sex == "unknown" else individual.sex,
+                    "individualID": individual.code,
+                    "bboxX": box[0], "bboxY": box[1], "bboxWidth": box[2], "bboxHeight": box[3],
+                    "classificationMethod": "machine" if machine else "human", "classifiedBy": by,
+                    "classificationTimestamp": _timestamp(decision.created_at if decision else sighting.created_at),
+                    "classificationProbability": _probability(decision) if machine else "",
+                    "observationComments": f"sighting method {sighting.method}; annotation {annotation.id} "
+                                           f"({annotation.source})",
+                })
 
         for deployment in session.scalars(select(Deployment).order_by(Deployment.id)):
             # a camera that photographed nothing is effort too: every registered deployment is exported

@@ -2,7 +2,7 @@
 edit an individual's attributes; undo any of these. Nothing is deleted, and every change is written to the
 `changes` audit table with the rows before and after, so `undo` restores exactly what was there.
 
-Write order: one SQL transaction (rows + audit entry), then the vector payloads of the affected images. SQL is
+Write order: one SQL transaction (rows + audit entry), then the vector payloads of the affected annotations. SQL is
 the truth: a crash between the two leaves payloads that `registry doctor --repair` rewrites from SQL.
 """
 
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from registry.store.catalog import Catalog, CatalogError
 from registry.store.stores import Stores
-from registry.store.tables import LIFE_STAGES, SEXES, Change, Decision, Image, Individual, Sighting
+from registry.store.tables import LIFE_STAGES, SEXES, Annotation, Change, Decision, Individual, Sighting
 
 ATTRIBUTES = ("sex", "life_stage", "nickname", "alternate_ids", "notes")
 
@@ -32,8 +32,14 @@ def default_actor() -> str:
 
 
 def _sighting_state(s: Sighting) -> dict[str, Any]:
-    return {"id": s.id, "image_id": s.image_id, "individual_id": s.individual_id, "method": s.method,
+    return {"id": s.id, "annotation_id": s.annotation_id, "individual_id": s.individual_id, "method": s.method,
             "status": s.status}
+
+
+def _same_sighting(state: dict[str, Any], recorded: dict[str, Any]) -> bool:
+    """Whether a sighting is as a change left it (changes recorded before annotations name the photo instead)."""
+    keys = ("id", "individual_id", "method", "status")
+    return all(state[k] == recorded[k] for k in keys)
 
 
 def _individual_state(i: Individual) -> dict[str, Any]:
@@ -51,14 +57,18 @@ def _attribute_state(i: Individual) -> dict[str, Any]:
     return {"id": i.id, **{name: getattr(i, name) for name in ATTRIBUTES}}
 
 
-def _decision_sighting(session: Session, decision_id: int) -> tuple[Decision, Sighting]:
+def _decision_sightings(session: Session, decision_id: int) -> tuple[Decision, list[Sighting]]:
+    """A decision and its sightings: one, or one per annotation of an animal decided jointly over an event."""
     decision = session.get(Decision, decision_id)
     if decision is None:
         raise CurationError(f"no decision {decision_id}")
-    sighting = session.scalar(select(Sighting).where(Sighting.image_id == decision.image_id))
-    if sighting is None:
+    sightings = list(session.scalars(select(Sighting).where(Sighting.decision_id == decision_id)
+                                     .order_by(Sighting.id)))
+    if not sightings:  # recorded before sightings named their decision
+        sightings = list(session.scalars(select(Sighting).where(Sighting.annotation_id == decision.annotation_id)))
+    if not sightings:
         raise CurationError(f"decision {decision_id} was never recorded as a sighting")
-    return decision, sighting
+    return decision, sightings
 
 
 class Curator:
@@ -81,12 +91,12 @@ class Curator:
             undoes.undone_by_id = change.id
         return change
 
-    def _sync_payloads(self, image_ids: list[int]) -> None:
-        """Make the vectors' payloads say what SQL now says about these images."""
-        states = self.catalog.image_states(image_ids)
+    def _sync_payloads(self, annotation_ids: list[int]) -> None:
+        """Make the vectors' payloads say what SQL now says about these annotations."""
+        states = self.catalog.annotation_states(annotation_ids)
         by_individual: dict[int | None, list[int]] = {}
-        for image_id, state in states.items():
-            by_individual.setdefault(state["individual_id"], []).append(image_id)
+        for annotation_id, state in states.items():
+            by_individual.setdefault(state["individual_id"], []).append(annotation_id)
         for collection in self.stores.registered_collections().values():
             for individual_id, ids in by_individual.items():
                 self.stores.index.set_individual(collection, ids, individual_id)
@@ -110,69 +120,75 @@ class Curator:
             individual.retired_at = None
             after.setdefault("individuals", []).append(_individual_state(individual))
 
-    def _result(self, change: Change, image_ids: list[int]) -> dict[str, Any]:
-        self._sync_payloads(image_ids)
-        return {"change": change.id, "kind": change.kind, "summary": change.summary, "images": len(image_ids)}
+    def _result(self, change: Change, annotation_ids: list[int]) -> dict[str, Any]:
+        self._sync_payloads(annotation_ids)
+        return {"change": change.id, "kind": change.kind, "summary": change.summary,
+                "annotations": len(annotation_ids)}
 
     # --- decisions ----------------------------------------------------------------------------------------
     def confirm(self, decision_id: int, reason: str | None = None) -> dict[str, Any]:
         with self.catalog.transaction() as session:
-            _, sighting = _decision_sighting(session, decision_id)
+            _, sightings = _decision_sightings(session, decision_id)
+            sighting = sightings[0]
             if sighting.status != "active":
                 raise CurationError(f"decision {decision_id}'s sighting was rejected; reassign it instead")
             if sighting.method in ("confirmed", "corrected", "reference"):
                 raise CurationError(f"decision {decision_id} is already {sighting.method}")
-            before = {"sightings": [_sighting_state(sighting)]}
-            sighting.method = "confirmed"
+            before = {"sightings": [_sighting_state(s) for s in sightings]}
+            for s in sightings:
+                s.method = "confirmed"
             code = session.get(Individual, sighting.individual_id).code  # type: ignore[union-attr]
             change = self._record(session, "confirm", f"confirmed decision {decision_id} ({code})", reason,
-                                  before, {"sightings": [_sighting_state(sighting)]})
-            image_ids = [sighting.image_id]
-        return self._result(change, image_ids)
+                                  before, {"sightings": [_sighting_state(s) for s in sightings]})
+            annotation_ids = [s.annotation_id for s in sightings]
+        return self._result(change, annotation_ids)
 
     def reassign(self, decision_id: int, individual: str | None = None, new: bool = False,
                  reason: str | None = None) -> dict[str, Any]:
         if new == (individual is not None):
             raise CurationError("give either an individual or --new")
         with self.catalog.transaction() as session:
-            decision, sighting = _decision_sighting(session, decision_id)
-            image = session.get(Image, decision.image_id)
-            before: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
+            decision, sightings = _decision_sightings(session, decision_id)
+            sighting = sightings[0]
+            annotation = session.get(Annotation, decision.annotation_id)
+            before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings]}
             created: list[int] = []
             if new:
-                target = self.catalog.new_individual(session, image.species)  # type: ignore[union-attr]
+                target = self.catalog.new_individual(session, annotation.species)  # type: ignore[union-attr]
                 session.flush()
                 created.append(target.id)
             else:
                 target = self.catalog.resolve(session, individual)  # type: ignore[arg-type]
-                if target.species != image.species:  # type: ignore[union-attr]
+                if target.species != annotation.species:  # type: ignore[union-attr]
                     raise CurationError(f"{target.code} is a {target.species}, the photo a "
-                                        f"{image.species}")  # type: ignore[union-attr]
+                                        f"{annotation.species}")  # type: ignore[union-attr]
             old = session.get(Individual, sighting.individual_id)
-            sighting.individual_id, sighting.method, sighting.status = target.id, "corrected", "active"
+            for s in sightings:
+                s.individual_id, s.method, s.status = target.id, "corrected", "active"
             session.flush()
-            after: dict[str, Any] = {"sightings": [_sighting_state(sighting)], "created": created}
+            after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings], "created": created}
             self._unretire(session, target, before, after)
             retired = self._retire(session, {old.id} if old else set(), before, after)
             change = self._record(session, "reassign",
                                   f"decision {decision_id}: {old.code if old else '?'} -> {target.code}", reason,
                                   before, after)
-            image_ids = [sighting.image_id]
-        return {**self._result(change, image_ids), "individual": target.code, "retired": retired}
+            annotation_ids = [s.annotation_id for s in sightings]
+        return {**self._result(change, annotation_ids), "individual": target.code, "retired": retired}
 
     def reject(self, decision_id: int, reason: str | None = None) -> dict[str, Any]:
         with self.catalog.transaction() as session:
-            _, sighting = _decision_sighting(session, decision_id)
-            if sighting.status == "rejected":
+            _, sightings = _decision_sightings(session, decision_id)
+            if sightings[0].status == "rejected":
                 raise CurationError(f"decision {decision_id} is already rejected")
-            before: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
-            sighting.status = "rejected"
+            before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings]}
+            for s in sightings:
+                s.status = "rejected"
             session.flush()
-            after: dict[str, Any] = {"sightings": [_sighting_state(sighting)]}
-            retired = self._retire(session, {sighting.individual_id}, before, after)
+            after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings]}
+            retired = self._retire(session, {s.individual_id for s in sightings}, before, after)
             change = self._record(session, "reject", f"rejected decision {decision_id}", reason, before, after)
-            image_ids = [sighting.image_id]
-        return {**self._result(change, image_ids), "retired": retired}
+            annotation_ids = [s.annotation_id for s in sightings]
+        return {**self._result(change, annotation_ids), "retired": retired}
 
     # --- individuals --------------------------------------------------------------------------------------
     def merge(self, keep: str, absorb: str, reason: str | None = None) -> dict[str, Any]:
@@ -197,20 +213,21 @@ class Curator:
             change = self._record(session, "merge", f"merged {absorbed.code} into {kept.code}", reason, before,
                                   {"sightings": [_sighting_state(s) for s in moving],
                                    "individuals": [_individual_state(absorbed)]})
-            image_ids = [s.image_id for s in moving]
-        return self._result(change, image_ids)
+            annotation_ids = [s.annotation_id for s in moving]
+        return self._result(change, annotation_ids)
 
     def split(self, individual: str, images: list[str], reason: str | None = None) -> dict[str, Any]:
-        """Move the sightings of these images (paths, sha256 or image ids) to a new individual."""
+        """Move the sightings of these annotations (annotation ids, or photos' paths or sha256 when a photo holds
+        one animal) to a new individual."""
         with self.catalog.transaction() as session:
             source = self.catalog.resolve(session, individual)
-            image_ids = [self._image_id(session, key) for key in images]
-            moving = list(session.scalars(select(Sighting).where(Sighting.image_id.in_(image_ids))))
-            strangers = [s.image_id for s in moving if s.individual_id != source.id]
-            if strangers or len(moving) != len(set(image_ids)):
-                raise CurationError(f"images {strangers or image_ids} are not sightings of {source.code}")
+            annotation_ids = [self._annotation_id(session, key) for key in images]
+            moving = list(session.scalars(select(Sighting).where(Sighting.annotation_id.in_(annotation_ids))))
+            strangers = [s.annotation_id for s in moving if s.individual_id != source.id]
+            if strangers or len(moving) != len(set(annotation_ids)):
+                raise CurationError(f"annotations {strangers or annotation_ids} are not sightings of {source.code}")
             remaining = session.scalar(select(Sighting.id).where(Sighting.individual_id == source.id,
-                                                                 Sighting.image_id.not_in(image_ids)))
+                                                                 Sighting.annotation_id.not_in(annotation_ids)))
             if remaining is None:
                 raise CurationError(f"that would move every sighting of {source.code}; nothing to split")
             before = {"sightings": [_sighting_state(s) for s in moving]}
@@ -221,13 +238,13 @@ class Curator:
             change = self._record(session, "split", f"split {len(moving)} sightings of {source.code} into "
                                   f"{target.code}", reason, before,
                                   {"sightings": [_sighting_state(s) for s in moving], "created": [target.id]})
-        return {**self._result(change, image_ids), "individual": target.code}
+        return {**self._result(change, annotation_ids), "individual": target.code}
 
-    def _image_id(self, session: Session, key: str) -> int:
-        image = self.catalog.image_by_key(session, key)
-        if image is None:
-            raise CurationError(f"no image {key!r} in the registry")
-        return image.id
+    def _annotation_id(self, session: Session, key: str) -> int:
+        try:
+            return self.catalog.annotation_by_key(session, key).id
+        except CatalogError as exc:
+            raise CurationError(str(exc)) from exc
 
     # --- attributes ---------------------------------------------------------------------------------------
     def edit(self, individual: str, reason: str | None = None, **attributes: Any) -> dict[str, Any]:
@@ -279,7 +296,7 @@ class Curator:
             current_sightings = {s.id: s for s in session.scalars(
                 select(Sighting).where(Sighting.id.in_([s["id"] for s in change.after.get("sightings", [])])))}
             for after in change.after.get("sightings", []):
-                if _sighting_state(current_sightings[after["id"]]) != after:
+                if not _same_sighting(_sighting_state(current_sightings[after["id"]]), after):
                     raise CurationError(f"sighting {after['id']} changed after change {change_id}; "
                                         "undo the later change first")
             undo_before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
@@ -315,7 +332,8 @@ class Curator:
                     undo_before["individuals"].append(_individual_state(created))
                     created.merged_into_id = back_to.pop()
                     retired.append(_individual_state(created))
-                    followers += session.scalars(select(Sighting.image_id).where(Sighting.individual_id == created_id))
+                    followers += session.scalars(select(Sighting.annotation_id)
+                                                 .where(Sighting.individual_id == created_id))
             after = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
                      "individuals": [_individual_state(session.get(Individual, i["id"]))  # type: ignore[arg-type]
                                      for i in undo_before["individuals"]]}
@@ -323,8 +341,8 @@ class Curator:
                 after["attributes"] = attributes_after
             record = self._record(session, "undo", f"undid change {change_id} ({change.summary})", reason,
                                   undo_before, after, undoes=change)
-            image_ids = sorted({s.image_id for s in current_sightings.values()} | set(followers))
-        return {**self._result(record, image_ids), "retired": [r["code"] for r in retired]}
+            annotation_ids = sorted({s.annotation_id for s in current_sightings.values()} | set(followers))
+        return {**self._result(record, annotation_ids), "retired": [r["code"] for r in retired]}
 
     def changes(self, limit: int = 50) -> list[dict[str, Any]]:
         return self.changes_in(self.catalog, limit)

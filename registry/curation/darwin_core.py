@@ -39,7 +39,7 @@ def occurrences(catalog: Catalog, species: str | None = None) -> list[dict[str, 
         machine = s["method"] == "automatic"
         rows.append({
             "occurrenceID": f"sighting-{s['sighting_id']}",
-            "eventID": s["deployment"] or s["survey"],
+            "eventID": s["event"] or s["deployment"] or s["survey"],
             "eventDate": s["captured_at"],
             "basisOfRecord": "MachineObservation" if machine else "HumanObservation",
             "organismID": s["individual"],

@@ -15,12 +15,23 @@ from typing import Any
 from sqlalchemy import func, select
 
 from registry.store.catalog import Catalog, CatalogError, follow_merges
-from registry.store.tables import Decision, Deployment, Image, Individual, Location, Sighting, Survey
+from registry.store.tables import (
+    Annotation,
+    Decision,
+    Deployment,
+    Event,
+    Image,
+    Individual,
+    Location,
+    Sighting,
+    Survey,
+)
 
 OCCASIONS = ("survey", "year", "month")
 SIGHTING_COLUMNS = ["individual", "species", "name", "sex", "life_stage", "captured_at", "survey", "location",
-                    "deployment", "latitude", "longitude", "image", "sha256", "viewpoint", "method", "decision_id",
-                    "decision_outcome", "score", "threshold", "scorer", "sighting_id"]
+                    "deployment", "latitude", "longitude", "image", "sha256", "annotation_id", "bbox_x", "bbox_y",
+                    "bbox_w", "bbox_h", "event", "viewpoint", "method", "decision_id", "decision_outcome",
+                    "score", "threshold", "scorer", "sighting_id"]
 
 
 def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str, Any]]:
@@ -32,17 +43,20 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
         def resolved(individual_id: int) -> Individual:
             return individuals[follow_merges(individual_id, merged.get)]
 
-        query = (select(Sighting, Image, Survey.name, Decision, Location.name, Deployment.code)
-                 .join(Image, Image.id == Sighting.image_id)
+        query = (select(Sighting, Annotation, Image, Survey.name, Decision, Location.name, Deployment.code,
+                        Event.code)
+                 .join(Annotation, Annotation.id == Sighting.annotation_id)
+                 .join(Image, Image.id == Annotation.image_id)
+                 .outerjoin(Event, Event.id == Annotation.event_id)
                  .outerjoin(Survey, Survey.id == Image.survey_id)
                  .outerjoin(Decision, Decision.id == Sighting.decision_id)
                  .outerjoin(Location, Location.id == Image.location_id)
                  .outerjoin(Deployment, Deployment.id == Image.deployment_id)
                  .where(Sighting.status == "active")
-                 .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id))
+                 .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id, Annotation.id))
         if species:
-            query = query.where(Image.species == species)
-        for sighting, image, survey, decision, location, deployment in session.execute(query):
+            query = query.where(Annotation.species == species)
+        for sighting, annotation, image, survey, decision, location, deployment, event in session.execute(query):
             individual = resolved(sighting.individual_id)
             yield {
                 "individual": individual.code, "species": individual.species, "name": individual.name or "",
@@ -50,7 +64,10 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
                 "captured_at": image.captured_at.isoformat() if image.captured_at else "", "survey": survey or "",
                 "location": location or "", "deployment": deployment or "",
                 "latitude": image.latitude, "longitude": image.longitude, "image": str(catalog.paths.local(image.path)),
-                "sha256": image.sha256, "viewpoint": image.viewpoint or "", "method": sighting.method,
+                "sha256": image.sha256, "annotation_id": annotation.id,
+                **dict(zip(("bbox_x", "bbox_y", "bbox_w", "bbox_h"), annotation.box or ("",) * 4, strict=True)),
+                "event": event or "", "viewpoint": annotation.viewpoint or "",
+                "method": sighting.method,
                 "decision_id": sighting.decision_id or "", "decision_outcome": decision.outcome if decision else "",
                 "score": decision.score if decision else "", "threshold": decision.threshold if decision else "",
                 "scorer": (decision.model_versions or {}).get("scorer", "") if decision else "",
@@ -257,10 +274,13 @@ def write_capture_history(catalog: Catalog, out: Path, occasion: str = "survey",
 
 
 def write_photos(catalog: Catalog, out_dir: Path, species: str | None = None) -> dict[str, Any]:
-    """A folder per individual (its code) with a copy of each photo of its active sightings, named by capture
-    time and content hash so they sort in time order: what people ask for to check or share an animal's file.
-    Photos that cannot be read from their stored path are reported, not fatal."""
+    """A folder per individual (its code) with each of its active sightings: the animal's crop (with the margin
+    the models see) for a boxed annotation, a copy of the photo for a whole-image one, named by capture time and
+    content hash so they sort in time order: what people ask for to check or share an animal's file. Photos that
+    cannot be read from their stored path are reported, not fatal."""
     import shutil
+
+    from registry.matching.imaging import ImageError, crop_to_box, load_image
 
     out_dir = Path(out_dir)
     copied, missing = 0, []
@@ -269,13 +289,23 @@ def write_photos(catalog: Catalog, out_dir: Path, species: str | None = None) ->
         source = Path(row["image"])
         folder = out_dir / row["individual"]
         stamp = row["captured_at"].replace(":", "").replace("-", "")[:15] if row["captured_at"] else "undated"
-        target = folder / f"{stamp}_{row['sha256'][:10]}{source.suffix.lower()}"
+        box = None if row["bbox_x"] == "" else (row["bbox_x"], row["bbox_y"], row["bbox_w"], row["bbox_h"])
+        suffix = source.suffix.lower() if box is None else ".jpg"
+        animal = "" if box is None else f"_a{row['annotation_id']}"  # one photo, several animals: one file each
+        target = folder / f"{stamp}_{row['sha256'][:10]}{animal}{suffix}"
         if not source.is_file():
             missing.append(str(source))
             continue
         folder.mkdir(parents=True, exist_ok=True)
         folders.add(row["individual"])
         if not target.exists():
-            shutil.copy2(source, target)
+            if box is None:
+                shutil.copy2(source, target)
+            else:
+                try:
+                    crop_to_box(load_image(source, max_side=None), box).save(target, quality=92)
+                except ImageError:
+                    missing.append(str(source))
+                    continue
         copied += 1
     return {"out": str(out_dir), "individuals": len(folders), "photos": copied, "missing": missing}

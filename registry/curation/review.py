@@ -1,61 +1,136 @@
 """The review queue: automatic decisions that deserve a human look, most uncertain first.
 
 A decision is uncertain when its fused score is near the threshold, when it matched but the runner-up
-individual scored almost as high, or when it created a new individual although the best candidate came close.
-Decisions already confirmed, corrected or rejected have left the queue.
+individual scored almost as high, or when it created a new individual although the best candidate came close
+(`decide.scoring.decision_margin`, stored with the decision in an indexed column). Decisions already confirmed,
+corrected or rejected have left the queue. Every read here is a bounded, indexed query.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, func, select
 
-from registry.store.catalog import Catalog
-from registry.store.tables import Decision, Image, Individual, Sighting
+from registry.store.catalog import Catalog, follow_merges
+from registry.store.tables import Annotation, Decision, Image, Individual, Location, Sighting, Survey
 
 
-def _uncertainty(decision: Decision) -> tuple[float, str]:
-    """Smaller is more uncertain; the reason says which margin is small."""
-    ranked = decision.candidates or []
-    best = ranked[0]["score"] if ranked else None
-    second = ranked[1]["score"] if len(ranked) > 1 else None
-    if decision.outcome == "new":
-        if best is None:
-            return float("inf"), "no candidates"
-        return decision.threshold - best, "new individual, but the best candidate came close"
-    to_threshold = (decision.score or 0.0) - decision.threshold
-    to_runner_up = (decision.score or 0.0) - second if second is not None else float("inf")
-    if to_runner_up < to_threshold:
-        return to_runner_up, f"runner-up {ranked[1]['code']} scored almost as high"
-    return to_threshold, "score just above the threshold"
+def _pending(filters: dict[str, Any]) -> Any:
+    """Automatic decisions whose sightings nobody has reviewed yet, within the filters: one indexed query."""
+    unreviewed = exists(select(Sighting.id).where(Sighting.decision_id == Decision.id,
+                                                  Sighting.method == "automatic", Sighting.status == "active"))
+    query = (select(Decision, Annotation, Image)
+             .join(Annotation, Annotation.id == Decision.annotation_id)
+             .join(Image, Image.id == Annotation.image_id)
+             .where(unreviewed, Decision.margin <= filters.get("margin", 0.15)))
+    if filters.get("species"):
+        query = query.where(Annotation.species == filters["species"])
+    if filters.get("outcome"):
+        query = query.where(Decision.outcome == filters["outcome"])
+    if filters.get("survey"):
+        query = query.where(Image.survey_id.in_(select(Survey.id).where(Survey.name == filters["survey"])))
+    if filters.get("location"):
+        query = query.where(Image.location_id.in_(select(Location.id).where(Location.name == filters["location"])))
+    return query
 
 
 def queue(catalog: Catalog, species: str | None = None, limit: int = 20, margin: float = 0.15,
+          survey: str | None = None, location: str | None = None, outcome: str | None = None,
           ) -> list[dict[str, Any]]:
+    """Automatic decisions still unreviewed whose margin (stored at decision time) is at most `margin`, most
+    uncertain first; optionally only one species, survey, location or outcome (`match` or `new`)."""
+    filters = {"species": species, "margin": margin, "survey": survey, "location": location, "outcome": outcome}
     with catalog.transaction() as session:
-        query = (select(Decision, Sighting, Image, Individual.code)
-                 .join(Sighting, Sighting.decision_id == Decision.id)
-                 .join(Image, Image.id == Decision.image_id)
-                 .join(Individual, Individual.id == Sighting.individual_id)
-                 .where(Sighting.method == "automatic", Sighting.status == "active"))
-        if species:
-            query = query.where(Image.species == species)
-        rows = session.execute(query).all()
+        rows = session.execute(_pending(filters).order_by(Decision.margin, Decision.id).limit(limit)).all()
+        current = dict(session.execute(
+            select(Sighting.decision_id, Individual.code).join(Individual, Individual.id == Sighting.individual_id)
+            .where(Sighting.decision_id.in_([d.id for d, _, _ in rows]))).all())
         entries = []
-        for decision, _sighting, image, code in rows:
-            uncertainty, reason = _uncertainty(decision)
-            if uncertainty > margin:
-                continue
+        for decision, annotation, image in rows:
             entries.append({
-                "decision": decision.id, "uncertainty": round(uncertainty, 4), "reason": reason,
-                "outcome": decision.outcome, "individual": code, "score": decision.score,
-                "threshold": decision.threshold, "image": image.path, "species": image.species,
+                "decision": decision.id, "uncertainty": round(decision.margin, 4), "reason": decision.margin_reason,
+                "outcome": decision.outcome, "individual": current.get(decision.id), "score": decision.score,
+                "threshold": decision.threshold, "image": image.path, "species": annotation.species,
+                "annotation": annotation.id, "box": list(annotation.box) if annotation.box else None,
+                "annotations": len((decision.model_versions or {}).get("annotations", [])) or 1,
                 "captured_at": image.captured_at.isoformat() if image.captured_at else None,
-                "candidates": [{"individual": c["code"], "score": c["score"], "best_image_id": c["best_image_id"],
+                "candidates": [{"individual": c["code"], "score": c["score"],
+                                "best_annotation_id": c.get("best_annotation_id", c.get("best_image_id")),
                                 "raw": c["images"][0]["raw"] if c.get("images") else {},
                                 "calibrated": c["images"][0]["calibrated"] if c.get("images") else {}}
                                for c in (decision.candidates or [])[:5]],
             })
-    entries.sort(key=lambda e: (e["uncertainty"], e["decision"]))
-    return entries[:limit]
+    return entries
+
+
+def count(catalog: Catalog, **filters: Any) -> int:
+    """How many decisions are left to review under these filters."""
+    with catalog.transaction() as session:
+        return int(session.scalar(select(func.count()).select_from(_pending(filters).subquery())) or 0)
+
+
+def neighbours(catalog: Catalog, decision_id: int, **filters: Any) -> dict[str, Any]:
+    """The decisions before and after this one in the queue's order, its position and the queue's length: a few
+    indexed queries, whatever the queue's size."""
+    with catalog.transaction() as session:
+        here = session.get(Decision, decision_id)
+        total = int(session.scalar(select(func.count()).select_from(_pending(filters).subquery())) or 0)
+        if here is None or here.margin is None:
+            return {"previous": None, "next": None, "position": None, "total": total}
+        key = (here.margin, here.id)
+        before = (Decision.margin < key[0]) | ((Decision.margin == key[0]) & (Decision.id < key[1]))
+        after = (Decision.margin > key[0]) | ((Decision.margin == key[0]) & (Decision.id > key[1]))
+        previous = session.execute(_pending(filters).where(before)
+                                   .order_by(Decision.margin.desc(), Decision.id.desc()).limit(1)).first()
+        following = session.execute(_pending(filters).where(after)
+                                    .order_by(Decision.margin, Decision.id).limit(1)).first()
+        in_queue = session.execute(_pending(filters).where(Decision.id == decision_id)).first() is not None
+        position = int(session.scalar(select(func.count()).select_from(_pending(filters).where(before).subquery())))
+        return {"previous": previous[0].id if previous else None, "next": following[0].id if following else None,
+                "position": position if in_queue else None, "total": total}
+
+
+def decision_detail(catalog: Catalog, decision_id: int) -> dict[str, Any] | None:
+    """Everything a match page shows about one decision: the query animal, the ranked candidate individuals
+    with each compared photo's raw and calibrated scores, the fused score, tau, the policy version, and what
+    its sightings say now (after any review)."""
+    with catalog.transaction() as session:
+        decision = session.get(Decision, decision_id)
+        if decision is None:
+            return None
+        annotation = session.get(Annotation, decision.annotation_id)
+        image = session.get(Image, annotation.image_id)  # type: ignore[union-attr]
+        sightings = list(session.scalars(select(Sighting).where(Sighting.decision_id == decision_id)
+                                         .order_by(Sighting.id)))
+        merged = catalog.merge_links(session)
+        current = None
+        if sightings:
+            individual = session.get(Individual, follow_merges(sightings[0].individual_id, merged.get))
+            current = individual.code if individual else None
+        survey = session.get(Survey, image.survey_id).name if image.survey_id else None  # type: ignore[union-attr]
+        location = session.get(Location, image.location_id).name if image.location_id else None  # type: ignore[union-attr]
+        versions = decision.model_versions or {}
+        candidates = []
+        for rank, c in enumerate(decision.candidates or [], start=1):
+            candidates.append({
+                "rank": rank, "code": c["code"], "individual_id": c.get("individual_id"), "score": c["score"],
+                "best_annotation_id": c.get("best_annotation_id", c.get("best_image_id")),
+                "images": [{"annotation_id": i.get("annotation_id", i.get("image_id")), "raw": i.get("raw", {}),
+                            "calibrated": i.get("calibrated", {}), "score": i.get("score")}
+                           for i in c.get("images", [])]})
+        return {
+            "decision": decision.id, "outcome": decision.outcome, "score": decision.score,
+            "threshold": decision.threshold, "policy_version": decision.policy_id,
+            "scorer": versions.get("scorer", ""), "profile": decision.profile,
+            "created_at": decision.created_at.isoformat(timespec="seconds"),
+            "annotation": annotation.id, "annotations": versions.get("annotations") or [annotation.id],  # type: ignore[union-attr]
+            "box": list(annotation.box) if annotation.box else None,  # type: ignore[union-attr]
+            "species": annotation.species, "photo": image.path.rsplit("/", 1)[-1],  # type: ignore[union-attr]
+            "captured_at": image.captured_at.isoformat(timespec="seconds") if image.captured_at else None,  # type: ignore[union-attr]
+            "survey": survey, "location": location,
+            "proposed": candidates[0]["code"] if decision.outcome == "match" and candidates else None,
+            "individual": current, "method": sightings[0].method if sightings else None,
+            "status": sightings[0].status if sightings else None,
+            "candidates": candidates, "problems": versions.get("problems", []),
+        }

@@ -6,7 +6,11 @@ consecutive periods of `occasion_days` from the first day any camera operated; a
 occasion is 1 when one of its deployments operated during it (the deployment's interval, else the span of its
 photos). `capt.txt` has one line per detection (`Session ID Occasion Detector`), `traps.txt` one per detector
 (`Detector X Y usage`), both in the DENSITY text format secr reads; `detectors.csv` maps the detector labels
-(secr allows no spaces, commas or underscores in them) back to the registry's names.
+(secr allows no spaces, commas or underscores in them) back to the registry's names. The same detections are
+written for R's oSCR (`data2oscr(edf, tdf = list(tdf), sess.col = 1, id.col = 2, occ.col = 3, trap.col = 4,
+K = occasions, ntraps = detectors)`): `oscr_edf.csv` (session, individual, occasion, trap number) and
+`oscr_tdf.csv` (trap number, X, Y, one 0/1 operation column per occasion). A photo holding several animals gives
+each of its annotations' individuals a detection.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from registry.store.catalog import Catalog, CatalogError, follow_merges
-from registry.store.tables import Deployment, Image, Individual, Location, Sighting
+from registry.store.tables import Annotation, Deployment, Image, Individual, Location, Sighting
 
 
 @dataclass
@@ -81,8 +85,9 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
             select(Image, Location, Deployment, Sighting)
             .outerjoin(Location, Location.id == Image.location_id)
             .outerjoin(Deployment, Deployment.id == Image.deployment_id)
-            .outerjoin(Sighting, (Sighting.image_id == Image.id) & (Sighting.status == "active"))
-            .where(Image.species == species)).all()
+            .join(Annotation, Annotation.image_id == Image.id)
+            .outerjoin(Sighting, (Sighting.annotation_id == Annotation.id) & (Sighting.status == "active"))
+            .where(Annotation.species == species)).all()
         for image, location, deployment, sighting in rows:
             if location is not None:
                 key, name = ("location", location.id), location.name
@@ -175,6 +180,17 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
         writer.writerow(["detector", "registry_name", "x", "y", "occasions_operating"])
         for detector, x, y, usage in traps:
             writer.writerow([detector.label, detector.name, f"{x:.1f}", f"{y:.1f}", usage.count("1")])
+    with open(out_dir / "oscr_edf.csv", "w", newline="") as handle:
+        number = {detector.label: k for k, (detector, *_rest) in enumerate(traps, start=1)}
+        writer = csv.writer(handle)
+        writer.writerow(["session", "individual", "occasion", "trap"])
+        for _session, code, occasion_number, label in lines:
+            writer.writerow([1, code, occasion_number, number[label]])
+    with open(out_dir / "oscr_tdf.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["trap", "x", "y", *(f"occ{k}" for k in range(1, occasions + 1))])
+        for k, (_detector, x, y, usage) in enumerate(traps, start=1):
+            writer.writerow([k, f"{x:.1f}", f"{y:.1f}", *usage])
     per_individual: dict[str, int] = defaultdict(int)
     for _, code, _, _ in lines:
         per_individual[code] += 1

@@ -7,11 +7,9 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
-from sqlalchemy import select
 
 from registry.services.registry import Registry
 from registry.store.tables import Decision
-from registry.store.tables import Image as ImageRow
 
 PANEL = (480, 320)  # each photo is fitted into this box
 HEADER = 40
@@ -37,23 +35,24 @@ def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3)
         decision = session.get(Decision, decision_id)
         if decision is None:
             raise ValueError(f"no decision {decision_id}")
-        query = session.get(ImageRow, decision.image_id)
         ranked = (decision.candidates or [])[:candidates]
-        images = {row.id: row for row in session.scalars(
-            select(ImageRow).where(ImageRow.id.in_([c["best_image_id"] for c in ranked])))}
-        header = (f"decision {decision.id}: {decision.outcome}"
-                  f"{' ' + ranked[0]['code'] if decision.outcome == 'match' and ranked else ''}  "
-                  f"score {decision.score if decision.score is None else round(decision.score, 3)}  "
-                  f"threshold {decision.threshold:g}   query {Path(query.path).name}")  # type: ignore[union-attr]
-        query_info = (query.path, query.species, query.viewpoint, query.sha256)  # type: ignore[union-attr]
-        rows = [(c, images.get(c["best_image_id"])) for c in ranked]
-        rows = [(c, (i.path, i.species, i.viewpoint, i.sha256)) for c, i in rows if i is not None]
+        best = {id(c): c.get("best_annotation_id", c.get("best_image_id")) for c in ranked}
+        query_id, score, outcome, threshold = decision.annotation_id, decision.score, decision.outcome, \
+            decision.threshold
+    states = registry.catalog.annotation_states([query_id, *best.values()])
+    query_info = states[query_id]
+    header = (f"decision {decision_id}: {outcome}"
+              f"{' ' + ranked[0]['code'] if outcome == 'match' and ranked else ''}  "
+              f"score {score if score is None else round(score, 3)}  "
+              f"threshold {threshold:g}   query {Path(query_info['path']).name}")
+    rows = [(c, states[best[id(c)]]) for c in ranked if best[id(c)] in states]
     pipeline = registry.pipeline
-    features = {sha: registry.features.get(sha) for sha in [query_info[3], *(info[3] for _, info in rows)]}
+    features = {info["feature_key"]: registry.features.get(info["feature_key"])
+                for info in [query_info, *(info for _, info in rows)]}
 
-    def photo(info: tuple[str, str, str | None, str]) -> tuple[Image.Image, float, tuple[int, int], float]:
-        image = pipeline.load(registry.catalog.paths.local(info[0]), info[1], info[2])
-        feats = features.get(info[3])
+    def photo(info: dict[str, Any]) -> tuple[Image.Image, float, tuple[int, int], float]:
+        image = pipeline.load(Path(info["path"]), info["species"], info["viewpoint"], info["box"])
+        feats = features.get(info["feature_key"])
         frame = feats.image_size[0] / image.width if feats is not None else 1.0  # keypoint frame -> photo
         fitted, scale, offset = _fit(image)
         return fitted, scale, offset, frame
@@ -69,7 +68,7 @@ def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3)
         sheet.paste(q_image, (q_offset[0], top + q_offset[1]))
         c_image, c_scale, c_offset, c_frame = photo(info)
         sheet.paste(c_image, (PANEL[0] + c_offset[0], top + c_offset[1]))
-        q_features, c_features = features.get(query_info[3]), features.get(info[3])
+        q_features, c_features = features.get(query_info["feature_key"]), features.get(info["feature_key"])
         if q_features is not None and c_features is not None:
             matches = pipeline.local.match(q_features, [c_features])[0]
             for qi, ci, confidence in zip(matches.query_idx, matches.candidate_idx, matches.confidence, strict=True):
@@ -86,7 +85,7 @@ def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3)
                  for name, raw in scores["raw"].items()]
         draw.text((10, top + PANEL[1] + 4), f"#{index + 1} {candidate['code']}  fused {candidate['score']:.3f}",
                   fill=(0, 0, 0), font=font)
-        draw.text((10, top + PANEL[1] + 18), "   ".join(parts) + f"   ({Path(info[0]).name})",
+        draw.text((10, top + PANEL[1] + 18), "   ".join(parts) + f"   ({Path(info['path']).name})",
                   fill=(60, 60, 60), font=font)
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)

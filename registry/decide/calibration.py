@@ -82,8 +82,8 @@ class LearnedFusion:
 class LabelledPair:
     """Two distinct registry images of one species, their raw scores per matcher, and the truth."""
 
-    query_image_id: int
-    candidate_image_id: int
+    query_annotation_id: int
+    candidate_annotation_id: int
     species: str
     same: bool
     raw: dict[str, float] = field(default_factory=dict)
@@ -109,8 +109,8 @@ def fit_calibrations(pairs: list[LabelledPair], matchers: list[str],
                      min_pairs: int = MIN_PAIRS_PER_SPECIES) -> dict[tuple[str, str | None], IsotonicCalibrator]:
     """One pooled calibrator per matcher, plus one per species that has `min_pairs` positives and negatives."""
     for pair in pairs:
-        if pair.query_image_id == pair.candidate_image_id:
-            raise CalibrationError(f"image {pair.query_image_id} paired with itself")
+        if pair.query_annotation_id == pair.candidate_annotation_id:
+            raise CalibrationError(f"image {pair.query_annotation_id} paired with itself")
     fitted: dict[tuple[str, str | None], IsotonicCalibrator] = {}
     groups: dict[str | None, list[LabelledPair]] = {None: pairs}
     for pair in pairs:

@@ -20,7 +20,7 @@ from registry.decide.calibration import Calibrations
 class CandidateScore:
     """One candidate image of a query, with each matcher's raw score and the fused score."""
 
-    image_id: int
+    annotation_id: int
     individual_id: int
     raw: dict[str, float]
     calibrated: dict[str, float] = field(default_factory=dict)
@@ -34,7 +34,7 @@ class IndividualScore:
     individual_id: int
     code: str
     score: float
-    best_image_id: int
+    best_annotation_id: int
     images: list[CandidateScore]
 
     def to_json(self) -> dict:
@@ -42,7 +42,7 @@ class IndividualScore:
             "individual_id": self.individual_id,
             "code": self.code,
             "score": self.score,
-            "best_image_id": self.best_image_id,
+            "best_annotation_id": self.best_annotation_id,
             "images": [asdict(c) for c in self.images],
         }
 
@@ -176,9 +176,27 @@ def rank_individuals(candidates: Iterable[CandidateScore], codes: dict[int, str]
                 missed *= 1.0 - min(max(image.score, 0.0), 1.0)
             score = 1.0 - missed
         ranked.append(IndividualScore(individual_id, codes.get(individual_id, str(individual_id)),
-                                      score, images[0].image_id, images))
+                                      score, images[0].annotation_id, images))
     ranked.sort(key=lambda s: (-s.score, s.individual_id))
     return ranked
+
+
+NO_MARGIN = 1e9  # a decision with nothing to weigh (no candidate): never uncertain
+
+
+def decision_margin(outcome: str, scores: list[float], codes: list[str], threshold: float) -> tuple[float, str]:
+    """How close a decision came to going the other way (smaller is more uncertain) and why: a match by its
+    distance to tau or to the runner-up individual, whichever is smaller; a new individual by how close its best
+    candidate came to tau. Stored with the decision, so the review queue is one indexed query."""
+    if outcome == "new":
+        if not scores:
+            return NO_MARGIN, "no candidates"
+        return threshold - scores[0], "new individual, but the best candidate came close"
+    to_threshold = scores[0] - threshold
+    to_runner_up = scores[0] - scores[1] if len(scores) > 1 else NO_MARGIN
+    if to_runner_up < to_threshold:
+        return to_runner_up, f"runner-up {codes[1]} scored almost as high"
+    return to_threshold, "score just above the threshold"
 
 
 def decide(ranked: list[IndividualScore], threshold: float) -> Outcome:

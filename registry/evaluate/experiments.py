@@ -107,7 +107,7 @@ def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tupl
                 problems.append(f"{row.image}: {item}")
                 continue
             began = time.perf_counter()
-            exclude = (own[row.image],) if row.image in own else ()  # a query never matches its own photo
+            exclude = own.get(row.image, ())  # a query never matches its own photo
             candidates = identification.candidates(item, row.species, row.viewpoint, exclude)
             outcome = identification.judge(candidates, row.species)  # also fills calibrated scores
             results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates,
@@ -118,16 +118,16 @@ def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tupl
     return results, problems
 
 
-def _own_images(registry: Registry, rows: list[PhotoRow]) -> dict[Path, int]:
-    """Query photos that are in the registry themselves (same content), and their image ids."""
+def _own_images(registry: Registry, rows: list[PhotoRow]) -> dict[Path, tuple[int, ...]]:
+    """Query photos that are in the registry themselves (same content), and their annotations' ids."""
     shas = {}
     for row in rows:
         try:
             shas[row.image] = sha256_of_file(row.image)
         except ImageError:
             continue
-    ids = registry.catalog.image_ids_by_sha(list(shas.values()))
-    return {path: ids[sha] for path, sha in shas.items() if sha in ids}
+    ids = registry.catalog.annotations_by_sha(list(shas.values()))
+    return {path: tuple(ids[sha]) for path, sha in shas.items() if sha in ids}
 
 
 def _ranked(result: QueryResult, score: ScoreFn | None) -> list[tuple[int, float]]:
@@ -284,7 +284,7 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
     pipeline = registry.pipeline
     primary = pipeline.primary.name
     collection = registry.collections[primary]
-    ids = {i["image_id"]: i for i in registry.catalog.labelled_images()}
+    ids = {i["annotation_id"]: i for i in registry.catalog.labelled_annotations()}
     reference_ids = np.array(sorted(ids))
     reference = registry.index.vectors(collection, reference_ids.tolist())
     matrix = np.stack([reference[int(i)] for i in reference_ids])
@@ -302,7 +302,7 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         allowed = species_of == row.species
         if row.viewpoint:  # the registry's viewpoint rule: its own, `both`, or unknown
             allowed &= (viewpoint_of == row.viewpoint) | (viewpoint_of == "both") | (viewpoint_of == "")
-        allowed &= reference_ids != own.get(row.image, -1)  # never the query's own photo
+        allowed &= ~np.isin(reference_ids, own.get(row.image, ()))  # never the query's own photo
         similarity[~allowed] = -np.inf
         order = np.argsort(-similarity)[: min(shortlist, int(allowed.sum()))]
         chosen = [int(reference_ids[i]) for i in order]
@@ -312,10 +312,10 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen],
                                            budget=registry.settings.local.for_species(row.species).max_keypoints)
         candidates = []
-        for position, image_id in enumerate(chosen):
-            raw = {primary: float(similarity[order[position]]), **{n: s[image_id] for n, s in others.items()},
+        for position, annotation_id in enumerate(chosen):
+            raw = {primary: float(similarity[order[position]]), **{n: s[annotation_id] for n, s in others.items()},
                    **local[position]}
-            candidates.append(CandidateScore(image_id, individual_of[image_id], raw))
+            candidates.append(CandidateScore(annotation_id, individual_of[annotation_id], raw))
         registry.identification.judge(candidates, row.species)
         seconds = time.perf_counter() - began
         spent += seconds

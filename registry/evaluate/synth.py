@@ -157,6 +157,7 @@ def generate(
     new_per_season: float = 0.3,
     progress: Callable[[int], None] | None = None,
     camera_traps: bool = False,
+    group_rate: float = 0.25,
 ) -> list[SynthRecord]:
     """Write seasons `season1/ … seasonK/` with images and a `manifest.csv` each; return every record.
 
@@ -165,9 +166,12 @@ def generate(
 
     `camera_traps`: the photos come from camera stations (`STATIONS`, one deployment per station and season,
     operating the whole season): each animal lives near a home station and is photographed in bursts (the
-    photos of one visit seconds apart at one station); the manifests gain `location` and `deployment`, and each
-    season also gets a Camtrap DP package `camtrap-dp/` (deployments, media, media-level animal observations
-    without identities: true identities stay in the manifests).
+    photos of one visit seconds apart at one station); with probability `group_rate` a visit is shared with one
+    or two other animals, whose frames then hold 2–3 animals side by side (one manifest row per animal, with its
+    bounding box). The manifests gain `location`, `deployment` and the box columns; each season also gets a
+    Camtrap DP package `camtrap-dp/` (deployments, media, one media-level observation per animal with its box,
+    `eventID` per burst; no identities: true identities stay in the manifests) and MegaDetector batch output
+    `megadetector.json` for the same photos (a detection per animal, and now and then a faint false one).
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -195,39 +199,96 @@ def generate(
         season_dir = out_dir / f"season{season}"
         (season_dir / "images").mkdir(parents=True, exist_ok=True)
         start = datetime(2020 + season, 6, 1, 6, 0, 0)
-        rows = []
-        for identity in present:
-            n_photos = int(rng.integers(photos_per_sighting[0], photos_per_sighting[1] + 1))
-            if camera_traps:  # one visit to a station near its home: a burst of photos seconds apart
-                if identity not in home:
-                    home[identity] = int(rng.integers(len(STATIONS)))
-                station = (home[identity] + int(rng.choice([0, 0, 0, 1, -1]))) % len(STATIONS)
-                visit = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
-            for k in range(n_photos):
-                if camera_traps:
-                    when = visit + timedelta(seconds=3 * k)
-                    lat, lon = STATIONS[station][1:]
-                else:
+        rows: list[list[str]] = []
+        detections: dict[str, list[dict]] = {}
+        if not camera_traps:
+            for identity in present:
+                n_photos = int(rng.integers(photos_per_sighting[0], photos_per_sighting[1] + 1))
+                for k in range(n_photos):
                     when = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
-                name = f"images/{identity}_s{season}_{k}.jpg"
-                photograph(textures[identity], rng).save(season_dir / name, quality=90)
-                if not camera_traps:
+                    name = f"images/{identity}_s{season}_{k}.jpg"
+                    photograph(textures[identity], rng).save(season_dir / name, quality=90)
                     lat, lon = -24.0 + rng.normal(0, 0.05), 31.5 + rng.normal(0, 0.05)
-                row = [name, identity, SPECIES, "left", when.isoformat(timespec="seconds"), f"{lat:.5f}", f"{lon:.5f}"]
-                if camera_traps:
-                    row += [STATIONS[station][0], f"{STATIONS[station][0]}-s{season}"]
-                rows.append(row)
-                records.append(SynthRecord(season_dir / name, identity, season, when))
-                if progress:
-                    progress(1)
+                    rows.append([name, identity, SPECIES, "left", when.isoformat(timespec="seconds"), f"{lat:.5f}",
+                                 f"{lon:.5f}"])
+                    records.append(SynthRecord(season_dir / name, identity, season, when))
+                    if progress:
+                        progress(1)
+        else:
+            visits: list[list[str]] = []
+            waiting = list(present)
+            while waiting:  # a visit: one animal, or with probability group_rate two or three together
+                size = 1 if rng.random() >= group_rate else int(rng.integers(2, 4))
+                visits.append(waiting[:size])
+                waiting = waiting[size:]
+            for number, group in enumerate(visits, start=1):
+                for identity in group:
+                    if identity not in home:
+                        home[identity] = int(rng.integers(len(STATIONS)))
+                station = (home[group[0]] + int(rng.choice([0, 0, 0, 1, -1]))) % len(STATIONS)
+                visit = start + timedelta(days=float(rng.uniform(0, 60)), minutes=float(rng.uniform(0, 600)))
+                n_photos = int(rng.integers(photos_per_sighting[0], photos_per_sighting[1] + 1))
+                for k in range(n_photos):
+                    when = visit + timedelta(seconds=3 * k)
+                    name = f"images/{'+'.join(group)}_s{season}_{k}.jpg"
+                    frame, boxes = _frame([textures[i] for i in group], rng)
+                    frame.save(season_dir / name, quality=90)
+                    _, lat, lon = STATIONS[station]
+                    detections[name] = []
+                    for identity, box in zip(group, boxes, strict=True):
+                        box_cells = [f"{v:.4f}" for v in box] if len(group) > 1 else ["", "", "", ""]
+                        rows.append([name, identity, SPECIES, "left", when.isoformat(timespec="seconds"),
+                                     f"{lat:.5f}", f"{lon:.5f}", STATIONS[station][0],
+                                     f"{STATIONS[station][0]}-s{season}", f"burst-{season}-{number}", *box_cells])
+                        records.append(SynthRecord(season_dir / name, identity, season, when))
+                        detections[name].append({"category": "1", "conf": round(float(rng.uniform(0.75, 0.99)), 3),
+                                                 "bbox": [round(v, 4) for v in box]})
+                    if rng.random() < 0.15:  # a faint false detection (a rock, a branch), below --min-conf
+                        detections[name].append({"category": "1", "conf": round(float(rng.uniform(0.05, 0.15)), 3),
+                                                 "bbox": [0.02, 0.8, 0.1, 0.15]})
+                    if progress:
+                        progress(1)
         rows.sort(key=lambda r: r[4])
+        columns = MANIFEST_COLUMNS + (CAMERA_TRAP_COLUMNS if camera_traps else [])
         with open(season_dir / "manifest.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(MANIFEST_COLUMNS + (["location", "deployment"] if camera_traps else []))
+            writer.writerow(columns)
             writer.writerows(rows)
         if camera_traps:
             write_camtrap_package(season_dir, season, rows, start, start + timedelta(days=61))
+            write_megadetector(season_dir / "megadetector.json", detections)
     return records
+
+
+CAMERA_TRAP_COLUMNS = ["location", "deployment", "sequence", "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
+
+
+def _frame(animals: list[Image.Image], rng: np.random.Generator,
+           ) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
+    """One camera-trap frame of these animals side by side (each photographed as usual, in its own part of
+    the frame), and each animal's normalised box."""
+    if len(animals) == 1:
+        return photograph(animals[0], rng), [(0.08, 0.08, 0.84, 0.84)]
+    w, h = PHOTO_SIZE
+    frame = Image.new("RGB", (w * len(animals), h))
+    boxes = []
+    for k, texture in enumerate(animals):
+        frame.paste(photograph(texture, rng), (k * w, 0))
+        boxes.append(((k + 0.06) / len(animals), 0.06, 0.88 / len(animals), 0.88))
+    return frame, boxes
+
+
+def write_megadetector(path: Path, detections: dict[str, list[dict]]) -> Path:
+    """MegaDetector batch output (format 1.4) for a season's photos, paths relative to the file's folder."""
+    import json
+
+    path.write_text(json.dumps({
+        "info": {"format_version": "1.4", "detector": "synthetic ground truth (not MegaDetector)",
+                 "species": SPECIES},
+        "detection_categories": {"1": "animal", "2": "person", "3": "vehicle"},
+        "images": [{"file": name, "detections": found} for name, found in sorted(detections.items())],
+    }, indent=1) + "\n")
+    return path
 
 
 # camera stations of the camera-trap mode: name, latitude, longitude (a 3 x 2 grid ~5 km apart)
@@ -252,20 +313,25 @@ def write_camtrap_package(season_dir: Path, season: int, rows: list[list[str]], 
                          "deploymentEnd", "cameraModel"])
         for name, lat, lon in STATIONS:
             writer.writerow([f"{name}-s{season}", name, name, lat, lon, stamp(start), stamp(end), "synthetic"])
+    media: dict[str, tuple[str, list[str]]] = {}  # photo -> media id, first row
+    for row in rows:
+        media.setdefault(row[0], (f"m{season}-{len(media)}", row))
     with open(package / "media.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["mediaID", "deploymentID", "captureMethod", "timestamp", "filePath", "filePublic",
                          "fileName", "fileMediatype"])
-        for k, row in enumerate(rows):
-            writer.writerow([f"m{season}-{k}", row[8], "activityDetection", row[4] + "Z", f"../{row[0]}", "false",
-                             Path(row[0]).name, "image/jpeg"])
+        for name, (media_id, row) in media.items():
+            writer.writerow([media_id, row[8], "activityDetection", row[4] + "Z", f"../{name}", "false",
+                             Path(name).name, "image/jpeg"])
     with open(package / "observations.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["observationID", "deploymentID", "mediaID", "eventStart", "eventEnd", "observationLevel",
-                         "observationType", "scientificName", "count", "classificationMethod", "classifiedBy"])
+        writer.writerow(["observationID", "deploymentID", "mediaID", "eventID", "eventStart", "eventEnd",
+                         "observationLevel", "observationType", "scientificName", "count", "bboxX", "bboxY",
+                         "bboxWidth", "bboxHeight", "classificationMethod", "classifiedBy"])
         for k, row in enumerate(rows):
-            writer.writerow([f"o{season}-{k}", row[8], f"m{season}-{k}", row[4] + "Z", row[4] + "Z", "media",
-                             "animal", SPECIES, 1, "human", "synthetic ground truth (species only)"])
+            writer.writerow([f"o{season}-{k}", row[8], media[row[0]][0], row[9], row[4] + "Z", row[4] + "Z",
+                             "media", "animal", SPECIES, 1, *row[10:14], "human",
+                             "synthetic ground truth (species and boxes only)"])
     (package / "datapackage.json").write_text(json.dumps({
         "profile": "https://raw.githubusercontent.com/tdwg/camtrap-dp/1.0/camtrap-dp-profile.json",
         "name": f"synthetic-season-{season}", "created": stamp(datetime.now()),

@@ -4,10 +4,9 @@ Deployments become the registry's locations and deployments (coordinates, operat
 each photo (image media; videos are skipped) becomes a row with its deployment's location and coordinates and
 its timestamp; an animal observation of the photo (media-level, or event-level covering the photo's time at
 its deployment) gives the row its species (`scientificName`) and, with `individualID`, its identity — a
-reference label. Every problem names the table, the line and the reason; the good rows go on.
-
-Until the registry has annotations (issue 13), a photo is one animal: a photo whose observations name several
-individuals is reported and skipped, and bounding boxes are noted but the whole photo is used.
+reference label. A media-level observation with a bounding box (`bboxX, bboxY, bboxWidth, bboxHeight`,
+normalised) is one animal: one annotation each, so a photo of three animals gives three rows; `eventID` places
+the photo in its event (burst). Every problem names the table, the line and the reason; the good rows go on.
 """
 
 from __future__ import annotations
@@ -79,6 +78,42 @@ def _table(folder: Path, descriptor: dict, name: str) -> tuple[Path, list[dict[s
         return path, list(csv.DictReader(handle))
 
 
+def _animal_row(line: int, folder: Path, file_path: str, timestamp: datetime | None, deployment: DeploymentInfo,
+                observed: list[tuple[int, dict[str, str]]], default_species: str | None) -> PhotoRow:
+    """One animal of a photo, from its observation (or the photo's box-less observations, together)."""
+    observations = [o for _, o in observed]
+
+    def one(column: str, allowed: tuple[str, ...] | None = None) -> str | None:
+        values = {(o.get(column) or "").strip() for o in observations} - {""}
+        if len(values) > 1:
+            raise ValueError(f"observations name several {column} values ({', '.join(sorted(values))}) for one "
+                             "animal; give each animal its own bounding box")
+        if allowed is not None and values - set(allowed):
+            raise ValueError(f"{column} {sorted(values)}: Camtrap DP allows {', '.join(allowed[:-1])}")
+        return values.pop() if values else None
+
+    species = default_species or one("scientificName")
+    if species is None:
+        raise ValueError("no scientificName on its observation; give --species")
+    box = None
+    if len(observations) == 1 and (observations[0].get("bboxX") or "").strip():
+        o = observations[0]
+        x, y = _number(o.get("bboxX"), "bboxX", 0, 1), _number(o.get("bboxY"), "bboxY", 0, 1)
+        w, h = _number(o.get("bboxWidth"), "bboxWidth", 0, 1), _number(o.get("bboxHeight"), "bboxHeight", 0, 1)
+        if None in (x, y, w, h) or not w or not h:
+            raise ValueError(f"observation on line {observed[0][0]}: a bounding box needs bboxX, bboxY, bboxWidth "
+                             "and bboxHeight")
+        box = (x, y, min(w, 1 - x), min(h, 1 - y))  # type: ignore[operator]
+    image = Path(file_path)
+    return PhotoRow(
+        line=line, image=image if image.is_absolute() else folder / image, species=species,
+        identity=one("individualID"), captured_at=timestamp, latitude=deployment.latitude,
+        longitude=deployment.longitude, location=deployment.location, deployment=deployment.code,
+        sex=one("sex", SEXES), life_stage=one("lifeStage", LIFE_STAGES), box=box,
+        source="camtrap-dp" if box is not None else "whole-image",
+        sequence=one("eventID"))
+
+
 def read_package(path: Path, default_species: str | None = None) -> Manifest:
     """The package's photos as manifest rows, with its deployments (`Manifest.deployments`)."""
     path = Path(path)
@@ -116,7 +151,7 @@ def read_package(path: Path, default_species: str | None = None) -> Manifest:
             problems.append(RowProblem(str(deployments_path), line, str(exc)))
 
     media_path, media_rows = _table(folder, descriptor, "media")
-    observations_path, observation_rows = _table(folder, descriptor, "observations")
+    _observations_path, observation_rows = _table(folder, descriptor, "observations")
     by_media: dict[str, list[tuple[int, dict[str, str]]]] = {}
     by_event: dict[str, list[tuple[int, dict[str, str]]]] = {}
     for line, row in enumerate(observation_rows, start=2):
@@ -129,7 +164,7 @@ def read_package(path: Path, default_species: str | None = None) -> Manifest:
             by_event.setdefault((row.get("deploymentID") or "").strip(), []).append((line, row))
 
     rows: list[PhotoRow] = []
-    boxes = skipped_videos = without_animal = 0
+    skipped_videos = without_animal = 0
     seen: set[str] = set()
     for line, media in enumerate(media_rows, start=2):
         try:
@@ -159,34 +194,15 @@ def read_package(path: Path, default_species: str | None = None) -> Manifest:
             if not observed:
                 without_animal += 1
                 continue
-            individuals = {(o.get("individualID") or "").strip() for _, o in observed} - {""}
-            if len(individuals) > 1:
-                raise ValueError(f"observations name several individuals ({', '.join(sorted(individuals))}) in "
-                                 "one photo; one animal per photo until annotations are supported")
-            names = {(o.get("scientificName") or "").strip() for _, o in observed} - {""}
-            if len(names) > 1:
-                raise ValueError(f"observations name several species ({', '.join(sorted(names))}) in one photo")
-            boxes += any((o.get("bboxX") or "").strip() for _, o in observed)
-            life_stage = {(o.get("lifeStage") or "").strip() for _, o in observed} - {""}
-            sex = {(o.get("sex") or "").strip() for _, o in observed} - {""}
-            if sex - set(SEXES) or life_stage - set(LIFE_STAGES):
-                raise ValueError(f"sex {sorted(sex)} / lifeStage {sorted(life_stage)}: Camtrap DP allows "
-                                 "female, male / adult, subadult, juvenile")
-            species = default_species or (names.pop() if names else None)
-            if species is None:
-                raise ValueError("no scientificName on its observation; give --species")
-            image = Path(file_path)
-            rows.append(PhotoRow(
-                line=line, image=image if image.is_absolute() else folder / image, species=species,
-                identity=individuals.pop() if individuals else None, captured_at=timestamp,
-                latitude=deployment.latitude, longitude=deployment.longitude, location=deployment.location,
-                deployment=deployment.code, sex=sex.pop() if len(sex) == 1 else None,
-                life_stage=life_stage.pop() if len(life_stage) == 1 else None))
+            boxed = [(n, o) for n, o in observed if (o.get("bboxX") or "").strip()]
+            whole = [(n, o) for n, o in observed if not (o.get("bboxX") or "").strip()]
+            animals = [[item] for item in boxed]
+            if whole and not boxed:  # observations without boxes all describe the whole photo: one animal
+                animals.append(whole)
+            for group in animals:
+                rows.append(_animal_row(line, folder, file_path, timestamp, deployment, group, default_species))
         except ValueError as exc:
             problems.append(RowProblem(str(media_path), line, str(exc)))
-    if boxes:
-        warnings.append(f"{observations_path}: {boxes} photos have bounding boxes; the whole photo is used "
-                        "(annotations are not supported yet)")
     if without_animal:
         warnings.append(f"{media_path}: {without_animal} photos have no animal observation and were not read")
     if skipped_videos:

@@ -1,8 +1,10 @@
-"""Adding a season: a manifest or a folder streams through in batches; reference photos are recorded with their
-labels, photos to identify are identified and recorded one by one in time order.
+"""Adding a season: a manifest, a Camtrap DP package, MegaDetector output or a folder streams through in
+batches; reference annotations are recorded with their labels; annotations to identify are identified in time
+order, an event's (burst's) annotations of one animal together, as one joint decision.
 
-Memory stays flat with the season's size, a photo already in the registry (by content) is skipped, and a run
-killed at any point is finished by the next one (the recorder resumes pending writes first).
+Memory stays flat with the season's size, an annotation already in the registry (same photo content, same box)
+is skipped, and a run killed at any point is finished by the next one (the recorder resumes pending writes
+first).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from registry.ingest.events import animals, assign_events
 from registry.ingest.sources import ManifestError, RowProblem, read_source
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.pipeline import Described
@@ -60,18 +63,23 @@ class Ingestor:
         layout: str = "auto",
         on_identified: Callable[[PhotoRow, Identification], None] | None = None,
         allowed_root: Path | None = None,
+        bbox_pixels: bool = False,
+        min_confidence: float = 0.2,
+        locations: list[str] | None = None,
     ) -> IngestReport:
         """Add a season. Reference: manifest identities are trusted labels. Identify: each photo is identified
         and recorded in time order, so an animal's second photo finds the individual its first one created.
 
         `manifest_path` is a CSV (registry or AnimalCLEF format) or a folder (`layout`: one sub-folder per
         identity, or a plain folder of photos). Memory stays flat with the season's size: photos stream through
-        in batches, and decisions go to `on_identified` instead of accumulating in the report.
+        in batches, and decisions go to `on_identified` instead of accumulating in the report. `locations`: in
+        identify mode, match only against references photographed there.
         """
         if mode not in MODES:
             raise ValueError(f"unknown ingest mode {mode!r} (reference or identify)")
         registry = self.registry
-        manifest = read_source(manifest_path, default_species, layout)
+        manifest = read_source(manifest_path, default_species, layout, bbox_pixels, min_confidence)
+        scope = registry.identification.location_ids(locations) if mode == "identify" else None
         report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
                               warnings=list(manifest.warnings))
         report.resumed = registry.recorder.resume_pending()
@@ -95,49 +103,94 @@ class Ingestor:
             report.problems += [RowProblem(str(manifest_path), r.line, "no identity (reference mode needs one)")
                                 for r in missing]
             rows = [r for r in rows if r.identity is not None]
-        else:  # time order, then file order
-            rows = sorted(rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line))
+        rows = assign_events(rows, registry.settings.event_interval_seconds,
+                             group_by_folder=manifest.format == "megadetector")
+        if mode == "identify":  # time order (an event at its first photo's time, kept together), then file order
+            def when(row: PhotoRow) -> tuple[bool, Any]:
+                return (row.captured_at is None, row.captured_at or 0)
+
+            starts: dict[str, tuple[bool, Any]] = {}
+            for row in rows:
+                if row.sequence is not None:
+                    starts[row.sequence] = min(starts.get(row.sequence, when(row)), when(row))
+            rows = sorted(rows, key=lambda r: (starts.get(r.sequence, when(r)) if r.sequence else when(r),  # type: ignore[arg-type]
+                                               r.sequence or "", when(r), r.line))
 
         batch_size = max(1, registry.settings.batch_size)
-        seen_in_run: set[str] = set()
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
+        seen_in_run: set[tuple[str, str]] = set()
+        for batch in self._batches(rows, batch_size, by_event=mode == "identify"):
             hashed: list[tuple[PhotoRow, str]] = []
             for row in batch:
                 try:
                     hashed.append((row, sha256_of_file(row.image)))
                 except ImageError as exc:
                     report.problems.append(RowProblem(str(manifest_path), row.line, str(exc)))
-            catalogued = registry.catalog.known_sha256s([sha for _, sha in hashed])
+            catalogued = registry.catalog.known_regions([sha for _, sha in hashed])
             todo: list[tuple[PhotoRow, str]] = []
             for row, sha in hashed:
-                if sha in catalogued or sha in seen_in_run:
+                if (sha, row.region) in catalogued or (sha, row.region) in seen_in_run:
                     report.already_present += 1
                     continue
-                seen_in_run.add(sha)
+                seen_in_run.add((sha, row.region))
                 todo.append((row, sha))
-            described_all = registry.identification.describe([r.image for r, _ in todo], [r.species for r, _ in todo],
-                                           [r.viewpoint for r, _ in todo])
-            references: list[tuple[PhotoRow, str, Described]] = []
+            described_all = registry.identification.describe(
+                [r.image for r, _ in todo], [r.species for r, _ in todo], [r.viewpoint for r, _ in todo],
+                [r.box for r, _ in todo])
+            good: list[tuple[PhotoRow, str, Described]] = []
             for (row, sha), described in zip(todo, described_all, strict=True):
                 if isinstance(described, ImageError):
                     report.problems.append(RowProblem(str(manifest_path), row.line, str(described)))
                     continue
-                if mode == "reference":
-                    references.append((row, sha, described))
-                else:
-                    identification = registry.identification.identify_and_record(row, sha, described, survey)
-                    if identification.outcome.outcome == "match":
-                        report.matched += 1
-                    else:
-                        report.new_individuals += 1
-                    if on_identified:
-                        on_identified(row, identification)
+                good.append((row, sha, described))
                 report.added += 1
-            if references:
+            if mode == "reference" and good:
                 # another registry's codes (a Camtrap DP package's individualID) are names here, never our codes
-                registry.recorder.record_references(references, survey,
-                                                    match_codes=manifest.format != "camtrap-dp")
+                registry.recorder.record_references(good, survey, match_codes=manifest.format != "camtrap-dp")
+            elif good:
+                self._identify(good, survey, scope, report, on_identified)
             if progress:
                 progress(len(batch))
         return report
+
+    @staticmethod
+    def _batches(rows: list[PhotoRow], size: int, by_event: bool) -> list[list[PhotoRow]]:
+        """Batches of about `size` rows; identifying, an event is never split across two batches."""
+        batches: list[list[PhotoRow]] = []
+        current: list[PhotoRow] = []
+        for k, row in enumerate(rows):
+            current.append(row)
+            following = rows[k + 1] if k + 1 < len(rows) else None
+            same_event = (by_event and following is not None and row.sequence is not None
+                          and following.sequence == row.sequence)
+            if len(current) >= size and not same_event:
+                batches.append(current)
+                current = []
+        if current:
+            batches.append(current)
+        return batches
+
+    def _identify(self, good: list[tuple[PhotoRow, str, Described]], survey: str, scope: tuple[int, ...] | None,
+                  report: IngestReport, on_identified: Callable[[PhotoRow, Identification], None] | None) -> None:
+        """Identify a batch in time order: each event's animals jointly, every other annotation alone."""
+        described_of = {id(row): (row, sha, described) for row, sha, described in good}
+        groups: dict[str, list[PhotoRow]] = {}
+        order: list[list[PhotoRow]] = []
+        for row, _, _ in good:
+            if row.sequence is None:
+                order.append([row])
+            elif row.sequence not in groups:
+                groups[row.sequence] = [row]
+                order.append(groups[row.sequence])
+            else:
+                groups[row.sequence].append(row)
+        for group in order:
+            for animal in (animals(group) if len(group) > 1 else [group]):
+                identification = self.registry.identification.identify_and_record(
+                    [described_of[id(r)] for r in animal], survey, scope)
+                if identification.outcome.outcome == "match":
+                    report.matched += 1
+                else:
+                    report.new_individuals += 1
+                if on_identified:
+                    for row in animal:
+                        on_identified(row, identification)

@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from registry.services.recording import PhotoRow
 from registry.store.tables import LIFE_STAGES, SEXES
 
+BOX_COLUMNS = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude",
-                    "location", "deployment", "sex", "life_stage"}
+                    "location", "deployment", "sequence", "sex", "life_stage", *BOX_COLUMNS}
 ANIMALCLEF_COLUMNS = {"image_id", "identity", "path", "species", "orientation", "date", "split"}
 UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
 
@@ -86,7 +89,33 @@ def _datetime(value: str | None) -> datetime | None:
     return parsed
 
 
-def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
+def _box(raw: dict[str, str | None], image: Path, pixels: bool) -> tuple[float, float, float, float] | None:
+    """The row's bounding box (all four columns or none), normalised; pixel boxes are divided by the photo's
+    size."""
+    values = [_text(raw.get(c)) for c in BOX_COLUMNS]
+    if all(v is None for v in values):
+        return None
+    if any(v is None for v in values):
+        raise ValueError(f"a bounding box needs all of {', '.join(BOX_COLUMNS)}")
+    try:
+        x, y, w, h = (float(v) for v in values)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ValueError(f"bounding box {values} is not four numbers") from exc
+    if pixels:
+        try:
+            with Image.open(image) as photo:
+                width, height = photo.size
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"cannot read {image} to convert its pixel box ({exc})") from exc
+        x, y, w, h = x / width, y / height, w / width, h / height
+    if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < 0 or y < 0 \
+            or x + w > 1.0001 or y + h > 1.0001:
+        unit = "pixels, inside the photo" if pixels else "normalised 0..1 with x + w and y + h at most 1"
+        raise ValueError(f"bounding box {values} is not valid ({unit}; use --bbox-pixels for pixel boxes)")
+    return (x, y, min(w, 1 - x), min(h, 1 - y))
+
+
+def read_manifest(path: Path, default_species: str | None = None, bbox_pixels: bool = False) -> Manifest:
     """Parse and validate a manifest; image paths are resolved relative to the manifest's folder."""
     path = Path(path)
     if not path.is_file():
@@ -139,6 +168,7 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
             identity = _text(raw.get("identity"))
             if identity is not None and identity.lower() in UNKNOWN_IDENTITY:
                 identity = None
+            box = _box(raw, image, bbox_pixels) if fmt == "registry" else None
             row = PhotoRow(
                 line=line, image=image, species=species, identity=identity,
                 viewpoint=_text(raw.get(view_col)),
@@ -149,6 +179,8 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
                 deployment=_text(raw.get("deployment")),
                 sex=_choice(raw.get("sex"), "sex", SEXES),
                 life_stage=_choice(raw.get("life_stage"), "life_stage", LIFE_STAGES),
+                box=box, source="manifest" if box is not None else "whole-image",
+                sequence=_text(raw.get("sequence")),
             )
         except ValueError as exc:
             problems.append(RowProblem(str(path), line, str(exc)))
@@ -158,7 +190,7 @@ def read_manifest(path: Path, default_species: str | None = None) -> Manifest:
             problems.append(RowProblem(str(path), line, f"deployment {row.deployment!r} is at location {placed!r} "
                                                         f"in an earlier row, not {row.location!r}"))
             continue
-        key = str(row.image.resolve())
+        key = f"{row.image.resolve()}|{row.region}"  # one photo may hold several animals, each box once
         if key in seen:
             problems.append(RowProblem(str(path), line, f"duplicate of line {seen[key]} ({image_text})"))
             continue
@@ -189,23 +221,22 @@ def write_manifest(rows: list[PhotoRow], path: Path) -> Path:
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "identity", "species", "viewpoint", "captured_at", "latitude", "longitude",
-                         "location", "deployment", "sex", "life_stage"])
+                         "location", "deployment", "sequence", "sex", "life_stage", *BOX_COLUMNS])
         for r in rows:
             writer.writerow([str(r.image.resolve()), r.identity or "", r.species, r.viewpoint or "",
                              r.captured_at.isoformat() if r.captured_at else "",
                              "" if r.latitude is None else r.latitude, "" if r.longitude is None else r.longitude,
-                             r.location or "", r.deployment or "", r.sex or "", r.life_stage or ""])
+                             r.location or "", r.deployment or "", r.sequence or "", r.sex or "",
+                             r.life_stage or "", *(r.box if r.box is not None else ("",) * 4)])
     return path
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp"}
-LAYOUTS = ("auto", "csv", "identity-folders", "plain", "camtrap-dp")
+LAYOUTS = ("auto", "csv", "identity-folders", "plain", "camtrap-dp", "megadetector")
 
 
 def _exif_time(path: Path) -> datetime | None:
     """When the camera says the photo was taken (EXIF DateTimeOriginal, else DateTime); header only."""
-    from PIL import Image
-
     try:
         with Image.open(path) as image:
             exif = image.getexif()
@@ -247,20 +278,23 @@ def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manife
     return Manifest(path, layout, rows, [], warnings)
 
 
-def read_source(path: Path, default_species: str | None = None, layout: str = "auto") -> Manifest:
+def read_source(path: Path, default_species: str | None = None, layout: str = "auto", bbox_pixels: bool = False,
+                min_confidence: float = 0.2) -> Manifest:
     """A season's photos from a CSV manifest, a Camtrap DP package (a folder with `datapackage.json`, or that
-    file) or a folder of photos (see `read_folder`)."""
-    from registry.ingest import camtrap_dp
+    file), a MegaDetector batch-output file, or a folder of photos (see `read_folder`)."""
+    from registry.ingest import camtrap_dp, megadetector
 
     path = Path(path)
     if layout not in LAYOUTS:
         raise ManifestError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
     if layout == "camtrap-dp" or (layout == "auto" and camtrap_dp.is_package(path)):
         return camtrap_dp.read_package(path, default_species)
+    if layout == "megadetector" or (layout == "auto" and path.suffix.lower() == ".json"):
+        return megadetector.read_batch_output(path, default_species, min_confidence)
     if path.is_dir():
         if layout == "csv":
             raise ManifestError(f"{path} is a folder, not a CSV manifest")
         return read_folder(path, default_species, layout)
     if layout in ("identity-folders", "plain"):
         raise ManifestError(f"{path} is not a folder (layout {layout})")
-    return read_manifest(path, default_species)
+    return read_manifest(path, default_species, bbox_pixels)

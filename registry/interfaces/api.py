@@ -35,11 +35,12 @@ from registry.curation.curator import CurationError, Curator
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import LAYOUTS, ManifestError, count_items
 from registry.interfaces import tokens
+from registry.interfaces.service import Service
 from registry.interfaces.tokens import Caller
 from registry.matching.imaging import ImageError
 from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.store.catalog import Catalog, CatalogError, UnknownIndividualError
+from registry.store.catalog import CatalogError, UnknownIndividualError
 from registry.store.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
@@ -149,35 +150,6 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-class Service:
-    """The registry a server process holds, the lock that serialises its model and vector work, and a catalog
-    for reads that never waits for that lock."""
-
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
-        self.settings = settings
-        self.registry = registry or Registry(settings)
-        self.reads = Catalog(settings.sqlalchemy_url, settings.photo_root)
-        self.lock = threading.Lock()
-        self.uploads = settings.data_dir / "uploads"
-        self.uploads.mkdir(parents=True, exist_ok=True)
-        root = settings.api_import_root
-        self.import_root = Path(root).resolve() if root else (settings.data_dir / "imports").resolve()
-
-    def run(self, work: Callable[[Registry], T], timeout: float = 60.0) -> T:
-        if not self.lock.acquire(timeout=timeout):
-            raise HTTPException(503, "the registry is busy (an ingest is running); retry later",
-                                headers={"Retry-After": "30"})
-        try:
-            return work(self.registry)
-        finally:
-            self.lock.release()
-
-    def close(self) -> None:
-        with self.lock:
-            self.registry.close()
-            self.reads.close()
-
-
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     service = Service(settings, registry)
 
@@ -186,8 +158,8 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         yield
         service.close()
 
-    app = FastAPI(title="Animal identity registry", version="0.1.0", lifespan=lifespan,
-                  description="Which animal is this photo, and where has it been seen?")
+    app = FastAPI(title="Animal identity registry", version="0.1.0", lifespan=lifespan, docs_url=None,
+                  redoc_url=None, description="Which animal is this photo, and where has it been seen?")
     app.state.service = service
     app.add_middleware(BodyLimit, limit=int(settings.api_max_upload_mb * 1024 * 1024) + FORM_SLACK)
     bearer = HTTPBearer(auto_error=False)
@@ -226,6 +198,32 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
         app.add_exception_handler(error, handler)
 
+    # --- the web workspace, its assets and the API docs, all served from installed packages ----------------
+    import swagger_ui_bundle
+    from fastapi.openapi.docs import get_swagger_ui_html
+    from fastapi.responses import RedirectResponse
+    from fastapi.staticfiles import StaticFiles
+
+    from registry.interfaces.web import routes as web
+
+    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    app.mount("/static", StaticFiles(directory=str(web.HERE / "static")), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> Response:
+        """The OpenAPI page with its scripts from this server (FastAPI's default loads them from a CDN)."""
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="Animal identity registry API",
+                                   swagger_js_url="/static/swagger/swagger-ui-bundle.js",
+                                   swagger_css_url="/static/swagger/swagger-ui.css",
+                                   swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
+    @app.exception_handler(web.SignInRequired)
+    async def sign_in_first(_request: Request, exc: web.SignInRequired) -> Response:
+        from urllib.parse import urlencode
+        return RedirectResponse("/login?" + urlencode({"next": exc.next_url}), status_code=303)
+
+    app.include_router(web.build_router(service))
+
     # --- health and reads ------------------------------------------------------------------------------
     @app.get("/health")
     def health() -> JSONResponse:
@@ -255,7 +253,15 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/images/{sha256}/history")
     def image_history(sha256: str, _: Reader) -> dict[str, Any]:
+        """The history of the animal in this photo (a photo holding several animals: use its annotations)."""
+        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
+            raise HTTPException(422, "give the photo's sha256 (64 hex digits)")
         return service.reads.history(service.reads.individual_of_image(sha256))
+
+    @app.get("/annotations/{annotation_id}/history")
+    def annotation_history(annotation_id: int, _: Reader) -> dict[str, Any]:
+        """The history of the individual one annotation (one animal in one photo) is a sighting of."""
+        return service.reads.history(service.reads.individual_of_image(str(annotation_id)))
 
     @app.get("/review")
     def review_queue(_: Reader, species: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 20,
@@ -297,13 +303,24 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         longitude: Annotated[float | None, Form(ge=-180, le=180)] = None,
         survey: Annotated[str | None, Form()] = None,
         record: Annotated[bool, Form()] = False,
+        bbox_x: Annotated[float | None, Form(ge=0, le=1)] = None,
+        bbox_y: Annotated[float | None, Form(ge=0, le=1)] = None,
+        bbox_w: Annotated[float | None, Form(gt=0, le=1)] = None,
+        bbox_h: Annotated[float | None, Form(gt=0, le=1)] = None,
     ) -> dict[str, Any]:
-        """Identify an uploaded photo; with `record`, file the decision as a sighting or a new individual."""
+        """Identify an uploaded photo (or the animal in its normalised box `bbox_x, bbox_y, bbox_w, bbox_h`);
+        with `record`, file the decision as a sighting or a new individual."""
+        parts = (bbox_x, bbox_y, bbox_w, bbox_h)
+        if any(v is not None for v in parts) and any(v is None for v in parts):
+            raise HTTPException(422, "a box needs all of bbox_x, bbox_y, bbox_w, bbox_h")
+        box = parts if bbox_x is not None else None
+        if box is not None and (box[0] + box[2] > 1.0001 or box[1] + box[3] > 1.0001):  # type: ignore[operator]
+            raise HTTPException(422, "the box must lie inside the photo (x + w and y + h at most 1)")
         path = _store_upload(image, service.uploads, settings.api_max_upload_mb)
         try:
             result = service.run(lambda r: r.identify(path, species, viewpoint, record=record, survey=survey,
                                                       captured_at=captured_at, latitude=latitude,
-                                                      longitude=longitude))
+                                                      longitude=longitude, box=box))
         finally:
             if not record:  # nothing refers to the photo: it is not kept
                 path.unlink(missing_ok=True)

@@ -121,8 +121,8 @@ class Pipeline:
 
     def load(self, path: Path, species: str, viewpoint: str | None,
              box: tuple[float, float, float, float] | None = None) -> Image.Image:
-        """Decode, keep the animal's region (`box`, normalised x y w h; the seam for annotations), bring it to
-        working size and apply the species' orientation rule for this viewpoint."""
+        """Decode, keep the animal's region (`box`, normalised x y w h, with a margin), bring it to working size
+        and apply the species' orientation rule for this viewpoint."""
         image = load_image(path, max_side=None if box else self.working_side)
         if box is not None:
             image = crop_to_box(image, box)
@@ -130,15 +130,18 @@ class Pipeline:
         return normalise_orientation(image, viewpoint, self.settings.orientation_rules.get(species, {}))
 
     def load_many(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
+                  boxes: list[tuple[float, float, float, float] | None] | None = None,
                   ) -> list[Image.Image | ImageError]:
         """Decode a batch on worker threads (PIL releases the GIL while decoding); failures come back as errors."""
-        def one(args: tuple[Path, str, str | None]) -> Image.Image | ImageError:
+        def one(args: tuple[Path, str, str | None, tuple[float, float, float, float] | None],
+                ) -> Image.Image | ImageError:
             try:
                 return self.load(*args)
             except ImageError as exc:
                 return exc
 
-        return list(self._decoder.map(one, zip(paths, species, viewpoints, strict=True)))
+        boxes = boxes if boxes is not None else [None] * len(paths)
+        return list(self._decoder.map(one, zip(paths, species, viewpoints, boxes, strict=True)))
 
     def describe(self, images: list[Image.Image]) -> list[Described]:
         vectors = {e.name: e.embed(images) for e in self.embedders}

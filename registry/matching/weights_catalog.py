@@ -10,13 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from registry.matching.detection import MEGADETECTOR_V5A, MegaDetector
 from registry.matching.embedders import EFFICIENTNET_LITE0, EVA02_L_14_336, MEGADESCRIPTOR_L_384
 from registry.matching.local_matcher import ALIKED_LIGHTGLUE, ALIKED_N16
 from registry.matching.weights import WeightsMismatchError, WeightsNotFoundError, WeightsSpec, file_sha256, resolve
 from registry.settings import Settings
 
 SPECS: dict[str, WeightsSpec] = {s.name: s for s in (MEGADESCRIPTOR_L_384, EVA02_L_14_336, EFFICIENTNET_LITE0,
-                                                     ALIKED_N16, ALIKED_LIGHTGLUE)}
+                                                     ALIKED_N16, ALIKED_LIGHTGLUE, MEGADETECTOR_V5A)}
 PROFILE_MODELS: dict[str, tuple[str, ...]] = {
     "paper": ("megadescriptor-l-384", "eva02-l-14-336", "aliked-n16", "aliked-lightglue"),
     "offline": ("efficientnet-lite0", "aliked-n16", "aliked-lightglue"),
@@ -74,6 +75,7 @@ def verify(settings: Settings, names: tuple[str, ...] | list[str] = ()) -> list[
         # one object loads both ALIKED files: build it once for whichever of the two is asked first
         "aliked-n16": lambda: aliked(),
         "aliked-lightglue": lambda: aliked(),
+        "megadetector-v5a": lambda: MegaDetector(settings.weights_dir, _explicit(settings, "megadetector-v5a")),
     }
     built: list[object] = []
 
@@ -89,7 +91,7 @@ def verify(settings: Settings, names: tuple[str, ...] | list[str] = ()) -> list[
         try:
             loaders[status.name]()
             status.verified = True
-        except WeightsMismatchError as exc:
+        except (WeightsMismatchError, ImportError) as exc:
             status.verified, status.error = False, str(exc)
     return statuses
 

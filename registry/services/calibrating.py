@@ -48,13 +48,13 @@ def cross_fitted_fusion(pairs: list[LabelledPair], matchers: list[str], folds: i
     """The learned fusion fitted on out-of-sample calibrated scores: each pair's calibrated scores come from
     isotonic calibrators fitted without the pairs of its query photo (grouped folds), as they will be for a
     new query. In-sample isotonic outputs are over-confident and would teach the fusion to trust them."""
-    queries = sorted({p.query_image_id for p in pairs})
+    queries = sorted({p.query_annotation_id for p in pairs})
     fold_of = {q: f for q, f in zip(np.random.default_rng(seed).permutation(queries).tolist(),
                                     np.arange(len(queries)) % folds, strict=True)}
     calibrated = np.zeros((len(pairs), len(matchers)))
     same = np.array([p.same for p in pairs], dtype=np.float64)
     for fold in range(folds):
-        held = np.array([fold_of[p.query_image_id] == fold for p in pairs])
+        held = np.array([fold_of[p.query_annotation_id] == fold for p in pairs])
         if not held.any():
             continue
         if len(np.unique(same[~held])) < 2:
@@ -80,7 +80,7 @@ class CalibrationService:
         """
         rng = np.random.default_rng(seed)
         by_species: dict[str, list[dict[str, Any]]] = {}
-        for item in self.registry.catalog.labelled_images(species):
+        for item in self.registry.catalog.labelled_annotations(species):
             by_species.setdefault(item["species"], []).append(item)
         pairs: list[LabelledPair] = []
         fallback: list[str] = []
@@ -96,10 +96,10 @@ class CalibrationService:
         registry = self.registry
         gap = registry.settings.calibration_min_gap_hours
         collection = registry.collections[registry.pipeline.primary.name]
-        by_id = {i["image_id"]: i for i in items}
+        by_id = {i["annotation_id"]: i for i in items}
         images_of: dict[int, list[int]] = {}
         for item in items:
-            images_of.setdefault(item["individual_id"], []).append(item["image_id"])
+            images_of.setdefault(item["individual_id"], []).append(item["annotation_id"])
         strict = any(is_resighting(by_id[a], by_id[b], gap)
                      for ids in images_of.values() for k, a in enumerate(ids) for b in ids[k + 1:])
 
@@ -121,13 +121,13 @@ class CalibrationService:
             if len(positives) >= per_class and len(negatives) >= per_class:
                 break
             query = items[int(position)]
-            query_id, individual = query["image_id"], query["individual_id"]
+            query_id, individual = query["annotation_id"], query["individual_id"]
             vector = registry.index.vectors(collection, [query_id]).get(query_id)
             if vector is None:
                 continue
             hits = registry.index.search(collection, vector, registry.settings.ann_top_k, species,
-                                         query["viewpoint"], exclude_image_ids=(query_id,))
-            hits = [h.image_id for h in hits if h.image_id in by_id]
+                                         query["viewpoint"], exclude_annotation_ids=(query_id,))
+            hits = [h.annotation_id for h in hits if h.annotation_id in by_id]
             for other in [i for i in hits if mate(query_id, i)][:2]:
                 add(query_id, other, True)
             mates = [i for i in images_of[individual] if mate(query_id, i)]
@@ -145,17 +145,18 @@ class CalibrationService:
         registry = self.registry
         by_query: dict[int, list[LabelledPair]] = {}
         for pair in pairs:
-            by_query.setdefault(pair.query_image_id, []).append(pair)
+            by_query.setdefault(pair.query_annotation_id, []).append(pair)
         local = registry.pipeline.local
         for query_id, group in by_query.items():
-            ids = [query_id, *(p.candidate_image_id for p in group)]
+            ids = [query_id, *(p.candidate_annotation_id for p in group)]
             features = registry.identification.candidate_features(ids)
             vectors = {name: registry.index.vectors(c, ids) for name, c in registry.collections.items()}
             budget = registry.settings.local.for_species(group[0].species).max_keypoints
-            local_scores = local.pair_scores(features[query_id], [features[p.candidate_image_id] for p in group],
+            local_scores = local.pair_scores(features[query_id], [features[p.candidate_annotation_id] for p in group],
                                              budget=budget)
             for pair, local_score in zip(group, local_scores, strict=True):
-                pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_image_id])) for name, v in vectors.items()}
+                pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_annotation_id]))
+                            for name, v in vectors.items()}
                 pair.raw.update(local_score)
             if progress:
                 progress(len(group))
@@ -177,7 +178,7 @@ class CalibrationService:
         gap = settings.calibration_min_gap_hours
         rng = np.random.default_rng(seed)
         by_species: dict[str, list[dict[str, Any]]] = {}
-        for item in registry.catalog.labelled_images(species):
+        for item in registry.catalog.labelled_annotations(species):
             by_species.setdefault(item["species"], []).append(item)
         out: dict[str, dict[str, Any]] = {}
         for sp, items in sorted(by_species.items()):
@@ -212,11 +213,12 @@ class CalibrationService:
                 individual = query["individual_id"]
                 is_known = individual not in unknown
                 if is_known:
-                    hidden_images = [j["image_id"] for j in images_of[individual] if j is query or not mate(query, j)]
+                    hidden_images = [j["annotation_id"] for j in images_of[individual]
+                                     if j is query or not mate(query, j)]
                     hidden_individuals: tuple[int, ...] = ()
                 else:
-                    hidden_images, hidden_individuals = [query["image_id"]], (individual,)
-                ranked = registry.identification.rank_stored(query["image_id"], sp, query["viewpoint"], scorer,
+                    hidden_images, hidden_individuals = [query["annotation_id"]], (individual,)
+                ranked = registry.identification.rank_stored(query["annotation_id"], sp, query["viewpoint"], scorer,
                                                               tuple(hidden_images), hidden_individuals)
                 top = ranked[0] if ranked else None
                 tops.append((is_known, str(individual), top.individual_id if top else None,

@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
-from registry.decide.scoring import CandidateScore, IndividualScore, Outcome, Scorer, decide, rank_individuals
+from registry.decide.scoring import (
+    CandidateScore,
+    IndividualScore,
+    Outcome,
+    Scorer,
+    decide,
+    decision_margin,
+    rank_individuals,
+)
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
@@ -24,7 +32,8 @@ from registry.services.recording import PhotoRow
 from registry.settings import LocalMatcherSettings
 from registry.store import crashpoints
 from registry.store.catalog import CatalogError
-from registry.store.tables import Image
+from registry.store.feature_store import feature_key
+from registry.store.tables import Annotation, Image, Location
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
@@ -40,13 +49,20 @@ class Identification:
     species: str
     outcome: Outcome
     decision_id: int | None = None
-    image_id: int | None = None
+    annotation_id: int | None = None
     individual_code: str | None = None  # the matched or newly created individual (when recorded)
     problems: list[str] = field(default_factory=list)  # candidates that could not be scored, and why
+    box: tuple[float, float, float, float] | None = None  # the animal's box in the photo (None: whole photo)
+    event_id: int | None = None
+    joint: int = 1  # how many annotations (photos of one animal in one event) this decision was made from
 
     def to_json(self) -> dict[str, Any]:
         return {
             "image": self.path,
+            "box": list(self.box) if self.box else None,
+            "annotation_id": self.annotation_id,
+            "event_id": self.event_id,
+            "joint": self.joint,
             "species": self.species,
             "decision": self.outcome.outcome,
             "individual": self.individual_code,
@@ -55,7 +71,7 @@ class Identification:
             "policy_version": self.outcome.policy_version,
             "scorer": self.outcome.scorer,
             "decision_id": self.decision_id,
-            "candidates": [{"individual": c.code, "score": c.score, "best_image_id": c.best_image_id}
+            "candidates": [{"individual": c.code, "score": c.score, "best_annotation_id": c.best_annotation_id}
                            for c in self.outcome.ranked[:10]],
             "problems": self.problems,
         }
@@ -70,122 +86,141 @@ class Identifier:
 
     # --- describing photos -------------------------------------------------------------------------------
     def describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
+                 boxes: list[tuple[float, float, float, float] | None] | None = None,
                  ) -> list[Described | ImageError]:
-        """Load and describe photos as one batch; a photo that fails becomes its ImageError."""
+        """Load and describe photos (or the animals' boxes in them) as one batch; a photo that fails becomes its
+        ImageError."""
         pipeline = self.registry.pipeline
-        loaded = pipeline.load_many(paths, species, viewpoints)
+        loaded = pipeline.load_many(paths, species, viewpoints, boxes)
         good = [im for im in loaded if not isinstance(im, ImageError)]
         described = iter(pipeline.describe(good)) if good else iter(())
         return [im if isinstance(im, ImageError) else next(described) for im in loaded]
 
-    def candidate_features(self, image_ids: list[int], problems: list[str] | None = None,
+    def candidate_features(self, annotation_ids: list[int], problems: list[str] | None = None,
                            ) -> dict[int, LocalFeatures]:
-        """Cached local features of candidate images, recomputed from the file only if the cache lost them. A
-        candidate whose file is missing too is left out and reported in `problems`."""
+        """Cached local features of candidate annotations, recomputed from the photo only if the cache lost them.
+        A candidate whose photo is missing too is left out and reported in `problems`."""
         registry = self.registry
         with registry.catalog.transaction() as session:
-            rows = session.execute(select(Image.id, Image.sha256, Image.path, Image.species, Image.viewpoint)
-                                   .where(Image.id.in_(image_ids))).all()
+            rows = session.execute(select(Annotation, Image.sha256, Image.path)
+                                   .join(Image, Image.id == Annotation.image_id)
+                                   .where(Annotation.id.in_(annotation_ids))).all()
         out = {}
-        for image_id, sha, stored, species, viewpoint in rows:
-            features = registry.features.get(sha)
+        for annotation, sha, stored in rows:
+            key = feature_key(sha, annotation.region)
+            features = registry.features.get(key)
             if features is None:
                 path = registry.catalog.paths.local(stored)
                 try:
-                    image = registry.pipeline.load(path, species, viewpoint)
+                    image = registry.pipeline.load(path, annotation.species, annotation.viewpoint, annotation.box)
                 except ImageError as exc:
-                    message = (f"candidate image {image_id} was not compared: its local features are not cached "
-                               f"and its photo cannot be read ({exc}); run `registry relocate` or `registry doctor`")
+                    message = (f"candidate annotation {annotation.id} was not compared: its local features are not "
+                               f"cached and its photo cannot be read ({exc}); run `registry relocate` or "
+                               "`registry doctor`")
                     log.warning(message)
                     if problems is not None:
                         problems.append(message)
                     continue
                 features = registry.pipeline.local.extract([image])[0]
-                registry.features.put(sha, features)
-            out[image_id] = features
+                registry.features.put(key, features)
+            out[annotation.id] = features
         return out
 
-    def global_similarities(self, vectors: dict[str, np.ndarray], image_ids: list[int],
+    def location_ids(self, names: list[str] | None) -> tuple[int, ...] | None:
+        """The ids of these locations (identification scoped to them); an unknown name is an error naming it."""
+        if not names:
+            return None
+        with self.registry.catalog.transaction() as session:
+            found = dict(session.execute(select(Location.name, Location.id).where(Location.name.in_(names))).all())
+        unknown = [n for n in names if n not in found]
+        if unknown:
+            raise CatalogError(f"no location named {', '.join(map(repr, unknown))} in the registry")
+        return tuple(sorted(found.values()))
+
+    def global_similarities(self, vectors: dict[str, np.ndarray], annotation_ids: list[int],
                             skip: str | None = None) -> dict[str, dict[int, float]]:
         """Cosine similarity of a query's vectors to stored images, per embedder (vectors are unit length)."""
         out: dict[str, dict[int, float]] = {}
         for name, collection in self.registry.collections.items():
             if name == skip:
                 continue
-            stored = self.registry.index.vectors(collection, image_ids)
+            stored = self.registry.index.vectors(collection, annotation_ids)
             out[name] = {i: float(np.dot(vectors[name], v)) for i, v in stored.items()}
         return out
 
     # --- identification ----------------------------------------------------------------------------------
     def candidates(self, described: Described, species: str, viewpoint: str | None,
                    exclude: tuple[int, ...] = (), problems: list[str] | None = None,
-                   exclude_individuals: tuple[int, ...] = ()) -> list[CandidateScore]:
+                   exclude_individuals: tuple[int, ...] = (),
+                   locations: tuple[int, ...] | None = None) -> list[CandidateScore]:
         """The best individuals by the primary embedding (grouped query), each shortlisted photo scored by every
-        matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: image ids never to
-        return (the query's own photo when it is already in the registry)."""
+        matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: annotations never to
+        return (the query's own when it is already in the registry); `locations`: only references photographed
+        there."""
         registry = self.registry
         settings, pipeline = registry.settings, registry.pipeline
         local = settings.local.for_species(species)
         primary = pipeline.primary.name
         hits = registry.index.search_individuals(
             registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
-            settings.rerank_images_per_individual, species, viewpoint, exclude_image_ids=exclude,
-            exclude_individuals=exclude_individuals)
-        shortlist = {h.image_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
+            settings.rerank_images_per_individual, species, viewpoint, exclude_annotation_ids=exclude,
+            exclude_individuals=exclude_individuals, location_ids=locations)
+        shortlist = {h.annotation_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
         features = self.candidate_features(list(shortlist), problems)
-        image_ids = [i for i in shortlist if i in features]
+        annotation_ids = [i for i in shortlist if i in features]
         matcher = pipeline.local
         if local.first_pass_keypoints and local.full_rerank_individuals:
-            image_ids = self._first_pass(described, image_ids, shortlist, features, local)
+            annotation_ids = self._first_pass(described, annotation_ids, shortlist, features, local)
         if local.lnbnn_individuals:  # the animals whose keypoints vote best, whatever the global embedding says
-            ranking = self.lnbnn_ranking(described, species, viewpoint, exclude, exclude_individuals)
+            ranking = self.lnbnn_ranking(described, species, viewpoint, exclude, exclude_individuals, locations)
             photos_of = dict(ranking)
-            chosen = {shortlist[i] for i in image_ids}
+            chosen = {shortlist[i] for i in annotation_ids}
             extra: dict[int, int] = {}
             for individual in chosen:  # already in the full pass: also its best-voted other photos
-                others = [p for p in photos_of.get(individual, []) if p not in image_ids]
+                others = [p for p in photos_of.get(individual, []) if p not in annotation_ids]
                 extra.update({p: individual for p in others[: max(0, local.lnbnn_photos - 1)]})
             newcomers = [individual for individual, _ in ranking if individual not in chosen]
             for individual in newcomers[: local.lnbnn_individuals]:
                 extra.update({p: individual for p in photos_of[individual][: max(1, local.lnbnn_photos)]})
             features.update(self.candidate_features(list(extra), problems))
             shortlist.update(extra)
-            image_ids += [i for i in extra if i in features]
-        sims = self.global_similarities(described.vectors, image_ids)
-        local_scores = matcher.pair_scores(described.local, [features[i] for i in image_ids],
+            annotation_ids += [i for i in extra if i in features]
+        sims = self.global_similarities(described.vectors, annotation_ids)
+        local_scores = matcher.pair_scores(described.local, [features[i] for i in annotation_ids],
                                            budget=local.max_keypoints)
         candidates = []
-        for image_id, scores in zip(image_ids, local_scores, strict=True):
-            raw = {**{name: by_image[image_id] for name, by_image in sims.items()}, **scores}
-            candidates.append(CandidateScore(image_id, shortlist[image_id], raw))
+        for annotation_id, scores in zip(annotation_ids, local_scores, strict=True):
+            raw = {**{name: by_annotation[annotation_id] for name, by_annotation in sims.items()}, **scores}
+            candidates.append(CandidateScore(annotation_id, shortlist[annotation_id], raw))
         return candidates
 
-    def _first_pass(self, described: Described, image_ids: list[int], owner: dict[int, int],
+    def _first_pass(self, described: Described, annotation_ids: list[int], owner: dict[int, int],
                     features: dict[int, LocalFeatures], local: LocalMatcherSettings) -> list[int]:
         """The shortlisted photos of the `full_rerank_individuals` individuals whose photos match best with the
         strongest `first_pass_keypoints` keypoints: the full budget costs ~5x more per pair, so only they get it."""
         matcher = self.registry.pipeline.local
-        if len(set(owner[i] for i in image_ids)) <= local.full_rerank_individuals:
-            return image_ids
+        if len(set(owner[i] for i in annotation_ids)) <= local.full_rerank_individuals:
+            return annotation_ids
         budget = local.first_pass_keypoints
         cheap = matcher.scores(matcher.truncated(described.local, budget),
-                               [matcher.truncated(features[i], budget) for i in image_ids])
+                               [matcher.truncated(features[i], budget) for i in annotation_ids])
         best: dict[int, float] = {}
-        for image_id, score in zip(image_ids, cheap, strict=True):
-            best[owner[image_id]] = max(best.get(owner[image_id], -1.0), score)
+        for annotation_id, score in zip(annotation_ids, cheap, strict=True):
+            best[owner[annotation_id]] = max(best.get(owner[annotation_id], -1.0), score)
         ranked = sorted(best, key=lambda individual: (-best[individual], individual))
         keep = set(ranked[: local.full_rerank_individuals])
-        return [i for i in image_ids if owner[i] in keep]
+        return [i for i in annotation_ids if owner[i] in keep]
 
     def lnbnn_ranking(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...],
-                      exclude_individuals: tuple[int, ...]) -> list[tuple[int, list[int]]]:
+                      exclude_individuals: tuple[int, ...], locations: tuple[int, ...] | None = None,
+                      ) -> list[tuple[int, list[int]]]:
         """Individuals as LNBNN (one-vs-many over every reference descriptor of the species, HotSpotter's
         scoring) ranks them, each by its best-voted photo, with its photos best-voted first."""
         registry = self.registry
         local = registry.settings.local.for_species(species)
         budget = local.first_pass_keypoints or local.max_keypoints
         members = registry.index.candidates_of(registry.collections[registry.pipeline.primary.name], species,
-                                               viewpoint, exclude, exclude_individuals)
+                                               viewpoint, exclude, exclude_individuals, locations)
         pool = self.descriptor_pool.get(members, budget)
         if pool is None:
             return []
@@ -193,12 +228,12 @@ class Identifier:
         query = registry.pipeline.local.truncated(described.local, budget).descriptors
         votes = lnbnn_votes(query.astype(np.float32), descriptors, image_of)
         by_individual: dict[int, list[tuple[float, int]]] = {}
-        for image_id, vote in votes.items():
-            by_individual.setdefault(members[int(image_id)], []).append((-vote, int(image_id)))
+        for annotation_id, vote in votes.items():
+            by_individual.setdefault(members[int(annotation_id)], []).append((-vote, int(annotation_id)))
         for photos in by_individual.values():
             photos.sort()
         ranked = sorted(by_individual, key=lambda i: (by_individual[i][0][0], i))
-        return [(i, [image_id for _, image_id in by_individual[i]]) for i in ranked]
+        return [(i, [annotation_id for _, annotation_id in by_individual[i]]) for i in ranked]
 
     @property
     def descriptor_pool(self) -> DescriptorPool:
@@ -212,6 +247,11 @@ class Identifier:
         scorer = registry.scorer
         for candidate in candidates:
             scorer.score(candidate, species)
+        best: dict[int, CandidateScore] = {}  # a joint decision meets a reference photo once per query photo
+        for candidate in candidates:
+            if candidate.annotation_id not in best or candidate.score > best[candidate.annotation_id].score:
+                best[candidate.annotation_id] = candidate
+        candidates = list(best.values())
         with registry.catalog.transaction() as session:
             codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
         ranked = rank_individuals(candidates, codes, self.combine_photos(scorer, species))
@@ -220,14 +260,14 @@ class Identifier:
         outcome.scorer = scorer.name
         return outcome
 
-    def rank_stored(self, image_id: int, species: str, viewpoint: str | None, scorer: Scorer,
+    def rank_stored(self, annotation_id: int, species: str, viewpoint: str | None, scorer: Scorer,
                     hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = ()) -> list[IndividualScore]:
         """Candidate individuals for a photo already in the registry, from its stored vectors and cached features
         (nothing is described again), with some images and individuals hidden: a simulated query."""
         registry = self.registry
-        vectors = {name: registry.index.vectors(collection, [image_id]).get(image_id)
+        vectors = {name: registry.index.vectors(collection, [annotation_id]).get(annotation_id)
                    for name, collection in registry.collections.items()}
-        features = self.candidate_features([image_id]).get(image_id)
+        features = self.candidate_features([annotation_id]).get(annotation_id)
         if features is None or any(v is None for v in vectors.values()):
             return []
         candidates = self.candidates(Described(vectors, features), species, viewpoint,  # type: ignore[arg-type]
@@ -241,59 +281,83 @@ class Identifier:
         return self.registry.settings.local.for_species(species).combine_photos if scorer.probabilities else 1
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
-              problems: list[str] | None = None) -> Outcome:
-        return self.judge(self.candidates(described, species, viewpoint, exclude, problems), species)
+              problems: list[str] | None = None, locations: tuple[int, ...] | None = None) -> Outcome:
+        return self.judge(self.candidates(described, species, viewpoint, exclude, problems, locations=locations),
+                          species)
 
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
                  survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
-                 longitude: float | None = None) -> Identification:
-        """Identify one photo; with `record`, store the decision as a sighting (or a new individual). A photo
-        already in the registry never matches itself."""
+                 longitude: float | None = None, box: tuple[float, float, float, float] | None = None,
+                 locations: list[str] | None = None) -> Identification:
+        """Identify one photo (or the animal in `box`); with `record`, store the decision as a sighting (or a new
+        individual). An annotation already in the registry never matches itself."""
         path = Path(path)
-        row = PhotoRow(0, path, species, None, viewpoint, captured_at, latitude, longitude)
+        row = PhotoRow(0, path, species, None, viewpoint, captured_at, latitude, longitude, box=box,
+                       source="whole-image" if box is None else "manual")
         sha = sha256_of_file(path)
+        scope = self.location_ids(locations)
         with self.registry.catalog.transaction() as session:
-            known = self.registry.catalog.image_by_sha(session, sha)
+            known = session.scalar(select(Annotation).join(Image, Image.id == Annotation.image_id)
+                                   .where(Image.sha256 == sha, Annotation.region == row.region))
             exclude = (known.id,) if known is not None else ()
         if record and known is not None:
-            raise CatalogError(f"{path.name}: this photo is already in the registry as image {known.id}")
-        described = self.describe([path], [species], [viewpoint])[0]
+            raise CatalogError(f"{path.name}: this animal is already in the registry as annotation {known.id}")
+        described = self.describe([path], [species], [viewpoint], [box])[0]
         if isinstance(described, ImageError):
             raise described
         if not record:
             problems: list[str] = []
-            outcome = self.match(described, species, viewpoint, exclude, problems)
-            return Identification(str(path), species, outcome, problems=problems)
-        return self.identify_and_record(row, sha, described, survey)
+            outcome = self.match(described, species, viewpoint, exclude, problems, scope)
+            return Identification(str(path), species, outcome, problems=problems, box=box)
+        return self.identify_and_record([(row, sha, described)], survey, scope)
 
-    def identify_and_record(self, row: PhotoRow, sha: str, described: Described,
-                            survey: str | None) -> Identification:
+    def identify_and_record(self, animal: list[tuple[PhotoRow, str, Described]], survey: str | None,
+                            locations: tuple[int, ...] | None = None) -> Identification:
+        """Decide one animal from its annotations (one, or several photos of it in one event) and record the
+        decision: one decision row, a sighting per annotation. An event's photos are judged jointly: every
+        photo's candidates are pooled, so each individual is scored by its best pairs over the whole burst."""
         registry = self.registry
         recorder = registry.recorder
         recorder.resume_pending()
         problems: list[str] = []
-        outcome = self.match(described, row.species, row.viewpoint, problems=problems)
-        registry.features.put(sha, described.local)
+        species, viewpoint = animal[0][0].species, animal[0][0].viewpoint
+        pooled: list[CandidateScore] = []
+        for row, _sha, described in animal:
+            pooled += self.candidates(described, species, row.viewpoint or viewpoint, problems=problems,
+                                      locations=locations)
+        outcome = self.judge(pooled, species)
+        for row, sha, described in animal:
+            registry.features.put(feature_key(sha, row.region), described.local)
         crashpoints.reached("after-features")
         catalog = registry.catalog
         with catalog.transaction() as session:
-            image = recorder.add_image(session, row, sha, described, survey)
+            annotations = [recorder.add_annotation(session, row, sha, described, survey)
+                           for row, sha, described in animal]
+            first = annotations[0]
+            margin, reason = decision_margin(outcome.outcome, [c.score for c in outcome.ranked],
+                                             [c.code for c in outcome.ranked], outcome.threshold)
             decision = catalog.add_decision(
-                session, image_id=image.id, outcome=outcome.outcome, individual_id=outcome.individual_id,
-                score=outcome.score, threshold=outcome.threshold,
+                session, margin=margin, margin_reason=reason, annotation_id=first.id, event_id=first.event_id,
+                outcome=outcome.outcome, individual_id=outcome.individual_id, score=outcome.score,
+                threshold=outcome.threshold,
                 candidates=[c.to_json() for c in outcome.ranked[:20]], profile=registry.pipeline.profile,
-                model_versions={**registry.pipeline.versions, "scorer": outcome.scorer, "problems": problems},
+                model_versions={**registry.pipeline.versions, "scorer": outcome.scorer, "problems": problems,
+                                "annotations": [a.id for a in annotations]},
                 policy_id=outcome.policy_version)
             if outcome.outcome == "match":
                 individual = catalog.resolve(session, outcome.ranked[0].code)
             else:
-                individual = catalog.new_individual(session, row.species, decision=decision)
+                individual = catalog.new_individual(session, species, decision=decision)
             decision.individual_id = individual.id
-            catalog.add_sighting(session, image, individual, "automatic", decision)
-            image_id, individual_id, code, survey_id = image.id, individual.id, individual.code, image.survey_id
-            decision_id = decision.id
-        recorder.index_many([(image_id, described, individual_id, row, survey_id)])
-        return Identification(str(row.image), row.species, outcome, decision_id, image_id, code, problems)
+            items = []
+            for annotation, (_row, _sha, described) in zip(annotations, animal, strict=True):
+                catalog.add_sighting(session, annotation, individual, "automatic", decision)
+                items.append(recorder.item(annotation, described, individual.id))
+            code, decision_id, event_id = individual.code, decision.id, first.event_id
+        recorder.index_many(items)
+        row = animal[0][0]
+        return Identification(str(row.image), species, outcome, decision_id, items[0].annotation_id, code, problems,
+                              box=row.box, event_id=event_id, joint=len(animal))
 
 
 class DescriptorPool:
@@ -302,25 +366,25 @@ class DescriptorPool:
 
     def __init__(self, identifier: Identifier) -> None:
         self.identifier = identifier
-        self._by_image: dict[int, np.ndarray] = {}
+        self._by_annotation: dict[int, np.ndarray] = {}
         self._budget = 0
         self._last: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None
 
     def get(self, members: dict[int, int], budget: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(descriptors (N, 128) float32, image id of each) for the photos in `members`; None if there are none."""
         if budget != self._budget:
-            self._by_image, self._budget, self._last = {}, budget, None
+            self._by_annotation, self._budget, self._last = {}, budget, None
         ids = tuple(sorted(members))
         if self._last is not None and self._last[0] == ids:
             return self._last[1], self._last[2]
-        missing = [i for i in ids if i not in self._by_image]
+        missing = [i for i in ids if i not in self._by_annotation]
         if missing:
-            for image_id, features in self.identifier.candidate_features(missing).items():
-                self._by_image[image_id] = features.descriptors[:budget]
-        present = [i for i in ids if i in self._by_image and len(self._by_image[i])]
+            for annotation_id, features in self.identifier.candidate_features(missing).items():
+                self._by_annotation[annotation_id] = features.descriptors[:budget]
+        present = [i for i in ids if i in self._by_annotation and len(self._by_annotation[i])]
         if not present:
             return None
-        descriptors = np.concatenate([self._by_image[i] for i in present]).astype(np.float32)
-        image_of = np.concatenate([np.full(len(self._by_image[i]), i, dtype=np.int64) for i in present])
+        descriptors = np.concatenate([self._by_annotation[i] for i in present]).astype(np.float32)
+        image_of = np.concatenate([np.full(len(self._by_annotation[i]), i, dtype=np.int64) for i in present])
         self._last = (ids, descriptors, image_of)
         return descriptors, image_of

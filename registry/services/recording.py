@@ -1,9 +1,10 @@
 """The write path: photos, sightings and decisions into SQL, vectors into the index, in an order that survives
 a crash at any point.
 
-Write order: (1) local features are cached (keyed by content, harmless if orphaned); (2) one SQL transaction
-writes the image as `pending` with its sighting (and decision); (3) the vectors are upserted with the individual
-in their payload; (4) the image is marked `indexed`. A crash after (2) leaves a pending image that
+Write order: (1) local features are cached (keyed by content and box, harmless if orphaned); (2) one SQL
+transaction writes the photo, its annotation as `pending` and the sighting (and decision); (3) the vectors are
+upserted with the individual in their payload; (4) the annotation is marked `indexed`. A crash after (2) leaves a
+pending annotation that
 `resume_pending()` re-indexes from its file — every writing command runs it before its first write; a crash
 before (2) leaves nothing in SQL, and re-running the same command redoes it.
 """
@@ -14,14 +15,16 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+from PIL import Image as PILImage
 from sqlalchemy.orm import Session
 
 from registry.matching.imaging import ImageError
 from registry.matching.pipeline import Described
 from registry.store import crashpoints
-from registry.store.tables import Image, utcnow
+from registry.store.feature_store import feature_key
+from registry.store.tables import Annotation, region_of, utcnow
 from registry.store.vector_index import VectorPoint
 
 if TYPE_CHECKING:
@@ -46,9 +49,27 @@ class PhotoRow:
     deployment: str | None = None  # one camera's operating interval at the location (Camtrap DP deploymentID)
     sex: str | None = None  # of a labelled individual: female, male, unknown
     life_stage: str | None = None  # adult, subadult, juvenile, unknown
+    box: tuple[float, float, float, float] | None = None  # the animal's normalised x, y, w, h; None: whole photo
+    source: str = "whole-image"  # who drew the box: manifest, megadetector, camtrap-dp, manual
+    confidence: float | None = None  # the detector's confidence in the box
+    sequence: str | None = None  # the event (burst) the photo belongs to: the source's id or one made from time
+
+    @property
+    def region(self) -> str:
+        return region_of(self.box)
 
 
-IndexItem = tuple[int, Described, int, PhotoRow, int | None]  # image id, description, individual, row, survey
+class IndexItem(NamedTuple):
+    """What the vector index gets for one annotation."""
+
+    annotation_id: int
+    described: Described
+    individual_id: int | None
+    species: str
+    viewpoint: str | None
+    survey_id: int | None
+    image_id: int | None
+    location_id: int | None
 
 
 class Recorder:
@@ -58,35 +79,53 @@ class Recorder:
         self.registry = registry
         self._resumed = False
 
-    def add_image(self, session: Session, row: PhotoRow, sha: str, described: Described,
-                  survey: str | None) -> Image:
+    def add_annotation(self, session: Session, row: PhotoRow, sha: str, described: Described,
+                       survey: str | None) -> Annotation:
+        """The photo (added on its first animal) and this animal's annotation, placed in its event."""
         catalog = self.registry.catalog
-        survey_row = catalog.survey(session, survey) if survey else None
-        location = catalog.location(session, row.location, row.latitude, row.longitude) if row.location else None
-        deployment = catalog.deployment(session, row.deployment, location) if row.deployment else None
-        if location is None and deployment is not None and deployment.location_id is not None:
-            location_id: int | None = deployment.location_id
-        else:
-            location_id = location.id if location else None
-        width, height = described.local.image_size
-        return catalog.add_image(
-            session, sha256=sha, path=catalog.paths.stored(row.image), species=row.species,
-            viewpoint=row.viewpoint, captured_at=row.captured_at, latitude=row.latitude, longitude=row.longitude,
-            survey_id=survey_row.id if survey_row else None, location_id=location_id,
-            deployment_id=deployment.id if deployment else None, width=width, height=height)
+        image = catalog.image_by_sha(session, sha)
+        if image is None:
+            survey_row = catalog.survey(session, survey) if survey else None
+            location = (catalog.location(session, row.location, row.latitude, row.longitude)
+                        if row.location else None)
+            deployment = catalog.deployment(session, row.deployment, location) if row.deployment else None
+            if location is None and deployment is not None and deployment.location_id is not None:
+                location_id: int | None = deployment.location_id
+            else:
+                location_id = location.id if location else None
+            width, height = described.local.image_size
+            if row.box is not None:  # the described picture is a crop: the photo's own size
+                with PILImage.open(row.image) as photo:
+                    width, height = photo.size
+            image = catalog.add_image(
+                session, sha256=sha, path=catalog.paths.stored(row.image), captured_at=row.captured_at,
+                latitude=row.latitude, longitude=row.longitude, survey_id=survey_row.id if survey_row else None,
+                location_id=location_id, deployment_id=deployment.id if deployment else None, width=width,
+                height=height)
+        event = None
+        if row.sequence:
+            event = catalog.event(session, f"{survey or '-'}/{row.sequence}", image.deployment_id, row.captured_at)
+        return catalog.add_annotation(session, image, row.species, row.viewpoint, row.box, row.source,
+                                      row.confidence, event)
+
+    def item(self, annotation: Annotation, described: Described, individual_id: int | None) -> IndexItem:
+        image = annotation.image
+        return IndexItem(annotation.id, described, individual_id, annotation.species, annotation.viewpoint,
+                         image.survey_id, image.id, image.location_id)
 
     def index_many(self, items: list[IndexItem]) -> None:
-        """Upsert vectors (one call per collection), then mark the images indexed: the last step of a write."""
+        """Upsert vectors (one call per collection), then mark the annotations indexed: the last step of a
+        write."""
         registry = self.registry
         crashpoints.reached("after-sql")
         for position, (name, collection) in enumerate(registry.collections.items()):
             if position:
                 crashpoints.reached("between-collections")
-            registry.index.upsert(collection, [VectorPoint(image_id, described.vectors[name], individual_id,
-                                                           row.species, row.viewpoint, survey_id)
-                                               for image_id, described, individual_id, row, survey_id in items])
+            registry.index.upsert(collection, [
+                VectorPoint(item.annotation_id, item.described.vectors[name], item.individual_id, item.species,
+                            item.viewpoint, item.survey_id, item.image_id, item.location_id) for item in items])
         crashpoints.reached("after-vectors")
-        registry.catalog.mark_indexed([item[0] for item in items])
+        registry.catalog.mark_indexed([item.annotation_id for item in items])
         crashpoints.reached("after-indexed")
 
     def record_references(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None,
@@ -95,13 +134,13 @@ class Recorder:
         that is an individual's name or (with `match_codes`) its code, of this species, is that individual."""
         self.resume_pending()
         registry = self.registry
-        for _, sha, described in batch:
-            registry.features.put(sha, described.local)
+        for row, sha, described in batch:
+            registry.features.put(feature_key(sha, row.region), described.local)
         crashpoints.reached("after-features")
         written: list[IndexItem] = []
         with registry.catalog.transaction() as session:
             for row, sha, described in batch:
-                image = self.add_image(session, row, sha, described, survey)
+                annotation = self.add_annotation(session, row, sha, described, survey)
                 individual = registry.catalog.individual_by_label(session, row.species, row.identity,  # type: ignore[arg-type]
                                                                   match_codes)
                 if individual is None:
@@ -114,17 +153,17 @@ class Recorder:
                     value = getattr(row, name)
                     if value and value != "unknown" and getattr(individual, name) == "unknown":
                         setattr(individual, name, value)
-                registry.catalog.add_sighting(session, image, individual, "reference")
-                written.append((image.id, described, individual.id, row, image.survey_id))
+                registry.catalog.add_sighting(session, annotation, individual, "reference")
+                written.append(self.item(annotation, described, individual.id))
         self.index_many(written)
 
     # --- after a crash ---------------------------------------------------------------------------------
     def resume_pending(self, force: bool = False) -> int:
-        """Index images whose SQL rows were written but whose vectors were never confirmed (a crash).
+        """Index annotations whose SQL rows were written but whose vectors were never confirmed (a crash).
 
         Run once per process before its first write (and by `doctor --repair`). With several writers sharing
-        server stores, only writes older than `resume_grace_seconds` are taken: a younger pending image is most
-        likely another worker's write in flight.
+        server stores, only writes older than `resume_grace_seconds` are taken: a younger pending annotation is
+        most likely another worker's write in flight.
         """
         if self._resumed and not force:
             return 0
@@ -132,26 +171,27 @@ class Recorder:
         settings = self.registry.settings
         older_than = None if settings.needs_exclusive_lock else utcnow() - timedelta(
             seconds=settings.resume_grace_seconds)
-        pending = [i.id for i in self.registry.catalog.pending_images(older_than)]
+        pending = self.registry.catalog.pending_annotations(older_than)
         return len(self.reindex(pending)[0]) if pending else 0
 
-    def reindex(self, image_ids: list[int]) -> tuple[list[int], list[str]]:
-        """Describe images again from their files and write their vectors (and cached features), then mark
-        them indexed. Returns the images done and the problems (a file gone or damaged: it stays pending)."""
+    def reindex(self, annotation_ids: list[int]) -> tuple[list[int], list[str]]:
+        """Describe annotations again from their photos and write their vectors (and cached features), then mark
+        them indexed. Returns the annotations done and the problems (a file gone or damaged: it stays pending)."""
         registry = self.registry
-        registry.catalog.mark_pending(image_ids)
-        states = registry.catalog.image_states(image_ids)
+        registry.catalog.mark_pending(annotation_ids)
+        states = registry.catalog.annotation_states(annotation_ids)
         done, problems = [], []
-        for image_id, state in states.items():
+        for annotation_id, state in states.items():
             path = Path(state["path"])
-            described = registry.identification.describe([path], [state["species"]], [state["viewpoint"]])[0]
+            described = registry.identification.describe([path], [state["species"]], [state["viewpoint"]],
+                                                          [state["box"]])[0]
             if isinstance(described, ImageError):
-                problems.append(f"image {image_id} cannot be re-indexed, it stays pending: {described}")
+                problems.append(f"annotation {annotation_id} cannot be re-indexed, it stays pending: {described}")
                 log.warning(problems[-1])
                 continue
-            registry.features.put(state["sha256"], described.local)
-            row = PhotoRow(0, path, state["species"], None, state["viewpoint"])
-            self.index_many([(image_id, described, state["individual_id"], row, state["survey_id"])])
-            done.append(image_id)
+            registry.features.put(state["feature_key"], described.local)
+            self.index_many([IndexItem(annotation_id, described, state["individual_id"], state["species"],
+                                       state["viewpoint"], state["survey_id"], state["image_id"],
+                                       state["location_id"])])
+            done.append(annotation_id)
         return done, problems
-

@@ -1,7 +1,7 @@
 """Moving a registry to another embedder version: `registry reembed`, `registry vectors prune`, and trained
 models carried between registries (`registry models export|install|list`).
 
-Reembedding writes every indexed image's vector into the new version's collection, batch by batch; what is
+Reembedding writes every indexed annotation's vector into the new version's collection, batch by batch; what is
 already there is skipped, so a killed run resumes where it stopped. Then the registry is recalibrated with the
 new version, and one new decision-policy row (the atomic switch) names the trained checkpoint, the new model
 versions and the new calibrations. Until that row exists every process keeps deciding with the old version;
@@ -80,7 +80,7 @@ class ModelVersions:
     def reembed(self, version: str | None = None, batch: int | None = None, recalibrate: bool = True,
                 say: Callable[[str], None] = lambda _m: None, progress: Callable[[int], None] | None = None,
                 actor: str = "registry", calibration_pairs: int | None = None) -> dict[str, Any]:
-        """Vectors of every indexed image from the trained version, then recalibration and the policy switch."""
+        """Vectors of every indexed annotation from the trained version, then recalibration and the policy switch."""
         registry = self.registry
         row = self._row(version)
         if row.pruned_at is not None:
@@ -96,21 +96,23 @@ class ModelVersions:
         if registry.collections[embedder.name] == row.collection:
             return {"version": row.version, "already_in_force": True}
         registry.index.ensure_collection(row.collection, embedder.dimension)
-        states = {i: s for i, s in registry.catalog.image_states().items() if s["status"] == "indexed"}
-        done = {image_id for image_id, _ in registry.index.payloads(row.collection)}
+        states = {i: s for i, s in registry.catalog.annotation_states().items() if s["status"] == "indexed"}
+        done = {annotation_id for annotation_id, _ in registry.index.payloads(row.collection)}
         todo = sorted(set(states) - done)
-        say(f"reembedding {len(todo)} of {len(states)} images into {row.collection} ({len(done)} already there)")
+        say(f"reembedding {len(todo)} of {len(states)} annotations into {row.collection} ({len(done)} already there)")
         problems: list[str] = []
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             images = pipeline.load_many([Path(states[i]["path"]) for i in chunk], [states[i]["species"] for i in chunk],
-                                        [states[i]["viewpoint"] for i in chunk])
+                                        [states[i]["viewpoint"] for i in chunk], [states[i]["box"] for i in chunk])
             good = [(i, im) for i, im in zip(chunk, images, strict=True) if not isinstance(im, ImageError)]
-            problems += [f"image {i}: {im}" for i, im in zip(chunk, images, strict=True) if isinstance(im, ImageError)]
+            problems += [f"annotation {i}: {im}" for i, im in zip(chunk, images, strict=True)
+                         if isinstance(im, ImageError)]
             vectors = embedder.embed([im for _, im in good]) if good else []
             registry.index.upsert(row.collection, [
                 VectorPoint(i, vector, states[i]["individual_id"], states[i]["species"], states[i]["viewpoint"],
-                            states[i]["survey_id"]) for (i, _), vector in zip(good, vectors, strict=True)])
+                            states[i]["survey_id"], states[i]["image_id"], states[i]["location_id"])
+                for (i, _), vector in zip(good, vectors, strict=True)])
             crashpoints.reached("reembed-batch")
             if progress:
                 progress(len(chunk))
@@ -138,24 +140,24 @@ class ModelVersions:
             registry.use_collection(embedder.name, old_collection)
             raise
         return {"version": row.version, "collection": row.collection, "reembedded": len(todo),
-                "images": len(states), "previous_collection": old_collection, "policy_version": policy_version,
+                "annotations": len(states), "previous_collection": old_collection, "policy_version": policy_version,
                 "calibration": summary}
 
     def unfinished(self, indexed: int | None = None) -> list[dict[str, Any]]:
         """Trained versions whose collection holds vectors but is not in force (a reembed that stopped).
-        `indexed`: the number of indexed images, when the caller has already counted them."""
+        `indexed`: the number of indexed annotations, when the caller has already counted them."""
         registry = self.registry
         in_force = set(registry.collections.values())
         existing = set(registry.index.collections())
         if indexed is None:
-            indexed = sum(1 for s in registry.catalog.image_states().values() if s["status"] == "indexed")
+            indexed = sum(1 for s in registry.catalog.annotation_states().values() if s["status"] == "indexed")
         out = []
         with registry.catalog.transaction() as session:
             for row in session.scalars(select(Embedder).where(Embedder.weights_path.is_not(None))):
                 if row.collection in in_force or row.collection not in existing or row.pruned_at:
                     continue
                 count = registry.index.count(row.collection)
-                out.append({"version": row.version, "vectors": count, "images": indexed})
+                out.append({"version": row.version, "vectors": count, "annotations": indexed})
         return out
 
     # --- prune -----------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from registry.learning.trainer import Trainer, TrainingError, TrainItem, TrainSe
 from registry.matching.embedders import CARD_FORMAT, TorchEmbedder, architecture_of, card_path
 from registry.matching.imaging import ImageError
 from registry.matching.weights import file_sha256
-from registry.store.tables import Embedder, Image
+from registry.store.tables import Embedder
 from registry.store.vector_index import collection_name
 
 if TYPE_CHECKING:
@@ -40,24 +40,22 @@ class TrainingService:
     def training_items(self, species: str | None, say: Callable[[str], None]) -> tuple[list[TrainItem], dict]:
         """The labelled photos (reference, confirmed, corrected), decoded as the pipeline decodes them."""
         registry = self.registry
-        labelled = registry.catalog.labelled_images(species)
+        labelled = registry.catalog.labelled_annotations(species)
         if not labelled:
             raise TrainingError("no labelled photos to train on: ingest reference photos with identities, or "
                                 "confirm decisions")
-        with registry.catalog.transaction() as session:
-            paths = dict(session.execute(select(Image.id, Image.path)
-                                         .where(Image.id.in_([i["image_id"] for i in labelled]))).all())
+        states = registry.catalog.annotation_states([i["annotation_id"] for i in labelled])
         by_species: dict[str, set[str | None]] = {}
         for item in labelled:
             by_species.setdefault(item["species"], set()).add(item["viewpoint"])
         flanked = {sp for sp, views in by_species.items() if flank_specific(views)}
         items, unreadable = [], []
         for item in labelled:
-            path = registry.catalog.paths.local(paths[item["image_id"]])
+            state = states[item["annotation_id"]]
             try:
-                image = registry.pipeline.load(path, item["species"], item["viewpoint"])
+                image = registry.pipeline.load(Path(state["path"]), item["species"], item["viewpoint"], state["box"])
             except ImageError as exc:
-                unreadable.append(f"image {item['image_id']}: {exc}")
+                unreadable.append(f"annotation {item['annotation_id']}: {exc}")
                 continue
             label = f"{item['species']}/{item['individual_id']}"
             if item["species"] in flanked:

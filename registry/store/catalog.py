@@ -1,4 +1,5 @@
-"""The catalog: surveys, individuals, images, sightings and decisions in SQL (SQLite or PostgreSQL).
+"""The catalog: surveys, individuals, images and their annotations, sightings and decisions in SQL (SQLite or
+PostgreSQL).
 
 Write helpers take a `Session` so the caller composes one transaction per recorded decision; read queries
 open their own session. The schema itself is created only by the Alembic migrations (`registry.store.migrate`).
@@ -21,22 +22,27 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from registry.decide.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
 from registry.decide.policy import DecisionPolicy
+from registry.decide.scoring import decision_margin
 from registry.decide.verifier import VERIFIER, PairVerifier
 from registry.matching.imaging import sha256_of_file
+from registry.store.feature_store import feature_key
 from registry.store.photo_paths import PhotoPaths
 from registry.store.photo_paths import relocate as relocate_path
 from registry.store.tables import (
+    Annotation,
     Calibration,
     Change,
     Decision,
     DecisionPolicyRow,
     Deployment,
+    Event,
     Image,
     Individual,
     Location,
     Sighting,
     Species,
     Survey,
+    region_of,
     utcnow,
 )
 
@@ -169,13 +175,9 @@ class Catalog:
                 deployment.ended_at = deployment.ended_at or info.ended_at
                 deployment.setup = deployment.setup or info.setup
 
-    # --- images ----------------------------------------------------------------------------------------
+    # --- images and annotations ----------------------------------------------------------------------------
     def image_by_sha(self, session: Session, sha256: str) -> Image | None:
         return session.scalar(select(Image).where(Image.sha256 == sha256))
-
-    def known_sha256s(self, sha256s: list[str]) -> set[str]:
-        """Which of these photo contents are already catalogued (one query for a whole batch)."""
-        return set(self.image_ids_by_sha(sha256s))
 
     def image_ids_by_sha(self, sha256s: list[str]) -> dict[str, int]:
         """sha256 -> image id for those of these photo contents that are catalogued."""
@@ -184,15 +186,36 @@ class Catalog:
         with self._sessions() as session:
             return dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(sha256s))).all())  # type: ignore[arg-type]
 
+    def annotations_by_sha(self, sha256s: list[str]) -> dict[str, list[int]]:
+        """sha256 -> the ids of the annotations in that photo, for those of these photos that are catalogued."""
+        out: dict[str, list[int]] = {}
+        if not sha256s:
+            return out
+        with self._sessions() as session:
+            for sha, annotation_id in session.execute(select(Image.sha256, Annotation.id)
+                                                      .join(Annotation, Annotation.image_id == Image.id)
+                                                      .where(Image.sha256.in_(sha256s)).order_by(Annotation.id)):
+                out.setdefault(sha, []).append(annotation_id)
+        return out
+
+    def known_regions(self, sha256s: list[str]) -> set[tuple[str, str]]:
+        """(photo content, region) of the annotations already catalogued in these photos (one query a batch)."""
+        if not sha256s:
+            return set()
+        with self._sessions() as session:
+            return set(session.execute(select(Image.sha256, Annotation.region)  # type: ignore[arg-type]
+                                       .join(Annotation, Annotation.image_id == Image.id)
+                                       .where(Image.sha256.in_(sha256s))).all())
+
     def add_image(self, session: Session, **fields: Any) -> Image:
-        """Insert an image in state `pending`; a photo already catalogued (same content) is refused by name."""
+        """Insert a photo; a photo already catalogued (same content) is refused by name."""
         existing = self.image_by_sha(session, fields["sha256"])
         if existing is not None:
             raise DuplicateImageError(
                 f"{fields.get('path')}: this photo is already in the registry as image {existing.id} "
                 f"({existing.path}, sha256 {existing.sha256[:12]}…)"
             )
-        image = Image(status="pending", **fields)
+        image = Image(**fields)
         try:
             with session.begin_nested():
                 session.add(image)
@@ -201,6 +224,46 @@ class Catalog:
                 f"{fields.get('path')}: a photo with sha256 {fields['sha256'][:12]}… was added concurrently"
             ) from exc
         return image
+
+    def image_for(self, session: Session, **fields: Any) -> Image:
+        """The photo with this content, added on first use (its second animal joins the same row)."""
+        return self.image_by_sha(session, fields["sha256"]) or self.add_image(session, **fields)
+
+    def add_annotation(self, session: Session, image: Image, species: str, viewpoint: str | None = None,
+                       box: tuple[float, float, float, float] | None = None, source: str = "whole-image",
+                       confidence: float | None = None, event: Event | None = None) -> Annotation:
+        """One animal in a photo, in state `pending`; the same box of the same photo twice is refused by name."""
+        region = region_of(box)
+        existing = session.scalar(select(Annotation).where(Annotation.image_id == image.id,
+                                                           Annotation.region == region))
+        if existing is not None:
+            raise DuplicateImageError(f"{image.path}: this animal ({'whole photo' if box is None else region}) is "
+                                      f"already in the registry as annotation {existing.id}")
+        x, y, w, h = box if box is not None else (None, None, None, None)
+        annotation = Annotation(image_id=image.id, species=species, viewpoint=viewpoint, region=region, bbox_x=x,
+                                bbox_y=y, bbox_w=w, bbox_h=h, confidence=confidence, source=source,
+                                event_id=event.id if event is not None else None, status="pending")
+        try:
+            with session.begin_nested():
+                session.add(annotation)
+        except IntegrityError as exc:
+            raise DuplicateImageError(f"{image.path}: annotation {region} was added concurrently") from exc
+        return annotation
+
+    def event(self, session: Session, code: str, deployment_id: int | None, when: datetime | None) -> Event:
+        """The event of this code (created on first use); its interval grows with each photo placed in it."""
+        found = session.scalar(select(Event).where(Event.code == code))
+        if found is None:
+            found = Event(code=code, deployment_id=deployment_id, started_at=when, ended_at=when)
+            try:
+                with session.begin_nested():
+                    session.add(found)
+            except IntegrityError:
+                found = session.scalar(select(Event).where(Event.code == code))
+        if when is not None:
+            found.started_at = min(found.started_at or when, when)  # type: ignore[union-attr]
+            found.ended_at = max(found.ended_at or when, when)  # type: ignore[union-attr]
+        return found  # type: ignore[return-value]
 
     def relocate(self, old: str, new: str) -> dict[str, int]:
         """Rewrite stored photo paths under `old` to lie under `new` (whole path components), in one transaction."""
@@ -215,49 +278,54 @@ class Catalog:
                 missing += not self.paths.local(moved).exists()
         return {"rewritten": rewritten, "missing_now": missing}
 
-    def pending_images(self, older_than: datetime | None = None) -> list[Image]:
-        """Images written to SQL whose vectors were never confirmed (only those written before `older_than`)."""
+    def pending_annotations(self, older_than: datetime | None = None) -> list[int]:
+        """Annotations written to SQL whose vectors were never confirmed (only those written before
+        `older_than`)."""
         with self._sessions() as session:
-            query = select(Image).where(Image.status == "pending").order_by(Image.id)
+            query = select(Annotation.id).where(Annotation.status == "pending").order_by(Annotation.id)
             if older_than is not None:
-                query = query.where(Image.ingested_at < older_than)
+                query = query.where(Annotation.created_at < older_than)
             return list(session.scalars(query))
 
-    def mark_indexed(self, image_ids: list[int]) -> None:
-        if not image_ids:
+    def mark_indexed(self, annotation_ids: list[int]) -> None:
+        self._set_status(annotation_ids, "indexed")
+
+    def mark_pending(self, annotation_ids: list[int]) -> None:
+        """Back to pending: the vectors must be (re)written before the annotation counts as indexed."""
+        self._set_status(annotation_ids, "pending")
+
+    def _set_status(self, annotation_ids: list[int], status: str) -> None:
+        if not annotation_ids:
             return
         with self.transaction() as session:
-            for image in session.scalars(select(Image).where(Image.id.in_(image_ids))):
-                image.status = "indexed"
+            for start in range(0, len(annotation_ids), 1000):
+                session.execute(update(Annotation).where(Annotation.id.in_(annotation_ids[start:start + 1000]))
+                                .values(status=status))
 
-    def mark_pending(self, image_ids: list[int]) -> None:
-        """Back to pending: the vectors must be (re)written before the image counts as indexed."""
-        if not image_ids:
-            return
-        with self.transaction() as session:
-            for image in session.scalars(select(Image).where(Image.id.in_(image_ids))):
-                image.status = "pending"
-
-    def image_states(self, image_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
-        """What the vector index should hold for each image: the individual its active sighting resolves to
-        (following merges; None when the sighting was rejected), plus what is needed to re-describe it."""
+    def annotation_states(self, annotation_ids: list[int] | None = None) -> dict[int, dict[str, Any]]:
+        """What the vector index should hold for each annotation: the individual its active sighting resolves to
+        (following merges; None when the sighting was rejected), plus what is needed to describe it again."""
         with self._sessions() as session:
-            query = (select(Image.id, Image.status, Image.sha256, Image.path, Image.species, Image.viewpoint,
-                            Image.survey_id, Sighting.individual_id, Sighting.status)
-                     .outerjoin(Sighting, Sighting.image_id == Image.id).order_by(Image.id))
-            if image_ids is not None:
-                query = query.where(Image.id.in_(image_ids))
+            query = (select(Annotation, Image.sha256, Image.path, Image.survey_id, Image.location_id,
+                            Sighting.individual_id, Sighting.status)
+                     .join(Image, Image.id == Annotation.image_id)
+                     .outerjoin(Sighting, Sighting.annotation_id == Annotation.id).order_by(Annotation.id))
+            if annotation_ids is not None:
+                query = query.where(Annotation.id.in_(annotation_ids))
             rows = session.execute(query).all()
             merged = self.merge_links(session)
         out = {}
-        for image_id, status, sha, path, species, viewpoint, survey_id, individual_id, sighting_status in rows:
+        for annotation, sha, path, survey_id, location_id, individual_id, sighting_status in rows:
             if sighting_status != "active":
                 individual_id = None
             elif individual_id is not None:
                 individual_id = follow_merges(individual_id, merged.get)
-            out[image_id] = {"status": status, "sha256": sha, "path": str(self.paths.local(path)),
-                             "species": species,
-                             "viewpoint": viewpoint, "survey_id": survey_id, "individual_id": individual_id}
+            out[annotation.id] = {
+                "status": annotation.status, "sha256": sha, "path": str(self.paths.local(path)),
+                "image_id": annotation.image_id, "box": annotation.box,
+                "feature_key": feature_key(sha, annotation.region), "species": annotation.species,
+                "viewpoint": annotation.viewpoint, "survey_id": survey_id, "location_id": location_id,
+                "individual_id": individual_id}
         return out
 
     # --- individuals -----------------------------------------------------------------------------------
@@ -357,39 +425,45 @@ class Catalog:
 
     # --- sightings and decisions -----------------------------------------------------------------------
     def add_sighting(
-        self, session: Session, image: Image, individual: Individual, method: str,
+        self, session: Session, annotation: Annotation, individual: Individual, method: str,
         decision: Decision | None = None,
     ) -> Sighting:
-        sighting = Sighting(image_id=image.id, individual_id=individual.id, method=method,
+        sighting = Sighting(annotation_id=annotation.id, individual_id=individual.id, method=method,
                             decision_id=decision.id if decision is not None else None, status="active")
         session.add(sighting)
         session.flush()
         return sighting
 
     def add_decision(self, session: Session, **fields: Any) -> Decision:
+        if "margin" not in fields:  # the review queue's order, from the ranked candidates as recorded
+            ranked = fields.get("candidates") or []
+            fields["margin"], fields["margin_reason"] = decision_margin(
+                fields["outcome"], [c["score"] for c in ranked], [c["code"] for c in ranked], fields["threshold"])
         decision = Decision(**fields)
         session.add(decision)
         session.flush()
         return decision
 
     # --- calibration -----------------------------------------------------------------------------------
-    def labelled_images(self, species: str | None = None) -> list[dict[str, Any]]:
-        """Images whose individual a person vouched for (reference labels, confirmed or corrected decisions)."""
+    def labelled_annotations(self, species: str | None = None) -> list[dict[str, Any]]:
+        """Annotations whose individual a person vouched for (reference labels, confirmed or corrected
+        decisions)."""
         with self.transaction() as session:
-            query = (select(Image.id, Image.species, Image.viewpoint, Image.survey_id, Image.captured_at,
-                            Sighting.individual_id)
-                     .join(Sighting, Sighting.image_id == Image.id)
+            query = (select(Annotation.id, Annotation.species, Annotation.viewpoint, Image.survey_id,
+                            Image.captured_at, Sighting.individual_id)
+                     .join(Image, Image.id == Annotation.image_id)
+                     .join(Sighting, Sighting.annotation_id == Annotation.id)
                      .where(Sighting.status == "active", Sighting.method.in_(("reference", "confirmed", "corrected")),
-                            Image.status == "indexed")
-                     .order_by(Image.id))
+                            Annotation.status == "indexed")
+                     .order_by(Annotation.id))
             if species is not None:
-                query = query.where(Image.species == species)
+                query = query.where(Annotation.species == species)
             rows = session.execute(query).all()
             merged = self.merge_links(session)
-        # a merged individual's images belong to the survivor
-        return [{"image_id": image_id, "species": sp, "viewpoint": viewpoint, "survey_id": survey_id,
+        # a merged individual's annotations belong to the survivor
+        return [{"annotation_id": annotation_id, "species": sp, "viewpoint": viewpoint, "survey_id": survey_id,
                  "captured_at": captured_at, "individual_id": follow_merges(individual_id, merged.get)}
-                for image_id, sp, viewpoint, survey_id, captured_at, individual_id in rows]
+                for annotation_id, sp, viewpoint, survey_id, captured_at, individual_id in rows]
 
     def save_calibrations(self, fitted: dict[tuple[str, str | None], IsotonicCalibrator],
                           learned: LearnedFusion | None, n_pairs: int, summary: dict[str, Any]) -> int:
@@ -485,14 +559,15 @@ class Catalog:
             members = [individual.id, *session.scalars(
                 select(Individual.id).where(Individual.merged_into_id == individual.id))]
             rows = session.execute(
-                select(Sighting, Image, Survey.name, Decision.score, Location.name, Deployment.code)
-                .join(Image, Sighting.image_id == Image.id)
+                select(Sighting, Annotation, Image, Survey.name, Decision.score, Location.name, Deployment.code)
+                .join(Annotation, Sighting.annotation_id == Annotation.id)
+                .join(Image, Annotation.image_id == Image.id)
                 .outerjoin(Survey, Image.survey_id == Survey.id)
                 .outerjoin(Decision, Sighting.decision_id == Decision.id)
                 .outerjoin(Location, Image.location_id == Location.id)
                 .outerjoin(Deployment, Image.deployment_id == Deployment.id)
                 .where(Sighting.individual_id.in_(members), Sighting.status == "active")
-                .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id)
+                .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id, Annotation.id)
             ).all()
             sightings = [
                 {
@@ -504,11 +579,14 @@ class Catalog:
                     "longitude": image.longitude,
                     "image": str(self.paths.local(image.path)),
                     "sha256": image.sha256,
+                    "annotation": annotation.id,
+                    "box": list(annotation.box) if annotation.box else None,
+                    "event_id": annotation.event_id,
                     "method": sighting.method,
                     "decision_id": sighting.decision_id,
                     "score": score,
                 }
-                for sighting, image, survey_name, score, location_name, deployment_code in rows
+                for sighting, annotation, image, survey_name, score, location_name, deployment_code in rows
             ]
             dates = [s["captured_at"] for s in sightings if s["captured_at"]]
             codes = [individual.code, *session.scalars(select(Individual.code).where(Individual.id.in_(members)))]
@@ -534,9 +612,7 @@ class Catalog:
             }
 
     def image_by_key(self, session: Session, key: str) -> Image | None:
-        """An image by id, sha256 or path (a photo under another name is found by its content)."""
-        if key.isdigit():
-            return session.get(Image, int(key))
+        """A photo by sha256 or path (a photo under another name is found by its content)."""
         if re.fullmatch(r"[0-9a-f]{64}", key):
             return session.scalar(select(Image).where(Image.sha256 == key))
         path = Path(key)
@@ -545,13 +621,30 @@ class Catalog:
             image = session.scalar(select(Image).where(Image.sha256 == sha256_of_file(path)))
         return image
 
+    def annotation_by_key(self, session: Session, key: str) -> Annotation:
+        """An annotation by id, or by its photo (path or sha256) when the photo holds one animal."""
+        if key.isdigit():
+            found = session.get(Annotation, int(key))
+            if found is None:
+                raise UnknownIndividualError(f"no annotation {key} in the registry")
+            return found
+        image = self.image_by_key(session, key)
+        if image is None:
+            raise UnknownIndividualError(f"no image {key!r} in the registry")
+        annotations = list(session.scalars(select(Annotation).where(Annotation.image_id == image.id)
+                                           .order_by(Annotation.id)))
+        if len(annotations) != 1:
+            raise UnknownIndividualError(
+                f"image {key!r} holds {len(annotations)} annotations; name one by its id "
+                f"({', '.join(str(a.id) for a in annotations) or 'none'})")
+        return annotations[0]
+
     def individual_of_image(self, key: str) -> str:
-        """The code of the individual an image (path or sha256) is a sighting of, following merges."""
+        """The code of the individual an annotation (its id, or its photo's path or sha256) is a sighting of,
+        following merges."""
         with self._sessions() as session:
-            image = self.image_by_key(session, key)
-            if image is None:
-                raise UnknownIndividualError(f"no image {key!r} in the registry")
-            sighting = session.scalar(select(Sighting).where(Sighting.image_id == image.id))
+            annotation = self.annotation_by_key(session, key)
+            sighting = session.scalar(select(Sighting).where(Sighting.annotation_id == annotation.id))
             if sighting is None:
                 raise UnknownIndividualError(f"image {key!r} has no sighting")
             code = session.get(Individual, sighting.individual_id).code  # type: ignore[union-attr]
@@ -562,7 +655,8 @@ class Catalog:
             query = (
                 select(Individual, func.count(Sighting.id), func.min(Image.captured_at), func.max(Image.captured_at))
                 .outerjoin(Sighting, (Sighting.individual_id == Individual.id) & (Sighting.status == "active"))
-                .outerjoin(Image, Sighting.image_id == Image.id)
+                .outerjoin(Annotation, Sighting.annotation_id == Annotation.id)
+                .outerjoin(Image, Annotation.image_id == Image.id)
                 .where(Individual.merged_into_id.is_(None), Individual.retired_at.is_(None))
                 .group_by(Individual.id)
                 .order_by(Individual.species, Individual.species_seq)
@@ -591,7 +685,7 @@ class Catalog:
 
     def species(self) -> list[str]:
         with self._sessions() as session:
-            return list(session.scalars(select(Image.species).distinct().order_by(Image.species)))
+            return list(session.scalars(select(Annotation.species).distinct().order_by(Annotation.species)))
 
     def stats(self) -> dict[str, int]:
         with self._sessions() as session:
@@ -601,10 +695,11 @@ class Catalog:
             return {
                 "individuals": count(Individual, Individual.merged_into_id.is_(None), Individual.retired_at.is_(None)),
                 "images": count(Image),
+                "annotations": count(Annotation),
                 "sightings": count(Sighting, Sighting.status == "active"),
                 "decisions": count(Decision),
                 "surveys": count(Survey),
-                "pending_images": count(Image, Image.status == "pending"),
+                "pending_annotations": count(Annotation, Annotation.status == "pending"),
             }
 
 

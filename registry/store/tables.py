@@ -35,7 +35,9 @@ class Base(DeclarativeBase):
 SIGHTING_METHODS = ("reference", "automatic", "confirmed", "corrected")
 SEXES = ("female", "male", "unknown")
 LIFE_STAGES = ("adult", "subadult", "juvenile", "unknown")  # Camtrap DP's lifeStage values
-IMAGE_STATUSES = ("pending", "indexed")  # pending: SQL row written, vectors not yet confirmed in the index
+ANNOTATION_STATUSES = ("pending", "indexed")  # pending: SQL row written, vectors not yet confirmed in the index
+ANNOTATION_SOURCES = ("whole-image", "manual", "manifest", "megadetector", "camtrap-dp")
+WHOLE_IMAGE = "whole"  # the region of an annotation that is the whole photo
 
 
 class Survey(Base):
@@ -126,14 +128,14 @@ class Individual(Base):
 
 
 class Image(Base):
+    """A photo file, once per content (sha256): where and when it was taken. What is identified in it are its
+    annotations (one per animal)."""
+
     __tablename__ = "images"
-    __table_args__ = (CheckConstraint("status IN ('pending', 'indexed')", name="ck_images_status"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     sha256: Mapped[str] = mapped_column(String(64), unique=True)
     path: Mapped[str] = mapped_column(Text)  # where the photo was read from (path or URI)
-    species: Mapped[str] = mapped_column(String(100), index=True)
-    viewpoint: Mapped[str | None] = mapped_column(String(50))
     captured_at: Mapped[datetime | None] = mapped_column(DateTime, index=True)
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
@@ -145,11 +147,70 @@ class Image(Base):
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     ingested_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
-    status: Mapped[str] = mapped_column(String(16), default="pending")
 
     survey: Mapped[Survey | None] = relationship()
     location: Mapped[Location | None] = relationship()
     deployment: Mapped[Deployment | None] = relationship()
+
+
+class Event(Base):
+    """Photos of one deployment taken within the independence interval (a burst or sequence): Camtrap DP's
+    eventID. An event's annotations of one animal are decided together."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    code: Mapped[str] = mapped_column(String(200), unique=True)  # the source's sequence id, or a made one
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime)
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class Annotation(Base):
+    """One animal in one photo: the unit that is embedded, described, indexed (Qdrant point id = annotation id),
+    matched, decided and sighted. `region` is "whole" or the normalised box "x,y,w,h" (top-left origin, as
+    Camtrap DP and MegaDetector write it), so the same box of the same photo is never added twice."""
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        CheckConstraint("status IN ('pending', 'indexed')", name="ck_annotations_status"),
+        CheckConstraint("source IN ('whole-image', 'manual', 'manifest', 'megadetector', 'camtrap-dp')",
+                        name="ck_annotations_source"),
+        UniqueConstraint("image_id", "region", name="uq_annotations_image_region"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    species: Mapped[str] = mapped_column(String(100), index=True)
+    viewpoint: Mapped[str | None] = mapped_column(String(50))
+    region: Mapped[str] = mapped_column(String(64), default=WHOLE_IMAGE)
+    bbox_x: Mapped[float | None] = mapped_column(Float)
+    bbox_y: Mapped[float | None] = mapped_column(Float)
+    bbox_w: Mapped[float | None] = mapped_column(Float)
+    bbox_h: Mapped[float | None] = mapped_column(Float)
+    confidence: Mapped[float | None] = mapped_column(Float)  # the detector's, when a detector drew the box
+    source: Mapped[str] = mapped_column(String(16), default="whole-image")
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+    image: Mapped[Image] = relationship()
+    event: Mapped[Event | None] = relationship()
+
+    @property
+    def box(self) -> tuple[float, float, float, float] | None:
+        """The normalised box, or None for the whole photo."""
+        if self.bbox_w is None:
+            return None
+        return (self.bbox_x, self.bbox_y, self.bbox_w, self.bbox_h)  # type: ignore[return-value]
+
+
+def region_of(box: tuple[float, float, float, float] | None) -> str:
+    """The stored form of a box (4 decimals: well under a pixel of any camera-trap photo)."""
+    if box is None:
+        return WHOLE_IMAGE
+    return ",".join(f"{v:.4f}" for v in box)
 
 
 class Sighting(Base):
@@ -160,17 +221,18 @@ class Sighting(Base):
         ),
         CheckConstraint("status IN ('active', 'rejected')", name="ck_sightings_status"),
         Index("ix_sightings_individual_status", "individual_id", "status"),
+        UniqueConstraint("annotation_id", name="uq_sightings_annotation"),  # one animal, one sighting
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), unique=True)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", name="fk_sightings_annotation"))
     individual_id: Mapped[int] = mapped_column(ForeignKey("individuals.id"))
     method: Mapped[str] = mapped_column(String(16))
     decision_id: Mapped[int | None] = mapped_column(ForeignKey("decisions.id"), index=True)
     status: Mapped[str] = mapped_column(String(16), default="active")
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 
-    image: Mapped[Image] = relationship()
+    annotation: Mapped[Annotation] = relationship()
     individual: Mapped[Individual] = relationship()
 
 
@@ -179,10 +241,17 @@ class Decision(Base):
     __table_args__ = (CheckConstraint("outcome IN ('match', 'new')", name="ck_decisions_outcome"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    image_id: Mapped[int] = mapped_column(ForeignKey("images.id"), index=True)
+    # the annotation decided (for a joint decision over an event, the first of the animal's annotations; each of
+    # them has a sighting pointing here)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id", name="fk_decisions_annotation"),
+                                               index=True)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id", name="fk_decisions_event"), index=True)
     outcome: Mapped[str] = mapped_column(String(8))
     individual_id: Mapped[int | None] = mapped_column(ForeignKey("individuals.id"), index=True)
     score: Mapped[float | None] = mapped_column(Float)  # fused score of the best candidate individual
+    # how close it came to going the other way (decide.scoring.decision_margin): the review queue's order
+    margin: Mapped[float | None] = mapped_column(Float, index=True)
+    margin_reason: Mapped[str | None] = mapped_column(String(200))
     threshold: Mapped[float] = mapped_column(Float)
     candidates: Mapped[list] = mapped_column(JSON)  # ranked individuals, each with per-matcher scores
     profile: Mapped[str] = mapped_column(String(50))
@@ -286,6 +355,21 @@ class ApiToken(Base):
     scope: Mapped[str] = mapped_column(String(16), default="admin")  # read < review < admin
     expires_at: Mapped[datetime | None] = mapped_column(DateTime)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
+
+
+class WebSession(Base):
+    """A browser signed in to the workspace with a token: only the cookie key's SHA-256 is stored, with the
+    session's CSRF secret; the session ends with its token."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    token_id: Mapped[int] = mapped_column(ForeignKey("api_tokens.id"), index=True)
+    csrf: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 

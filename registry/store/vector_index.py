@@ -22,17 +22,19 @@ _LOCAL_LOCK = threading.Lock()
 
 @dataclass(frozen=True)
 class VectorPoint:
-    image_id: int
+    annotation_id: int
     vector: np.ndarray
     individual_id: int | None
     species: str
     viewpoint: str | None = None
     survey_id: int | None = None
+    image_id: int | None = None  # the photo the annotation is in
+    location_id: int | None = None
 
 
 @dataclass(frozen=True)
 class Hit:
-    image_id: int
+    annotation_id: int
     score: float  # cosine similarity
     payload: dict[str, Any] = field(default_factory=dict)
 
@@ -102,7 +104,8 @@ class VectorIndex:
             return  # embedded Qdrant filters by scanning; payload indexes only matter on a server
         for key, schema in (("species", models.PayloadSchemaType.KEYWORD),
                             ("viewpoint", models.PayloadSchemaType.KEYWORD),
-                            ("individual_id", models.PayloadSchemaType.INTEGER)):
+                            ("individual_id", models.PayloadSchemaType.INTEGER),
+                            ("location_id", models.PayloadSchemaType.INTEGER)):
             self.client.create_payload_index(name, key, field_schema=schema)
 
     def drop_collection(self, name: str) -> None:
@@ -118,12 +121,14 @@ class VectorIndex:
             vector = np.asarray(point.vector, dtype=np.float32)
             norm = float(np.linalg.norm(vector))
             if not np.isfinite(norm) or norm == 0:
-                raise ValueError(f"image {point.image_id}: embedding is zero or not finite")
+                raise ValueError(f"annotation {point.annotation_id}: embedding is zero or not finite")
             batch.append(models.PointStruct(
-                id=point.image_id,
+                id=point.annotation_id,
                 vector=(vector / norm).tolist(),
-                payload={"image_id": point.image_id, "individual_id": point.individual_id,
-                         "species": point.species, "viewpoint": point.viewpoint, "survey_id": point.survey_id},
+                payload={"annotation_id": point.annotation_id, "image_id": point.image_id,
+                         "individual_id": point.individual_id, "species": point.species,
+                         "viewpoint": point.viewpoint, "survey_id": point.survey_id,
+                         "location_id": point.location_id},
             ))
             if len(batch) >= batch_size:
                 self.client.upsert(collection, batch, wait=True)
@@ -131,26 +136,33 @@ class VectorIndex:
         if batch:
             self.client.upsert(collection, batch, wait=True)
 
-    def set_individual(self, collection: str, image_ids: list[int], individual_id: int | None) -> None:
+    def set_individual(self, collection: str, annotation_ids: list[int], individual_id: int | None) -> None:
         """Point the images' vectors at an individual (None: no longer a candidate). Images without vectors yet
         (pending) are skipped: they get the right payload when they are indexed."""
-        existing = [int(p.id) for p in self.client.retrieve(collection, ids=image_ids, with_payload=False,
-                                                              with_vectors=False)] if image_ids else []
+        existing = [int(p.id) for p in self.client.retrieve(collection, ids=annotation_ids, with_payload=False,
+                                                              with_vectors=False)] if annotation_ids else []
         if existing:
             self.client.set_payload(collection, {"individual_id": individual_id},
                                     points=models.PointIdsList(points=existing), wait=True)
 
-    def delete(self, collection: str, image_ids: list[int]) -> None:
-        if image_ids:
-            self.client.delete(collection, points_selector=models.PointIdsList(points=image_ids), wait=True)
+    def set_payload(self, collection: str, annotation_ids: list[int], values: dict[str, Any]) -> None:
+        """Set payload keys of these points (e.g. the location, for points written before it was carried)."""
+        if annotation_ids:
+            self.client.set_payload(collection, values, points=models.PointIdsList(points=annotation_ids), wait=True)
+
+    def delete(self, collection: str, annotation_ids: list[int]) -> None:
+        if annotation_ids:
+            self.client.delete(collection, points_selector=models.PointIdsList(points=annotation_ids), wait=True)
 
     # --- reads -----------------------------------------------------------------------------------------
     @staticmethod
-    def candidate_filter(species: str, viewpoint: str | None, exclude_image_ids: Iterable[int] = (),
-                         exclude_individuals: Iterable[int] = ()) -> models.Filter:
+    def candidate_filter(species: str, viewpoint: str | None, exclude_annotation_ids: Iterable[int] = (),
+                         exclude_individuals: Iterable[int] = (),
+                         location_ids: Iterable[int] | None = None) -> models.Filter:
         """Points a query of this species and viewpoint may match: same species; an individual (a rejected
         sighting's point has none); and for a known viewpoint, references of that viewpoint, of `both`, or of
-        unknown viewpoint (an unknown query viewpoint matches every viewpoint)."""
+        unknown viewpoint (an unknown query viewpoint matches every viewpoint); with `location_ids`, only references
+        photographed at those locations."""
         must: list[models.Condition] = [models.FieldCondition(key="species", match=models.MatchValue(value=species))]
         if viewpoint:
             must.append(models.Filter(should=[
@@ -158,11 +170,13 @@ class VectorIndex:
                 models.IsNullCondition(is_null=models.PayloadField(key="viewpoint")),
                 models.IsEmptyCondition(is_empty=models.PayloadField(key="viewpoint")),
             ]))
+        if location_ids is not None:  # identification scoped to some locations (a catalogue spanning regions)
+            must.append(models.FieldCondition(key="location_id", match=models.MatchAny(any=sorted(location_ids))))
         must_not: list[models.Condition] = [
             models.IsNullCondition(is_null=models.PayloadField(key="individual_id")),
             models.IsEmptyCondition(is_empty=models.PayloadField(key="individual_id")),
         ]
-        excluded = list(exclude_image_ids)
+        excluded = list(exclude_annotation_ids)
         if excluded:
             must_not.append(models.HasIdCondition(has_id=excluded))
         hidden = list(exclude_individuals)
@@ -172,27 +186,29 @@ class VectorIndex:
 
     def search(
         self, collection: str, vector: np.ndarray, limit: int, species: str, viewpoint: str | None = None,
-        exclude_image_ids: Iterable[int] = (),
+        exclude_annotation_ids: Iterable[int] = (),
     ) -> list[Hit]:
         """Top-`limit` candidate images (see `candidate_filter`) by cosine similarity."""
         vector = np.asarray(vector, dtype=np.float32)
         response = self.client.query_points(
             collection, query=(vector / np.linalg.norm(vector)).tolist(), limit=limit,
-            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids), with_payload=True,
+            query_filter=self.candidate_filter(species, viewpoint, exclude_annotation_ids), with_payload=True,
         )
         return [Hit(int(p.id), float(p.score), dict(p.payload or {})) for p in response.points]
 
     def search_individuals(
         self, collection: str, vector: np.ndarray, individuals: int, images_per_individual: int, species: str,
-        viewpoint: str | None = None, exclude_image_ids: Iterable[int] = (), exclude_individuals: Iterable[int] = (),
+        viewpoint: str | None = None, exclude_annotation_ids: Iterable[int] = (),
+        exclude_individuals: Iterable[int] = (), location_ids: Iterable[int] | None = None,
     ) -> list[Hit]:
         """The `individuals` most similar individuals (Qdrant's grouped query, grouped by individual), each with
-        its `images_per_individual` most similar images, however many photos each individual has."""
+        its `images_per_individual` most similar annotations, however many photos each individual has."""
         vector = np.asarray(vector, dtype=np.float32)
         response = self.client.query_points_groups(
             collection, query=(vector / np.linalg.norm(vector)).tolist(), group_by="individual_id",
             limit=individuals, group_size=images_per_individual,
-            query_filter=self.candidate_filter(species, viewpoint, exclude_image_ids, exclude_individuals),
+            query_filter=self.candidate_filter(species, viewpoint, exclude_annotation_ids, exclude_individuals,
+                                               location_ids),
             with_payload=True,
         )
         hits = [Hit(int(p.id), float(p.score), dict(p.payload or {})) for g in response.groups for p in g.hits]
@@ -213,11 +229,12 @@ class VectorIndex:
                 return
 
     def candidates_of(self, collection: str, species: str, viewpoint: str | None,
-                      exclude_image_ids: Iterable[int] = (), exclude_individuals: Iterable[int] = (),
-                      batch: int = 4096) -> dict[int, int]:
-        """Every image a query of this species and viewpoint may match (`candidate_filter`) -> its individual:
+                      exclude_annotation_ids: Iterable[int] = (), exclude_individuals: Iterable[int] = (),
+                      location_ids: Iterable[int] | None = None, batch: int = 4096) -> dict[int, int]:
+        """Every annotation a query of this species and viewpoint may match (`candidate_filter`) -> its individual:
         the reference set of the one-vs-many local scoring."""
-        query_filter = self.candidate_filter(species, viewpoint, exclude_image_ids, exclude_individuals)
+        query_filter = self.candidate_filter(species, viewpoint, exclude_annotation_ids, exclude_individuals,
+                                             location_ids)
         out: dict[int, int] = {}
         offset = None
         while True:
@@ -227,8 +244,8 @@ class VectorIndex:
             if offset is None:
                 return out
 
-    def vectors(self, collection: str, image_ids: list[int]) -> dict[int, np.ndarray]:
-        if not image_ids:
+    def vectors(self, collection: str, annotation_ids: list[int]) -> dict[int, np.ndarray]:
+        if not annotation_ids:
             return {}
-        points = self.client.retrieve(collection, ids=image_ids, with_vectors=True, with_payload=False)
+        points = self.client.retrieve(collection, ids=annotation_ids, with_vectors=True, with_payload=False)
         return {int(p.id): np.asarray(p.vector, dtype=np.float32) for p in points}

@@ -116,7 +116,8 @@ def merge(ctx: click.Context, keep: str, absorb: str, reason: str | None) -> Non
 
 @click.command()
 @click.argument("individual")
-@click.option("--images", "images", multiple=True, required=True, help="Photo path, sha256 or image id (repeat).")
+@click.option("--images", "images", multiple=True, required=True,
+              help="Annotation id, or photo path or sha256 when the photo holds one animal (repeat).")
 @click.option("--reason", default=None)
 @click.pass_context
 def split(ctx: click.Context, individual: str, images: tuple[str, ...], reason: str | None) -> None:

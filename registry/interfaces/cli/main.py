@@ -100,15 +100,31 @@ def init(ctx: click.Context, profile: str | None, download: bool, photo_root: Pa
 @click.option("--species", default=None, help="Species for sources without a species column (folders).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="csv (registry or AnimalCLEF metadata.csv), identity-folders (one sub-folder per animal), "
-                   "plain (a folder of unlabelled photos); auto decides from SOURCE.")
+                   "plain (a folder of unlabelled photos), camtrap-dp (a Camtrap DP package), megadetector (batch "
+                   "output JSON); auto decides from SOURCE.")
+@click.option("--megadetector", "megadetector", is_flag=True,
+              help="SOURCE is MegaDetector batch output (md.json): each animal detection is one annotation.")
+@click.option("--min-conf", "min_confidence", type=click.FloatRange(0, 1), default=0.2, show_default=True,
+              help="MegaDetector detections below this confidence are not used.")
+@click.option("--bbox-pixels", is_flag=True, help="The manifest's bbox_x/y/w/h columns are pixels, not 0..1.")
+@click.option("--locations", default=None,
+              help="identify mode: match only against references photographed at these locations (comma-separated "
+                   "names).")
 @click.pass_context
-def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: str | None, layout: str) -> None:
-    """Add a season of photos from SOURCE: a CSV manifest or a folder. Safe to re-run: photos already in the
-    registry (by content) are skipped, and an interrupted run finishes where it stopped."""
+def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: str | None, layout: str,
+           megadetector: bool, min_confidence: float, bbox_pixels: bool, locations: str | None) -> None:
+    """Add a season of photos from SOURCE: a CSV manifest, a Camtrap DP package, MegaDetector output or a folder.
+    Safe to re-run: annotations already in the registry (same photo content, same box) are skipped, and an
+    interrupted run finishes where it stopped. In identify mode an event's (burst's) photos of one animal are
+    decided together."""
     settings: Settings = ctx.obj["settings"]()
+    if megadetector:
+        layout = "megadetector"
     total = count_items(source)
     with open_registry(ctx) as registry, progress_bar(f"ingest {survey}", total) as bar:
-        report = Ingestor(registry).ingest(source, survey, mode, species, progress=bar.update, layout=layout)
+        report = Ingestor(registry).ingest(
+            source, survey, mode, species, progress=bar.update, layout=layout, bbox_pixels=bbox_pixels,
+            min_confidence=min_confidence, locations=_names(locations))
     data = report.to_json()
     reports = settings.data_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
@@ -148,10 +164,15 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
 @click.option("--viewpoint", default=None)
 @click.option("--record", is_flag=True, help="Record each decision as a sighting (or a new individual).")
 @click.option("--survey", default=None, help="Survey to file recorded photos under.")
+@click.option("--box", default=None, help="The animal's box in the photo: x,y,w,h normalised to 0..1 (top-left "
+                                          "origin); default: the whole photo.")
+@click.option("--locations", default=None,
+              help="Match only against references photographed at these locations (comma-separated names).")
 @click.pass_context
 def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, viewpoint: str | None,
-             record: bool, survey: str | None) -> None:
-    """Identify photos: ranked candidate individuals with scores, and the decision."""
+             record: bool, survey: str | None, box: str | None, locations: str | None) -> None:
+    """Identify photos (or the animal in --box): ranked candidate individuals with scores, and the decision."""
+    region = _box(box)
     results, lines = [], []
     with open_registry(ctx) as registry:
         if species is None:
@@ -160,7 +181,8 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
                 raise click.UsageError(f"give --species; this registry holds {', '.join(known) or 'no photos yet'}")
             species = known[0]
         for image in images:
-            result = registry.identify(image, species, viewpoint, record=record, survey=survey)
+            result = registry.identify(image, species, viewpoint, record=record, survey=survey, box=region,
+                                       locations=_names(locations))
             results.append(result.to_json())
             outcome = result.outcome
             verdict = (f"match {outcome.ranked[0].code}" if outcome.outcome == "match" else "new individual")
@@ -170,6 +192,81 @@ def identify(ctx: click.Context, images: tuple[Path, ...], species: str | None, 
             lines += [f"   {rank}. {c.code:<12} score {c.score:8.2f}"
                       for rank, c in enumerate(outcome.ranked[:5], start=1)]
     emit(ctx, results, "\n".join(lines))
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [n.strip() for n in text.split(",") if n.strip()] if text else None
+
+
+def _box(text: str | None) -> tuple[float, float, float, float] | None:
+    if not text:
+        return None
+    try:
+        x, y, w, h = (float(v) for v in text.split(","))
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: give x,y,w,h (four numbers)", param_hint="--box") from exc
+    if not (0 <= x < 1 and 0 <= y < 1 and 0 < w <= 1 - x + 1e-6 and 0 < h <= 1 - y + 1e-6):
+        raise click.BadParameter(f"{text!r}: normalised x,y,w,h inside the photo", param_hint="--box")
+    return (x, y, w, h)
+
+
+@main.command()
+@click.option("--species", default=None, help="Only this species (default: every species).")
+@click.option("--margin", type=float, default=0.1, show_default=True,
+              help="List pairs whose best cross-match is at least tau minus this.")
+@click.option("--photos", "photos_per_individual", type=int, default=2, show_default=True,
+              help="Photos of each individual matched against the others.")
+@click.pass_context
+def duplicates(ctx: click.Context, species: str | None, margin: float, photos_per_individual: int) -> None:
+    """Possible duplicates: pairs of individuals whose photos match each other (reviewed in the workspace's
+    "Possible duplicates" page, merged there or with `registry merge`)."""
+    from registry.interfaces.web.routes import DUPLICATES_REPORT
+    from registry.services.duplicates import find_duplicates
+
+    settings: Settings = ctx.obj["settings"]()
+    with open_registry(ctx) as registry:
+        total = len(registry.catalog.individuals(species))
+        with progress_bar("duplicates", total) as bar:
+            report = find_duplicates(registry, species, margin, photos_per_individual, progress=bar.update)
+    out = settings.data_dir / "reports" / DUPLICATES_REPORT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    lines = [f"{report['checked']} individuals checked: {len(report['pairs'])} possible duplicates ({out})"]
+    lines += [f"  {p['individual']} ~ {p['other']}  score {p['score']:.3f} (tau {p['threshold']:.3f})"
+              for p in report["pairs"][:20]]
+    emit(ctx, {**report, "report": str(out)}, "\n".join(lines))
+
+
+@main.command()
+@click.argument("photos", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="MegaDetector batch output to write (md.json); ingest it with `registry ingest OUT --megadetector`.")
+@click.option("--species", default=None, help="Species of the animals (MegaDetector only says 'animal').")
+@click.option("--weights", "weights", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="MegaDetector v5a weights (md_v5a.0.0.pt); default: the registry's weights folder.")
+@click.option("--tiny-random-for-tests", "tiny", is_flag=True, hidden=True,
+              help="A random detector with MegaDetector's interface: meaningless boxes, for tests only.")
+@click.pass_context
+def detect(ctx: click.Context, photos: tuple[Path, ...], out: Path, species: str | None, weights: Path | None,
+           tiny: bool) -> None:
+    """Find the animals in PHOTOS (files or folders) with MegaDetector and write its batch output."""
+    from registry.ingest.sources import IMAGE_SUFFIXES
+    from registry.matching.detection import MegaDetector, TinyRandomDetector, write_batch_output
+    from registry.matching.weights import WeightsNotFoundError
+
+    settings: Settings = ctx.obj["settings"]()
+    files = sorted({p.resolve() for photo in photos
+                    for p in ([photo] if photo.is_file() else photo.rglob("*"))
+                    if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES})
+    try:
+        detector = TinyRandomDetector() if tiny else MegaDetector(settings.weights_dir, weights,
+                                                                  settings.allow_download)
+    except (ImportError, WeightsNotFoundError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    with progress_bar("detect", len(files)) as bar:
+        result = write_batch_output(detector, files, out, species, progress=bar.update)
+    emit(ctx, result, f"{result['photos']} photos, {result['detections']} detections, {result['failures']} "
+                      f"unreadable -> {out}" + ("" if detector.real else "  (TEST DETECTOR: boxes are meaningless)"))
 
 
 @main.command()
@@ -187,7 +284,7 @@ def individuals(ctx: click.Context, species: str | None) -> None:
 @main.command()
 @click.pass_context
 def stats(ctx: click.Context) -> None:
-    """Counts of individuals, images, sightings, decisions."""
+    """Counts of individuals, images, annotations, sightings, decisions."""
     with open_stores(ctx) as stores:
         data = stores.catalog.stats()
     emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
@@ -361,17 +458,18 @@ def doctor(ctx: click.Context, repair: bool) -> None:
 
     with open_registry(ctx) as registry:
         result = checks.check(registry, repair=repair)
-    lines = [f"{result['images']} images checked: "
+    lines = [f"{result['annotations']} annotations checked: "
              + ("consistent." if result["consistent"] else f"{len(result['problems'])} problems")]
     for p in result["problems"][:50]:
-        lines.append(f"  {p['kind']:<17} image {p['image_id']:<7} {p['collection'] or '':<40} {p['detail']}"
+        lines.append(f"  {p['kind']:<18} annotation {p['annotation_id']:<7} {p['collection'] or '':<40} {p['detail']}"
                      + ("  [repaired]" if p["repaired"] else ""))
     if repair and result["problems"]:
         lines.append(f"repaired {result['repaired']}, left {result['unrepaired']}")
     elif result["problems"]:
         lines.append("run `registry doctor --repair` to fix them")
     for r in result["unfinished_reembeds"]:
-        lines.append(f"  unfinished reembed: {r['version']} has {r['vectors']} of {r['images']} vectors and is not "
+        lines.append(f"  unfinished reembed: {r['version']} has {r['vectors']} of {r['annotations']} vectors and "
+                     "is not "
                      f"in force; `registry reembed --model {r['version']}` finishes it")
     emit(ctx, result, "\n".join(lines))
     if result["unrepaired"]:
@@ -562,6 +660,13 @@ def demo(ctx: click.Context, n_individuals: int, seed: int) -> None:
         lines.append(f"  sample history: registry --data-dir {report['registry']} history {h['individual']}")
         for s in h["sightings"]:
             lines.append(f"    {s['captured_at']}  {s['survey']:<20} {s['method']:<10} {Path(s['image']).name}")
+    registry_dir = report["registry"]
+    report["workspace"] = {"url": "http://127.0.0.1:8000/", "serve": f"registry --data-dir {registry_dir} serve",
+                           "token": f"registry --data-dir {registry_dir} token create reviewer --scope admin"}
+    lines += ["", "Review the decisions in the web workspace:",
+              f"  {report['workspace']['token']}   # prints a token once: paste it on the sign-in page",
+              f"  {report['workspace']['serve']}",
+              f"  then open {report['workspace']['url']}"]
     emit(ctx, report, "\n".join(lines))
 
 

@@ -58,7 +58,7 @@ def train(ctx: click.Context, species: str | None, then_reembed: bool, flips: tu
 
 def _reembed(ctx: click.Context, registry, version: str | None, say) -> dict:  # type: ignore[no-untyped-def]
     models = registry.models
-    total = sum(1 for s in registry.catalog.image_states().values() if s["status"] == "indexed")
+    total = sum(1 for s in registry.catalog.annotation_states().values() if s["status"] == "indexed")
     with progress_bar("reembed", total) as bar:
         return models.reembed(version, say=say, progress=bar.update, actor=root_obj(ctx).get("actor") or "registry")
 
@@ -77,7 +77,7 @@ def reembed(ctx: click.Context, version: str | None) -> None:
     if result.get("already_in_force"):
         emit(ctx, result, f"{result['version']} is already in force")
         return
-    emit(ctx, result, f"{result['images']} images now searched with {result['version']} "
+    emit(ctx, result, f"{result['annotations']} annotations now searched with {result['version']} "
          f"({result['reembedded']} embedded in this run); decision policy version {result['policy_version']}; "
          f"the previous vectors ({result['previous_collection']}) stay until `registry vectors prune`")
 
