@@ -100,12 +100,12 @@ def main() -> None:
         settings = Settings.load(settings.data_dir)
         token = tokens.create(Catalog(settings.sqlalchemy_url), "bench", "admin")
         with TestClient(create_app(settings)) as client:
-            client.post("/login", data={"token": token}, follow_redirects=False)
+            client.post("/ui/login", data={"token": token}, follow_redirects=False)
             with Catalog(settings.sqlalchemy_url).transaction() as session:
                 code = session.get(Individual, 1).code  # type: ignore[union-attr]
-            pages = {"match page": f"/decisions/{decision_ids[len(decision_ids) // 2]}?margin=10",
-                     "review queue": "/queue?margin=10", "individual page": f"/individuals/{code}",
-                     "activity": "/activity"}
+            pages = {"match page": f"/ui/decisions/{decision_ids[len(decision_ids) // 2]}?margin=10",
+                     "review queue": "/ui/queue?margin=10", "individual page": f"/ui/individuals/{code}",
+                     "activity": "/ui/activity"}
             left = review.count(Catalog(settings.sqlalchemy_url), margin=10.0)
             assert left == len(decision_ids), (left, len(decision_ids))  # every decision waits in the queue
             print(f"{left} decisions in the review queue")

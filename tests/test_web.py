@@ -96,7 +96,7 @@ def _signed_in(browser: object, workspace: dict, scope: str) -> tuple[object, ob
 
     context.route("**/*", guard)
     page = context.new_page()
-    page.goto(workspace["base"] + "/queue")
+    page.goto(workspace["base"] + "/ui/queue")
     assert "/login" in page.url  # signed out: the sign-in page
     page.get_by_label("Token").fill(workspace["keys"][scope])
     page.get_by_role("button", name="Sign in").click()
@@ -117,7 +117,7 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
     assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
 
     # the queue lists the uncertain decisions in the review order
-    page.goto(f"{base}/queue?margin={MARGIN}")
+    page.goto(f"{base}/ui/queue?margin={MARGIN}")
     expected = [e["decision"] for e in review.queue(catalog, limit=500, margin=float(MARGIN))]
     assert len(expected) >= 3
     shown = [int(row.get_attribute("data-decision")) for row in page.locator("tr[data-decision]").all()]
@@ -127,7 +127,7 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
 
     # the confirm key on a match page records a confirmation
     first = expected[0]
-    page.goto(f"{base}/decisions/{first}?margin={MARGIN}")
+    page.goto(f"{base}/ui/decisions/{first}?margin={MARGIN}")
     proposed = _sighting_state(catalog, first)[1]
     _screenshot(page, "match-page")
     page.keyboard.press("c")
@@ -137,7 +137,7 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
 
     # "new individual" on the next one creates one; undo on the page reverts it
     second = expected[1]
-    page.goto(f"{base}/decisions/{second}?margin={MARGIN}")
+    page.goto(f"{base}/ui/decisions/{second}?margin={MARGIN}")
     before_code = _sighting_state(catalog, second)[1]
     individuals_before = len(catalog.individuals())
     page.keyboard.press("n")
@@ -151,14 +151,14 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
 
     # a candidate by its number: reassigns to that individual
     third = expected[2]
-    page.goto(f"{base}/decisions/{third}?margin={MARGIN}")
+    page.goto(f"{base}/ui/decisions/{third}?margin={MARGIN}")
     second_candidate = page.locator(".candidate").nth(1).get_attribute("data-code")
     page.keyboard.press("2")
     page.wait_for_selector(".done")
     assert _sighting_state(catalog, third) == ("corrected", second_candidate)
 
     # the individual page: photos, history, attributes (edited), the offline map
-    page.goto(f"{base}/individuals/{proposed}")
+    page.goto(f"{base}/ui/individuals/{proposed}")
     assert page.locator("section[aria-label=Photos] img").count() == len(catalog.history(proposed)["sightings"])
     page.get_by_label("Nickname").fill("Spotty")
     page.get_by_role("button", name="Save attributes").click()
@@ -167,16 +167,16 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
     _screenshot(page, "individual-page")
 
     # a post without the session's CSRF secret is refused, whoever sends it
-    forged = context.request.post(f"{base}/decisions/{third}/reject", form={"margin": MARGIN})
+    forged = context.request.post(f"{base}/ui/decisions/{third}/reject", form={"margin": MARGIN})
     assert forged.status == 403 and _sighting_state(catalog, third)[0] == "corrected"
 
     # every page and the API docs load with nothing from outside 127.0.0.1
-    for path in ("/activity", "/duplicates", "/individuals", "/docs"):
+    for path in ("/", "/ui/activity", "/ui/duplicates", "/ui/individuals", "/docs"):
         assert page.goto(base + path).status == 200
     page.wait_for_selector(".swagger-ui")
     assert outside == []
     # every visible control has a label (keyboard and screen-reader use)
-    page.goto(f"{base}/decisions/{expected[3] if len(expected) > 3 else third}?margin={MARGIN}")
+    page.goto(f"{base}/ui/decisions/{expected[3] if len(expected) > 3 else third}?margin={MARGIN}")
     unlabelled = page.evaluate("""() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea')]
         .filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label')).map(e => e.name)""")
     assert unlabelled == []
@@ -187,11 +187,11 @@ def test_a_read_token_browses_but_cannot_decide(browser: object, workspace: dict
     base, catalog = workspace["base"], workspace["catalog"]
     context, page, _ = _signed_in(browser, workspace, "read")
     decision = review.queue(catalog, limit=500, margin=float(MARGIN))[0]["decision"]
-    page.goto(f"{base}/decisions/{decision}?margin={MARGIN}")
+    page.goto(f"{base}/ui/decisions/{decision}?margin={MARGIN}")
     assert page.locator("button[data-key]").count() == 0 and page.locator(".candidate").count() > 0
     before = _sighting_state(catalog, decision)
     csrf = page.locator("input[name=csrf]").first.get_attribute("value")  # the session's own secret
-    forged = context.request.post(f"{base}/decisions/{decision}/confirm", form={"csrf": csrf})
+    forged = context.request.post(f"{base}/ui/decisions/{decision}/confirm", form={"csrf": csrf})
     assert forged.status == 403 and "scope" in forged.text() and _sighting_state(catalog, decision) == before
     page.keyboard.press("c")  # no button declares the key: nothing happens
     assert _sighting_state(catalog, decision) == before
@@ -202,13 +202,13 @@ def test_signed_out_and_bad_tokens_see_only_the_sign_in_page(browser: object, wo
     base = workspace["base"]
     context = browser.new_context()  # type: ignore[attr-defined]
     page = context.new_page()
-    page.goto(base + "/individuals")
+    page.goto(base + "/ui/individuals")
     assert "/login" in page.url
     page.get_by_label("Token").fill("reg_not-a-token")
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").inner_text().startswith("That token is not valid")
-    assert context.request.get(base + "/thumbs/1/160.jpg", max_redirects=0).status == 303
-    assert context.request.post(base + "/decisions/1/confirm", form={"csrf": "x"}).status == 403
+    assert context.request.get(base + "/ui/thumbs/1/160.jpg", max_redirects=0).status == 303
+    assert context.request.post(base + "/ui/decisions/1/confirm", form={"csrf": "x"}).status == 403
     context.close()
 
 

@@ -220,7 +220,11 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     @app.exception_handler(web.SignInRequired)
     async def sign_in_first(_request: Request, exc: web.SignInRequired) -> Response:
         from urllib.parse import urlencode
-        return RedirectResponse("/login?" + urlencode({"next": exc.next_url}), status_code=303)
+        return RedirectResponse(f"{web.UI}/login?" + urlencode({"next": exc.next_url}), status_code=303)
+
+    @app.get("/", include_in_schema=False)
+    def workspace() -> Response:
+        return RedirectResponse(f"{web.UI}/queue", status_code=303)
 
     app.include_router(web.build_router(service))
 

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from registry.interfaces.service import Service
 
 HERE = Path(__file__).resolve().parent
+UI = "/ui"  # the workspace's pages and forms (the JSON API keeps the paths it has always had); "/" leads here
 FILTERS = ("species", "survey", "location", "outcome", "margin")
 DUPLICATES_REPORT = "duplicates.json"  # under <data dir>/reports, written by `registry duplicates`
 
@@ -62,7 +63,7 @@ def _map(points: list[tuple[float, float, str]], width: int = 360, height: int =
 
 
 def build_router(service: "Service") -> APIRouter:
-    router = APIRouter(include_in_schema=False)
+    router = APIRouter(prefix=UI, include_in_schema=False)
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     thumbnails = Thumbnails(service.settings.data_dir / "thumbnails", service.reads)
 
@@ -101,16 +102,17 @@ def build_router(service: "Service") -> APIRouter:
 
     # --- signing in ---------------------------------------------------------------------------------------
     @router.get("/login", response_class=HTMLResponse)
-    def login_form(request: Request, next: str = "/queue", failed: int = 0) -> HTMLResponse:
-        return page(request, "login.html", None, next=next if next.startswith("/") else "/queue",
+    def login_form(request: Request, next: str = f"{UI}/queue", failed: int = 0) -> HTMLResponse:
+        return page(request, "login.html", None, next=next if next.startswith("/") else f"{UI}/queue",
                     failed=bool(failed))
 
     @router.post("/login")
-    def login(request: Request, token: Annotated[str, Form()], next: Annotated[str, Form()] = "/queue") -> Response:
+    def login(request: Request, token: Annotated[str, Form()],
+              next: Annotated[str, Form()] = f"{UI}/queue") -> Response:
         key = sessions.sign_in(service.reads, token)
-        target = next if next.startswith("/") and not next.startswith("//") else "/queue"
+        target = next if next.startswith("/") and not next.startswith("//") else f"{UI}/queue"
         if key is None:
-            return RedirectResponse("/login?" + urlencode({"next": target, "failed": 1}), status_code=303)
+            return RedirectResponse(f"{UI}/login?" + urlencode({"next": target, "failed": 1}), status_code=303)
         response = RedirectResponse(target, status_code=303)
         response.set_cookie(COOKIE, key, max_age=int(sessions.LIFETIME.total_seconds()), httponly=True,
                             samesite="strict", secure=request.url.scheme == "https", path="/")
@@ -120,13 +122,13 @@ def build_router(service: "Service") -> APIRouter:
     def logout(request: Request, csrf: Annotated[str | None, Form()] = None) -> Response:
         allowed(request, csrf, "read")
         sessions.sign_out(service.reads, request.cookies.get(COOKIE))
-        response = RedirectResponse("/login", status_code=303)
+        response = RedirectResponse(f"{UI}/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
 
     @router.get("/")
     def home() -> Response:
-        return RedirectResponse("/queue", status_code=303)
+        return RedirectResponse(f"{UI}/queue", status_code=303)
 
     # --- the review queue and match pages ------------------------------------------------------------------
     def _filters(species: str | None, survey: str | None, location: str | None, outcome: str | None,
@@ -178,11 +180,11 @@ def build_router(service: "Service") -> APIRouter:
                ) -> Response:
         """Back to the match page (with the change to undo, or the refusal), or on to the next in the queue."""
         if error is not None:
-            return RedirectResponse(f"/decisions/{decision_id}{_query({**filters, 'error': error})}",
+            return RedirectResponse(f"{UI}/decisions/{decision_id}{_query({**filters, 'error': error})}",
                                     status_code=303)
         head = _queue(filters, limit=1)
         target = head[0]["decision"] if head else decision_id
-        return RedirectResponse(f"/decisions/{target}{_query({**filters, 'done': result['change']})}",  # type: ignore[index]
+        return RedirectResponse(f"{UI}/decisions/{target}{_query({**filters, 'done': result['change']})}",  # type: ignore[index]
                                 status_code=303)
 
     def _form_filters(form: dict[str, Any]) -> dict[str, Any]:
@@ -225,8 +227,8 @@ def build_router(service: "Service") -> APIRouter:
         form = dict(await request.form())
         who = allowed(request, form.get("csrf"), "admin")  # type: ignore[arg-type]
         result, error = curate(who, lambda c: c.undo(change_id, "undone in the workspace"))
-        back = str(form.get("back") or "/activity")
-        back = back if back.startswith("/") and not back.startswith("//") else "/activity"
+        back = str(form.get("back") or f"{UI}/activity")
+        back = back if back.startswith("/") and not back.startswith("//") else f"{UI}/activity"
         separator = "&" if "?" in back else "?"
         message = urlencode({"error": error} if error else {"undone": result["change"]})  # type: ignore[index]
         return RedirectResponse(f"{back}{separator}{message}", status_code=303)
@@ -287,7 +289,7 @@ def build_router(service: "Service") -> APIRouter:
             values["alternate_ids"] = [v.strip() for v in str(form["alternate_ids"]).split(",") if v.strip()]
         result, error = curate(who, lambda c: c.edit(code, "edited in the workspace", **values))
         suffix = urlencode({"error": error} if error else {"done": result["change"]})  # type: ignore[index]
-        return RedirectResponse(f"/individuals/{code}?{suffix}", status_code=303)
+        return RedirectResponse(f"{UI}/individuals/{code}?{suffix}", status_code=303)
 
     @router.get("/compare", response_class=HTMLResponse)
     def compare_page(request: Request, who: Person, a: str, b: str) -> HTMLResponse:
@@ -304,9 +306,9 @@ def build_router(service: "Service") -> APIRouter:
         keep, absorb = str(form.get("keep") or ""), str(form.get("absorb") or "")
         result, error = curate(who, lambda c: c.merge(keep, absorb, "merged in the workspace"))
         if error:
-            return RedirectResponse("/compare?" + urlencode({"a": keep, "b": absorb}) + "&" +
+            return RedirectResponse(f"{UI}/compare?" + urlencode({"a": keep, "b": absorb}) + "&" +
                                     urlencode({"error": error}), status_code=303)
-        return RedirectResponse(f"/individuals/{keep}?done={result['change']}", status_code=303)  # type: ignore[index]
+        return RedirectResponse(f"{UI}/individuals/{keep}?done={result['change']}", status_code=303)  # type: ignore[index]
 
     # --- possible duplicates and the audit trail -----------------------------------------------------------------
     @router.get("/duplicates", response_class=HTMLResponse)
