@@ -48,18 +48,41 @@ def _query(filters: dict[str, Any]) -> str:
     return ("?" + urlencode(kept)) if kept else ""
 
 
-def _map(points: list[tuple[float, float, str]], width: int = 360, height: int = 240) -> list[dict[str, Any]]:
-    """Sighting coordinates placed in an SVG of this size (equirectangular, scaled to their bounding box with a
-    margin): a map that needs no tiles and no network."""
+def _mercator(latitude: float, longitude: float, zoom: int) -> tuple[float, float]:
+    """Web Mercator pixel coordinates at this zoom (256-pixel tiles), as tile servers number them."""
+    scale = 256 * 2 ** zoom
+    sin = math.sin(math.radians(max(-85.05, min(85.05, latitude))))
+    return (longitude + 180) / 360 * scale, (0.5 - math.log((1 + sin) / (1 - sin)) / (4 * math.pi)) * scale
+
+
+def _map(points: list[tuple[float, float, str]], tile_url: str | None = None, width: int = 360,
+         height: int = 240) -> dict[str, Any]:
+    """Sightings placed in a `width` x `height` view (Web Mercator, the deepest zoom that fits them): circles
+    only, which needs no network, or over the tiles of `tile_url` (`.../{z}/{x}/{y}.png`) when one is
+    configured."""
     if not points:
-        return []
-    lats, lons = [p[0] for p in points], [p[1] for p in points]
-    span_lat, span_lon = max(lats) - min(lats) or 0.01, max(lons) - min(lons) or 0.01
-    scale = min((width - 40) / (span_lon * math.cos(math.radians(sum(lats) / len(lats)))), (height - 40) / span_lat)
-    mid_lat, mid_lon = (max(lats) + min(lats)) / 2, (max(lons) + min(lons)) / 2
-    cos = math.cos(math.radians(mid_lat))
-    return [{"x": round(width / 2 + (lon - mid_lon) * cos * scale, 1),
-             "y": round(height / 2 - (lat - mid_lat) * scale, 1), "label": label} for lat, lon, label in points]
+        return {"points": [], "tiles": []}
+    zoom = 1
+    for candidate in range(17, 0, -1):
+        xy = [_mercator(lat, lon, candidate) for lat, lon, _ in points]
+        xs, ys = [x for x, _ in xy], [y for _, y in xy]
+        if max(xs) - min(xs) <= width - 40 and max(ys) - min(ys) <= height - 40:
+            zoom = candidate
+            break
+    xy = [_mercator(lat, lon, zoom) for lat, lon, _ in points]
+    left = (max(x for x, _ in xy) + min(x for x, _ in xy)) / 2 - width / 2
+    top = (max(y for _, y in xy) + min(y for _, y in xy)) / 2 - height / 2
+    placed = [{"x": round(x - left, 1), "y": round(y - top, 1), "label": label}
+              for (x, y), (_, _, label) in zip(xy, points, strict=True)]
+    tiles = []
+    if tile_url:
+        last = 2 ** zoom - 1
+        for tx in range(max(0, int(left // 256)), min(last, int((left + width) // 256)) + 1):
+            for ty in range(max(0, int(top // 256)), min(last, int((top + height) // 256)) + 1):
+                tiles.append({"href": tile_url.replace("{z}", str(zoom)).replace("{x}", str(tx))
+                              .replace("{y}", str(ty)), "x": round(tx * 256 - left, 1),
+                              "y": round(ty * 256 - top, 1)})
+    return {"points": placed, "tiles": tiles, "zoom": zoom}
 
 
 def build_router(service: "Service") -> APIRouter:
@@ -276,8 +299,8 @@ def build_router(service: "Service") -> APIRouter:
             raise HTTPException(404, str(exc)) from exc
         points = [(s["latitude"], s["longitude"], (s["captured_at"] or "")[:10]) for s in history["sightings"]
                   if s["latitude"] is not None and s["longitude"] is not None]
-        return page(request, "individual.html", who, h=history, points=_map(points), error=error,
-                    undone=undone, done=done, tile_url=service.settings.web_tile_url)
+        return page(request, "individual.html", who, h=history, map=_map(points, service.settings.web_tile_url),
+                    error=error, undone=undone, done=done, tile_url=service.settings.web_tile_url)
 
     @router.post("/individuals/{code}/attributes")
     async def edit_attributes(request: Request, code: str) -> Response:
