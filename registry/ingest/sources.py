@@ -200,9 +200,22 @@ def read_manifest(path: Path, default_species: str | None = None, bbox_pixels: b
 
 
 def count_items(source: Path) -> int:
-    """How many photos a source names (for progress): a CSV's data rows, or the files under a folder."""
+    """How many animals a source names (for progress): a CSV's data rows, a Camtrap DP package's observations,
+    a MegaDetector file's detections, or the files under a folder."""
+    source = Path(source)
+    package = source if source.is_dir() else source.parent
+    if (package / "datapackage.json").is_file() and (source.is_dir() or source.name == "datapackage.json"):
+        return count_rows(package / "observations.csv")
     if source.is_dir():
         return sum(1 for p in source.rglob("*") if p.is_file())
+    if source.suffix.lower() == ".json":
+        import json
+
+        try:
+            images = json.loads(source.read_text(encoding="utf-8")).get("images") or []
+            return sum(len(e.get("detections") or []) for e in images if isinstance(e, dict)) or len(images)
+        except (OSError, ValueError, AttributeError):
+            return 0
     return count_rows(source) if source.is_file() else 0
 
 
