@@ -20,7 +20,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -44,7 +44,6 @@ from registry.store.catalog import CatalogError, UnknownIndividualError
 from registry.store.tables import Job, utcnow
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 UPLOAD_TYPES = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif", "WEBP": ".webp", "BMP": ".bmp"}
 
 

@@ -21,10 +21,11 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from fastapi.templating import Jinja2Templates
 
 from registry.curation import review
-from registry.curation.curator import Curator
+from registry.curation.curator import CurationError, Curator
 from registry.interfaces.web import sessions
 from registry.interfaces.web.sessions import COOKIE, Browser
-from registry.interfaces.web.thumbnails import ImageError, Thumbnails
+from registry.interfaces.web.thumbnails import Thumbnails
+from registry.matching.imaging import ImageError
 from registry.store.catalog import CatalogError
 
 if TYPE_CHECKING:
@@ -219,31 +220,31 @@ def build_router(service: "Service") -> APIRouter:
         return _filters(form.get("species"), form.get("survey"), form.get("location"), form.get("outcome"),
                         margin_value)
 
-    @router.post("/decisions/{decision_id}/confirm")
-    async def confirm(request: Request, decision_id: int) -> Response:
+    async def _decide(request: Request, decision_id: int, work: Any) -> Response:
+        """A review form on a match page: CSRF and scope checked, `work(curator, form)` run, then on."""
         form = dict(await request.form())
         who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
-        result, error = curate(who, lambda c: c.confirm(decision_id, "confirmed in the workspace"))
+        result, error = curate(who, lambda c: work(c, form))
         return _after(decision_id, _form_filters(form), result, error)
 
-    @router.post("/decisions/{decision_id}/reassign")
-    async def reassign(request: Request, decision_id: int) -> Response:
-        form = dict(await request.form())
-        who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
+    def _reassign(curator: Curator, decision_id: int, form: dict[str, Any]) -> dict[str, Any]:
         new = form.get("new") == "1"
         target = None if new else (str(form.get("individual") or "").strip() or None)
         if not new and target is None:
-            return _after(decision_id, _form_filters(form), None, "name the individual, or choose new individual")
-        result, error = curate(who, lambda c: c.reassign(decision_id, target, new=new,
-                                                           reason="corrected in the workspace"))
-        return _after(decision_id, _form_filters(form), result, error)
+            raise CurationError("name the individual, or choose new individual")
+        return curator.reassign(decision_id, target, new=new, reason="corrected in the workspace")
+
+    @router.post("/decisions/{decision_id}/confirm")
+    async def confirm(request: Request, decision_id: int) -> Response:
+        return await _decide(request, decision_id, lambda c, _f: c.confirm(decision_id, "confirmed in the workspace"))
+
+    @router.post("/decisions/{decision_id}/reassign")
+    async def reassign(request: Request, decision_id: int) -> Response:
+        return await _decide(request, decision_id, lambda c, f: _reassign(c, decision_id, f))
 
     @router.post("/decisions/{decision_id}/reject")
     async def reject(request: Request, decision_id: int) -> Response:
-        form = dict(await request.form())
-        who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
-        result, error = curate(who, lambda c: c.reject(decision_id, "rejected in the workspace"))
-        return _after(decision_id, _form_filters(form), result, error)
+        return await _decide(request, decision_id, lambda c, _f: c.reject(decision_id, "rejected in the workspace"))
 
     @router.post("/changes/{change_id}/undo")
     async def undo(request: Request, change_id: int) -> Response:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from registry.matching.imaging import ImageError, crop_to_box, load_image
+from registry.matching.imaging import crop_to_box, load_image
 from registry.store.catalog import Catalog
 
 SIZES = (160, 320, 640)
@@ -45,5 +45,3 @@ class Thumbnails:
             raise
         return target
 
-
-__all__ = ["SIZES", "ImageError", "Thumbnails"]
