@@ -72,42 +72,26 @@ def simulate_shortlists(results: list[dict]) -> dict[str, float]:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
-    parser.add_argument("--set", default="nyala", choices=("nyala", "holstein"))
-    parser.add_argument("--queries", type=int, default=40)
-    parser.add_argument("--budget", type=int, default=1024)
-    parser.add_argument("--cheap", type=int, default=256)
-    parser.add_argument("--long-side", type=int, default=512)
-    parser.add_argument("--shortlist", type=int, default=8, help="individuals reranked at the full budget")
-    parser.add_argument("--photos", type=int, default=2, help="photos per individual reranked at the full budget")
-    parser.add_argument("--replay", type=Path, default=None,
-                        help="replay the strategies on a saved --exhaustive run's pair scores, nothing else")
-    parser.add_argument("--exhaustive", action="store_true",
-                        help="also replay shortlist strategies (LNBNN individuals x photos per individual) on the "
-                             "full-budget scores of every pair they can reach")
-    args = parser.parse_args()
-    if args.replay:
-        for name, value in simulate_shortlists(json.loads(args.replay.read_text())).items():
-            print(f"| {name} | {value:.3f} |")
-        return
-    manifest = args.data / args.set / "metadata.csv"
+def describe_split(data: Path, name: str, n_queries: int, budget: int = 1024, long_side: int = 512) -> tuple:
+    """The dev set's split (benchmarks/accuracy_real.py's protocol), `n_queries` seeded known queries, every photo
+    described at `budget` keypoints and embedded; cached in the temp folder so a rerun skips the description.
+    -> (reference rows, query rows, matcher, (reference features, query features), (reference vectors, query's))"""
+    manifest = data / name / "metadata.csv"
     if not manifest.exists():
         sys.exit(f"{manifest} not found: give --data or set REGISTRY_SHARED_DATA")
     with tempfile.TemporaryDirectory() as tmp:
-        split = experiments.split_manifest(manifest, Path(tmp), max_identities=30 if args.set == "holstein" else None)
+        split = experiments.split_manifest(manifest, Path(tmp), max_identities=30 if name == "holstein" else None)
         reference = read_manifest(Path(split["reference"])).rows
         queries = read_manifest(Path(split["queries"])).rows
     known = {r.identity for r in reference}
     rng = np.random.default_rng(0)
     queries = [q for q in queries if q.identity in known]
-    queries = [queries[i] for i in sorted(rng.permutation(len(queries))[: args.queries])]
-    matcher = AlikedLightGlue(max_keypoints=args.budget, long_side=args.long_side, upscale=True)
+    queries = [queries[i] for i in sorted(rng.permutation(len(queries))[:n_queries])]
+    matcher = AlikedLightGlue(max_keypoints=budget, long_side=long_side, upscale=True)
     embedder = load_efficientnet_lite0(None)
     began = time.perf_counter()
     photos = reference + queries
-    cache = Path(tempfile.gettempdir()) / f"local-matching-{args.set}-{matcher.extractor_version}.npz"
+    cache = Path(tempfile.gettempdir()) / f"local-matching-{name}-{matcher.extractor_version}.npz"
     features, vectors = [], []
     if cache.exists():  # the same photos described at the same settings: reruns skip the slow part
         with np.load(cache, allow_pickle=False) as stored:
@@ -128,8 +112,33 @@ def main() -> None:
                  **{f"s{i}": np.asarray(f.image_size) for i, f in enumerate(features)})
     print(f"described {len(photos)} photos in {time.perf_counter() - began:.0f} s "
           f"({np.mean([len(f) for f in features]):.0f} keypoints each)", file=sys.stderr)
-    ref_features, query_features = features[: len(reference)], features[len(reference):]
-    ref_vectors, query_vectors = vectors[: len(reference)], vectors[len(reference):]
+    split_at = len(reference)
+    return (reference, queries, matcher, (features[:split_at], features[split_at:]),
+            (vectors[:split_at], vectors[split_at:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--set", default="nyala", choices=("nyala", "holstein"))
+    parser.add_argument("--queries", type=int, default=40)
+    parser.add_argument("--budget", type=int, default=1024)
+    parser.add_argument("--cheap", type=int, default=256)
+    parser.add_argument("--long-side", type=int, default=512)
+    parser.add_argument("--shortlist", type=int, default=8, help="individuals reranked at the full budget")
+    parser.add_argument("--photos", type=int, default=2, help="photos per individual reranked at the full budget")
+    parser.add_argument("--replay", type=Path, default=None,
+                        help="replay the strategies on a saved --exhaustive run's pair scores, nothing else")
+    parser.add_argument("--exhaustive", action="store_true",
+                        help="also replay shortlist strategies (LNBNN individuals x photos per individual) on the "
+                             "full-budget scores of every pair they can reach")
+    args = parser.parse_args()
+    if args.replay:
+        for name, value in simulate_shortlists(json.loads(args.replay.read_text())).items():
+            print(f"| {name} | {value:.3f} |")
+        return
+    reference, queries, matcher, (ref_features, query_features), (ref_vectors, query_vectors) = describe_split(
+        args.data, args.set, args.queries, args.budget, args.long_side)
     ks = (1, 5, 10, 20)
     recalls: dict[str, list[list[int]]] = {}
     top1: dict[str, list[int]] = {}

@@ -94,6 +94,9 @@ def default_local_matcher() -> LocalMatcherSettings:
     return LocalMatcherSettings(**json.loads(overrides)) if overrides else LocalMatcherSettings()
 
 
+EMBEDDED_VECTOR_ENGINES = ("qdrant-edge", "qdrant-local")
+
+
 @dataclass
 class Settings:
     data_dir: Path = field(default_factory=lambda: Path("registry-data"))
@@ -101,6 +104,9 @@ class Settings:
     database_url: str | None = None
     qdrant_url: str | None = None
     qdrant_api_key: str | None = None
+    # The embedded vector engine (without qdrant_url): "qdrant-edge", or "qdrant-local" (qdrant-client's local
+    # mode, the embedded store before Qdrant Edge; kept to compare engines, `registry vectors migrate` leaves it).
+    vector_engine: str = "qdrant-edge"
     device: str = "auto"  # auto = cuda, then mps, then cpu
     precision: str = "auto"  # auto = bf16/fp16 autocast on accelerators, fp32 on CPU; or fp32, bf16, fp16
     batch_size: int = 8
@@ -110,6 +116,11 @@ class Settings:
     ann_top_k: int = 100  # images retrieved from the vector index per query
     rerank_individuals: int = 30  # best individuals from retrieval that get local matching
     rerank_images_per_individual: int = 1
+    # LNBNN votes over every candidate photo of the species while there are at most this many; beyond, over the
+    # photos (at most `lnbnn_pool_photos_per_individual` each) of the individuals the global embedding finds
+    # closest, so the cost of a query stops growing with the registry (benchmarks/identify_scale.py).
+    lnbnn_pool_photos: int = 2000
+    lnbnn_pool_photos_per_individual: int = 8
     match_threshold: float = 0.35  # open-set rule (tau) on the calibrated fused score
     alpha: float = 0.5  # final = alpha * WildFusion + (1 - alpha) * complementary global matcher (EVA02)
     # "wildfusion" (the paper's rule), "learned" (logistic fusion fitted by `registry calibrate`), or "auto":
@@ -140,6 +151,9 @@ class Settings:
     species_threshold_offsets: dict[str, float] = field(default_factory=dict)
     orientation_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # species -> viewpoint -> deg
     test_time_augmentation: bool = False
+    # How cached ALIKED descriptors are stored: "int8" (8-bit codes, half the size) or "float16"
+    # (benchmarks/feature_cache.py measures the difference in LightGlue's scores on real photos).
+    feature_precision: str = "int8"
     local: LocalMatcherSettings = field(default_factory=default_local_matcher)
     weights: dict[str, str] = field(default_factory=dict)  # model name -> explicit weights file or folder
     allow_download: bool = False
@@ -171,7 +185,19 @@ class Settings:
 
     @property
     def qdrant_path(self) -> Path:
+        """qdrant-client local mode's folder (registries made before Qdrant Edge)."""
         return self.data_dir / "qdrant"
+
+    @property
+    def vectors_path(self) -> Path:
+        """Qdrant Edge's folder: a shard per collection."""
+        return self.data_dir / "vectors"
+
+    @property
+    def vector_engine_in_use(self) -> str:
+        if not self.uses_embedded_qdrant:
+            return "qdrant-server"
+        return self.vector_engine
 
     @property
     def features_dir(self) -> Path:
@@ -270,6 +296,9 @@ class Settings:
         settings.photo_root = os.environ.get("REGISTRY_PHOTO_ROOT") or settings.photo_root
         if settings.profile not in PROFILES:
             raise ValueError(f"{path}: unknown profile {settings.profile!r}; known: {', '.join(PROFILES)}")
+        if settings.vector_engine not in EMBEDDED_VECTOR_ENGINES:
+            raise ValueError(f"{path}: unknown vector_engine {settings.vector_engine!r}; known: "
+                             f"{', '.join(EMBEDDED_VECTOR_ENGINES)}")
         return settings
 
     @property

@@ -230,6 +230,8 @@ def test_real_server_process_smoke(tmp_path: Path) -> None:
             assert json.loads(response.read())["images"] == 0
         reading = subprocess.run([*cli, "stats", "--json"], capture_output=True, text=True)
         assert reading.returncode == 0 and json.loads(reading.stdout)["images"] == 0  # readers need no lock
+        # the server writes the embedded index: a reader counts its points in the catalog, never opens it
+        assert json.loads(reading.stdout)["vector_index"]["counted_from"] == "catalog"
         busy = subprocess.run([*cli, "ingest", str(tmp_path), "--survey", "x", "--species", "s"], capture_output=True,
                               text=True)
         assert busy.returncode == 1 and f"in use by PID {server.pid}" in busy.stderr

@@ -21,7 +21,8 @@ from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings
 from registry.store.catalog import Catalog
-from registry.store.vector_index import VectorIndex, VectorPoint
+from registry.store.feature_store import FeatureStore
+from registry.store.vector_index import VectorPoint, open_vector_index
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:
@@ -146,7 +147,7 @@ def _snapshot(data: Path) -> dict:
         decisions = sorted((states[d.annotation_id]["sha256"], d.outcome, codes.get(d.individual_id),
                             None if d.score is None else round(d.score, 4)) for d in session.scalars(select(Decision)))
     catalog.close()
-    index = VectorIndex(path=settings.qdrant_path)
+    index = open_vector_index(settings)
     vectors = {}
     for collection in index.collections():
         vectors[collection] = sorted(
@@ -234,14 +235,17 @@ def test_doctor_finds_and_repairs_planted_inconsistencies(tmp_path: Path, popula
     ids = sorted(states)
     catalog.mark_pending([ids[0]])
     catalog.close()
-    index = VectorIndex(path=settings.qdrant_path)
+    index = open_vector_index(settings)
     (collection,) = index.collections()
     index.delete(collection, [ids[1]])
     index.set_individual(collection, [ids[2]], 999)
     index.upsert(collection, [VectorPoint(9999, np.ones(1280, dtype=np.float32), 1, "synleopard", None, None)])
     index.close()
-    feature_files = sorted((home / "features").rglob(f"{states[ids[3]]['sha256']}.npz"))
-    feature_files[0].unlink()
+    (version,) = [p.name for p in (home / "features").iterdir() if p.is_dir()]
+    cache = FeatureStore(home / "features", version)
+    assert cache.has(states[ids[3]]["feature_key"])
+    cache.delete(states[ids[3]]["feature_key"])
+    cache.close()
 
     broken = json.loads(run_cli(home, "--json", "doctor", expect=5).stdout)
     kinds = {(p["kind"], p["annotation_id"]) for p in broken["problems"]}

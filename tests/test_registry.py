@@ -142,3 +142,22 @@ def test_a_different_model_version_is_refused(settings: Settings, population: Pa
             registry.identify(population / "season2" / _rows(population, 2)[0]["image"], "synleopard")
     finally:
         offline_pipeline.primary.weights_sha256 = original
+
+
+def test_lnbnn_votes_over_a_bounded_pool_on_a_large_registry(tmp_path: Path, population: Path,
+                                                            offline_pipeline: Pipeline) -> None:
+    """Past `lnbnn_pool_photos` candidates, LNBNN votes over the photos of the individuals closest by the global
+    embedding (a query's cost stops growing with the registry), and the returning animal is still found."""
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline")
+    Registry.init(settings)
+    settings.lnbnn_pool_photos, settings.lnbnn_pool_photos_per_individual = 6, 2  # 12 references: past it
+    with Registry(settings, pipeline=offline_pipeline) as registry:
+        Ingestor(registry).ingest(population / "season1" / "manifest.csv", "s1", "reference")
+        returning = next(r for r in _rows(population, 2) if r["identity"] in {x["identity"] for x in
+                                                                          _rows(population, 1)})
+        query = population / "season2" / returning["image"]
+        (described,) = registry.identification.describe([query], ["synleopard"], [None])
+        members = registry.identification.lnbnn_members(described, "synleopard", None, (), (), None)
+        assert len(members) == 6 and len(set(members.values())) == 3  # 3 individuals x their 2 closest photos
+        answer = registry.identify(query, "synleopard")
+        assert registry.catalog.history(answer.outcome.ranked[0].code)["name"] == returning["identity"]

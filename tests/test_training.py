@@ -4,6 +4,7 @@ training steps (sub-center ArcFace, pytorch-metric-learning), real Qdrant collec
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import zipfile
 from pathlib import Path
@@ -39,12 +40,28 @@ def _state(home: Path) -> dict:
                 "models": registry.models.list()}
 
 
-def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_collection(
-        tmp_path: Path, population: Path) -> None:
-    home = tmp_path / "reg"
+@pytest.fixture(scope="module")
+def trained_site(tmp_path_factory: pytest.TempPathFactory, population: Path) -> tuple[Path, dict, dict]:
+    """A registry with season 1's references and one `registry train` run (not in force), made once per module:
+    (its folder, train's report, the registry's state before training). Tests work on copies."""
+    home = tmp_path_factory.mktemp("trained") / "site"
     _registry_with_references(home, population)
     before = _state(home)
     trained = json.loads(run_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
+    return home, trained, before
+
+
+def _copy_of(site: tuple[Path, dict, dict], target: Path) -> tuple[Path, dict, dict]:
+    """A private copy of the trained site, its report's paths pointing into the copy."""
+    home, trained, before = site
+    shutil.copytree(home, target)
+    moved = json.loads(json.dumps(trained).replace(str(home.resolve()), str(target.resolve())))
+    return target, moved, before
+
+
+def test_train_then_reembed_switches_the_policy_and_queries_search_the_new_collection(
+        tmp_path: Path, population: Path, trained_site: tuple[Path, dict, dict]) -> None:
+    home, trained, before = _copy_of(trained_site, tmp_path / "reg")
     checkpoint = Path(trained["checkpoint"])
     assert all(checkpoint.with_suffix(ext).is_file() for ext in (".safetensors", ".json", ".png"))
     assert trained["parent"]["weights_sha256"] == before["primary_sha"]
@@ -88,10 +105,9 @@ def _manifest_images(manifest: Path) -> list[str]:
         return [r["image"] for r in csv.DictReader(f)]
 
 
-def test_a_killed_reembed_resumes_and_ends_where_an_uninterrupted_one_does(tmp_path: Path, population: Path) -> None:
-    home = tmp_path / "reg"
-    _registry_with_references(home, population)
-    run_cli(home, "train", *RECIPE)
+def test_a_killed_reembed_resumes_and_ends_where_an_uninterrupted_one_does(
+        tmp_path: Path, trained_site: tuple[Path, dict, dict]) -> None:
+    home, _, _ = _copy_of(trained_site, tmp_path / "reg")
     before = _state(home)
     killed = run_cli(home, "reembed", env={"REGISTRY_CRASH_AT": "reembed-batch:2"}, expect=None)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
@@ -111,10 +127,10 @@ def test_a_killed_reembed_resumes_and_ends_where_an_uninterrupted_one_does(tmp_p
     assert json.loads(run_cli(home, "--json", "doctor").stdout)["unfinished_reembeds"] == []
 
 
-def test_a_trained_model_is_exported_and_installed_into_another_registry(tmp_path: Path, population: Path) -> None:
-    home, other = tmp_path / "site-a", tmp_path / "site-b"
-    _registry_with_references(home, population)
-    trained = json.loads(run_cli(home, "--json", "train", *RECIPE).stdout)["trained"]
+def test_a_trained_model_is_exported_and_installed_into_another_registry(
+        tmp_path: Path, population: Path, trained_site: tuple[Path, dict, dict]) -> None:
+    home, trained, _ = _copy_of(trained_site, tmp_path / "site-a")
+    other = tmp_path / "site-b"
     exported = run_cli(home, "--json", "models", "export", str(tmp_path / "model.zip")).stdout
     archive = Path(json.loads(exported)["exported"])
     assert archive.is_file()

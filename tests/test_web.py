@@ -231,7 +231,7 @@ def _screenshot(page: object, name: str) -> None:
 def test_zz_the_pages_decisions_reached_the_vector_payloads(workspace: dict) -> None:
     """Last in the module: with the server stopped (embedded Qdrant is one process's), every vector payload
     names the individual SQL gives its annotation after the decisions made in the pages."""
-    from registry.store.vector_index import VectorIndex
+    from registry.store.vector_index import open_vector_index
 
     workspace["server"].terminate()
     workspace["server"].wait(timeout=30)
@@ -241,7 +241,7 @@ def test_zz_the_pages_decisions_reached_the_vector_payloads(workspace: dict) -> 
         changed = set(session.scalars(select(Sighting.annotation_id).where(Sighting.method != "reference",
                                                                            Sighting.method != "automatic")))
     assert changed  # the pages confirmed and corrected some
-    with VectorIndex(path=settings.qdrant_path) as index:
+    with open_vector_index(settings) as index:
         for collection in index.collections():
             payloads = dict(index.payloads(collection))
             assert {a: payloads[a]["individual_id"] for a in states} == \

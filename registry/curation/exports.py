@@ -35,16 +35,28 @@ SIGHTING_COLUMNS = ["individual", "species", "name", "sex", "life_stage", "captu
 
 
 def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str, Any]]:
-    """Active sightings in time order, each attributed to the individual it resolves to now."""
+    """Active sightings in time order, each attributed to the individual it resolves to now. Plain columns, not
+    ORM rows: an export of a million sightings is dominated by building objects otherwise (measured by
+    benchmarks/catalog_scale.py)."""
     with catalog.transaction() as session:
-        individuals = {i.id: i for i in session.scalars(select(Individual))}
+        individuals = {row.id: row for row in session.execute(
+            select(Individual.id, Individual.code, Individual.species, Individual.name, Individual.sex,
+                   Individual.life_stage))}
         merged = catalog.merge_links(session)
 
-        def resolved(individual_id: int) -> Individual:
+        def resolved(individual_id: int) -> Any:
+            if individual_id not in merged:
+                return individuals[individual_id]
             return individuals[follow_merges(individual_id, merged.get)]
 
-        query = (select(Sighting, Annotation, Image, Survey.name, Decision, Location.name, Deployment.code,
-                        Event.code)
+        # the decision's columns, not the row: its ranked candidates (JSON) are not exported
+        query = (select(Sighting.id.label("sighting_id"), Sighting.individual_id, Sighting.method,
+                        Sighting.decision_id, Annotation.id.label("annotation_id"), Annotation.bbox_x,
+                        Annotation.bbox_y, Annotation.bbox_w, Annotation.bbox_h, Annotation.viewpoint,
+                        Image.captured_at, Image.latitude, Image.longitude, Image.path, Image.sha256,
+                        Survey.name.label("survey"), Decision.outcome, Decision.score, Decision.threshold,
+                        Decision.model_versions, Location.name.label("location"),
+                        Deployment.code.label("deployment"), Event.code.label("event"))
                  .join(Annotation, Annotation.id == Sighting.annotation_id)
                  .join(Image, Image.id == Annotation.image_id)
                  .outerjoin(Event, Event.id == Annotation.event_id)
@@ -56,22 +68,25 @@ def sightings(catalog: Catalog, species: str | None = None) -> Iterator[dict[str
                  .order_by(Image.captured_at.is_(None), Image.captured_at, Image.id, Annotation.id))
         if species:
             query = query.where(Annotation.species == species)
-        for sighting, annotation, image, survey, decision, location, deployment, event in session.execute(query):
-            individual = resolved(sighting.individual_id)
+        for row in session.execute(query.execution_options(yield_per=5000)):
+            individual = resolved(row.individual_id)
+            boxed = row.bbox_w is not None
             yield {
                 "individual": individual.code, "species": individual.species, "name": individual.name or "",
                 "sex": individual.sex, "life_stage": individual.life_stage,
-                "captured_at": image.captured_at.isoformat() if image.captured_at else "", "survey": survey or "",
-                "location": location or "", "deployment": deployment or "",
-                "latitude": image.latitude, "longitude": image.longitude, "image": str(catalog.paths.local(image.path)),
-                "sha256": image.sha256, "annotation_id": annotation.id,
-                **dict(zip(("bbox_x", "bbox_y", "bbox_w", "bbox_h"), annotation.box or ("",) * 4, strict=True)),
-                "event": event or "", "viewpoint": annotation.viewpoint or "",
-                "method": sighting.method,
-                "decision_id": sighting.decision_id or "", "decision_outcome": decision.outcome if decision else "",
-                "score": decision.score if decision else "", "threshold": decision.threshold if decision else "",
-                "scorer": (decision.model_versions or {}).get("scorer", "") if decision else "",
-                "sighting_id": sighting.id,
+                "captured_at": row.captured_at.isoformat() if row.captured_at else "", "survey": row.survey or "",
+                "location": row.location or "", "deployment": row.deployment or "",
+                "latitude": row.latitude, "longitude": row.longitude, "image": str(catalog.paths.local(row.path)),
+                "sha256": row.sha256, "annotation_id": row.annotation_id,
+                "bbox_x": row.bbox_x if boxed else "", "bbox_y": row.bbox_y if boxed else "",
+                "bbox_w": row.bbox_w if boxed else "", "bbox_h": row.bbox_h if boxed else "",
+                "event": row.event or "", "viewpoint": row.viewpoint or "",
+                "method": row.method,
+                "decision_id": row.decision_id or "", "decision_outcome": row.outcome or "",
+                "score": row.score if row.score is not None else "",
+                "threshold": row.threshold if row.threshold is not None else "",
+                "scorer": (row.model_versions or {}).get("scorer", "") if row.outcome else "",
+                "sighting_id": row.sighting_id,
             }
 
 

@@ -9,6 +9,7 @@ scores); the decision policy's scorer calibrates, fuses and applies the open-set
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,7 @@ from registry.store import crashpoints
 from registry.store.catalog import CatalogError
 from registry.store.feature_store import feature_key
 from registry.store.tables import Annotation, Image, Location
+from registry.store.vector_index import CandidateFilter
 
 if TYPE_CHECKING:
     from registry.services.registry import Registry
@@ -219,8 +221,7 @@ class Identifier:
         registry = self.registry
         local = registry.settings.local.for_species(species)
         budget = local.first_pass_keypoints or local.max_keypoints
-        members = registry.index.candidates_of(registry.collections[registry.pipeline.primary.name], species,
-                                               viewpoint, exclude, exclude_individuals, locations)
+        members = self.lnbnn_members(described, species, viewpoint, exclude, exclude_individuals, locations)
         pool = self.descriptor_pool.get(members, budget)
         if pool is None:
             return []
@@ -234,6 +235,25 @@ class Identifier:
             photos.sort()
         ranked = sorted(by_individual, key=lambda i: (by_individual[i][0][0], i))
         return [(i, [annotation_id for _, annotation_id in by_individual[i]]) for i in ranked]
+
+    def lnbnn_members(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...],
+                      exclude_individuals: tuple[int, ...], locations: tuple[int, ...] | None) -> dict[int, int]:
+        """LNBNN's reference photos -> their individual: every candidate photo while there are at most
+        `lnbnn_pool_photos` (every registry measured in docs/accuracy.md), else the `lnbnn_pool_photos` photos of
+        the individuals closest by the global embedding (a grouped query), so a query costs the same whatever
+        the registry's size."""
+        registry = self.registry
+        collection = registry.collections[registry.pipeline.primary.name]
+        limit = registry.settings.lnbnn_pool_photos
+        where = CandidateFilter.of(species, viewpoint, exclude, exclude_individuals, locations)
+        if registry.index.count_where(collection, where) <= limit:
+            return registry.index.candidates_of(collection, species, viewpoint, exclude, exclude_individuals,
+                                                locations)
+        per_individual = registry.settings.lnbnn_pool_photos_per_individual
+        hits = registry.index.search_individuals(
+            collection, described.vectors[registry.pipeline.primary.name], max(1, limit // per_individual),
+            per_individual, species, viewpoint, exclude, exclude_individuals, locations)
+        return {h.annotation_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
 
     @property
     def descriptor_pool(self) -> DescriptorPool:
@@ -364,16 +384,18 @@ class DescriptorPool:
     """The first-pass descriptors of the registry's photos, kept in memory for LNBNN: each photo's features are
     read from the cache once per process; a query's reference set is assembled from them (exclusions applied)."""
 
+    MAX_CACHED = 20_000  # photos' first-pass descriptors kept (~1.3 GB at 256 keypoints), least recent dropped
+
     def __init__(self, identifier: Identifier) -> None:
         self.identifier = identifier
-        self._by_annotation: dict[int, np.ndarray] = {}
+        self._by_annotation: OrderedDict[int, np.ndarray] = OrderedDict()
         self._budget = 0
         self._last: tuple[tuple[int, ...], np.ndarray, np.ndarray] | None = None
 
     def get(self, members: dict[int, int], budget: int) -> tuple[np.ndarray, np.ndarray] | None:
         """(descriptors (N, 128) float32, image id of each) for the photos in `members`; None if there are none."""
         if budget != self._budget:
-            self._by_annotation, self._budget, self._last = {}, budget, None
+            self._by_annotation, self._budget, self._last = OrderedDict(), budget, None
         ids = tuple(sorted(members))
         if self._last is not None and self._last[0] == ids:
             return self._last[1], self._last[2]
@@ -381,6 +403,11 @@ class DescriptorPool:
         if missing:
             for annotation_id, features in self.identifier.candidate_features(missing).items():
                 self._by_annotation[annotation_id] = features.descriptors[:budget]
+        for i in ids:
+            if i in self._by_annotation:
+                self._by_annotation.move_to_end(i)
+        while len(self._by_annotation) > max(self.MAX_CACHED, len(ids)):
+            self._by_annotation.popitem(last=False)
         present = [i for i in ids if i in self._by_annotation and len(self._by_annotation[i])]
         if not present:
             return None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from registry.store.locking import RegistryLock
 from registry.store.stores import RegistryNotInitialisedError, Stores
 from registry.store.tables import Embedder
 from registry.store.vector_index import collection_name
+from registry.store.vector_migration import migrate_legacy_vectors
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +98,10 @@ class Registry:
 
     # --- lifecycle -------------------------------------------------------------------------------------
     @classmethod
-    def init(cls, settings: Settings) -> DecisionPolicy:
-        """Create or upgrade a registry: run the migrations, store the settings, start the decision policy."""
+    def init(cls, settings: Settings,
+             vector_progress: Callable[[str, int, int], None] | None = None) -> DecisionPolicy:
+        """Create or upgrade a registry: run the migrations, store the settings, start the decision policy, move
+        vectors from qdrant-client's local mode into Qdrant Edge."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         lock = RegistryLock(settings.data_dir)
         lock.acquire()
@@ -115,11 +119,14 @@ class Registry:
             finally:
                 catalog.close()
             settings.save()
+            migrate_legacy_vectors(settings, progress=vector_progress)
             return policy
         finally:
             lock.release()
 
     def close(self) -> None:
+        if self._features is not None:
+            self._features.close()
         self.stores.close()
 
     def __enter__(self) -> Registry:
@@ -138,7 +145,8 @@ class Registry:
     @property
     def features(self) -> FeatureStore:
         if self._features is None:
-            self._features = FeatureStore(self.settings.features_dir, self.pipeline.local.extractor_version)
+            self._features = FeatureStore(self.settings.features_dir, self.pipeline.local.extractor_version,
+                                          self.settings.feature_precision)
         return self._features
 
     def _register_embedders(self, embedders: list[TorchEmbedder]) -> dict[str, str]:

@@ -17,6 +17,7 @@ POINTS = (
     "after-vectors",  # vectors everywhere, image still pending in SQL
     "after-indexed",  # the write completed
     "reembed-batch",  # a batch of vectors written into a new embedder version's collection, no switch yet
+    "migrate-batch",  # a batch of vectors copied from local mode into Qdrant Edge, the collection not recorded
 )
 _passages: dict[str, int] = {}
 

@@ -8,6 +8,8 @@ payloads in step, and finds its collections in the `embedders` table, so it need
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
@@ -16,7 +18,8 @@ from registry.store import migrate
 from registry.store.catalog import Catalog
 from registry.store.locking import RegistryLock
 from registry.store.tables import Embedder
-from registry.store.vector_index import VectorIndex
+from registry.store.vector_index import VectorIndex, open_vector_index
+from registry.store.vector_migration import legacy_vectors_pending
 
 
 class RegistryNotInitialisedError(RuntimeError):
@@ -55,9 +58,11 @@ class Stores:
             raise
 
     def _open_index(self) -> VectorIndex:
-        if self.settings.uses_embedded_qdrant:
-            return VectorIndex(path=self.settings.qdrant_path)
-        return VectorIndex(url=self.settings.qdrant_url, api_key=self.settings.qdrant_api_key)
+        if legacy_vectors_pending(self.settings):
+            raise RegistryNotInitialisedError(
+                f"the vectors in {self.settings.qdrant_path} are in qdrant-client's local mode; run `registry init` "
+                "(or `registry vectors migrate`) to move them into Qdrant Edge")
+        return open_vector_index(self.settings)
 
     @property
     def index(self) -> VectorIndex:
@@ -85,3 +90,38 @@ class Stores:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def vector_index_summary(stores: Stores) -> dict[str, Any]:
+    """{"engine", "points", "collections": {name: points}} for `registry stats`. A read-only opener may find the
+    embedded index held by a running writer: then the points are the catalog's indexed annotations per collection
+    (what `doctor` checks they equal), marked `"counted_from": "catalog"`."""
+    settings = stores.settings
+    engine = settings.vector_engine_in_use
+    collections = stores.registered_collections()
+    counts: dict[str, int] = {}
+    counted_from = "index"
+    index = stores._index
+    # an embedded index is opened only while no writer holds the registry: a reader must never take the shards'
+    # write-ahead log from under a writer that is about to open them
+    lock = RegistryLock(settings.data_dir, exclusive=index is None and settings.uses_embedded_qdrant)
+    try:
+        lock.acquire(wait=0.0)
+        try:
+            if index is None:
+                index = open_vector_index(settings)
+            try:
+                present = set(index.collections())
+                counts = {c: (index.count(c) if c in present else 0) for c in collections.values()}
+            finally:
+                if index is not stores._index:
+                    index.close()
+        finally:
+            lock.release()
+    except Exception:  # held by a writer, or the server is down: say so, and count in SQL
+        stats = stores.catalog.stats()
+        counts = dict.fromkeys(collections.values(), stats["annotations"] - stats["pending_annotations"])
+        counted_from = "catalog"
+    if legacy_vectors_pending(settings):
+        engine = "qdrant-local (run `registry init` to move it into qdrant-edge)"
+    return {"engine": engine, "points": sum(counts.values()), "collections": counts, "counted_from": counted_from}

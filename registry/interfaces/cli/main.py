@@ -31,6 +31,7 @@ from registry.interfaces.cli.common import (
 from registry.matching import weights_catalog as models
 from registry.services.registry import Registry
 from registry.settings import PROFILES, Settings
+from registry.store.stores import vector_index_summary
 
 
 @click.group(cls=RegistryGroup)
@@ -78,7 +79,10 @@ def init(ctx: click.Context, profile: str | None, download: bool, photo_root: Pa
                                             qdrant_url=settings.qdrant_url, qdrant_api_key=settings.qdrant_api_key)
     if photo_root is not None:
         settings.photo_root = str(photo_root.resolve())
-    policy = Registry.init(settings)
+    progress, bars = _moving_bars()
+    policy = Registry.init(settings, vector_progress=progress)
+    for bar in bars.values():
+        bar.close()
     settings.profile = policy.profile
     missing = []
     for status in models.model_status(settings, download=download):
@@ -284,10 +288,16 @@ def individuals(ctx: click.Context, species: str | None) -> None:
 @main.command()
 @click.pass_context
 def stats(ctx: click.Context) -> None:
-    """Counts of individuals, images, annotations, sightings, decisions."""
+    """Counts of individuals, images, annotations, sightings, decisions; the vector index's engine and points."""
     with open_stores(ctx) as stores:
-        data = stores.catalog.stats()
-    emit(ctx, data, "\n".join(f"{k:<16} {v}" for k, v in data.items()))
+        data: dict[str, Any] = dict(stores.catalog.stats())
+        data["vector_index"] = vector_index_summary(stores)
+    lines = [f"{k:<16} {v}" for k, v in data.items() if k != "vector_index"]
+    vectors = data["vector_index"]
+    lines.append(f"{'vector index':<16} {vectors['engine']}, {vectors['points']} points"
+                 + (" (counted in the catalog: the index is open in another process)"
+                    if vectors["counted_from"] == "catalog" else ""))
+    emit(ctx, data, "\n".join(lines))
 
 
 @main.command()
@@ -548,6 +558,51 @@ def token_revoke(ctx: click.Context, name: str) -> None:
     with open_stores(ctx) as stores:
         tokens.revoke(stores.catalog, name)
     emit(ctx, {"revoked": name}, f"token {name} revoked")
+
+
+def _moving_bars() -> tuple[Any, dict[str, Any]]:
+    """A progress callback for moving vectors between engines: a bar per collection."""
+    bars: dict[str, Any] = {}
+
+    def progress(name: str, done: int, total: int) -> None:
+        bar = bars.get(name) or bars.setdefault(name, progress_bar(f"moving {name}", total))
+        bar.n = done
+        bar.refresh()
+
+    return progress, bars
+
+
+@cli_training.vectors_group.command("migrate")
+@click.option("--to-server", "to_server", metavar="URL", default=None,
+              help="Instead: copy this registry's embedded vectors to a Qdrant server or cluster at URL (then run "
+                   "with --qdrant-url URL).")
+@click.option("--to-server-api-key", default=None, envvar="REGISTRY_QDRANT_API_KEY")
+@click.pass_context
+def vectors_migrate(ctx: click.Context, to_server: str | None, to_server_api_key: str | None) -> None:
+    """Copy local-mode collections (`<data dir>/qdrant/`) into Qdrant Edge; resumable, checked by count. The old
+    folder stays until you delete it (`registry init` runs the same step). With --to-server, copy the embedded
+    collections to a Qdrant server instead."""
+    from registry.store.locking import RegistryLock
+    from registry.store.vector_migration import copy_to_server, migrate_legacy_vectors
+
+    settings: Settings = root_obj(ctx)["settings"]()
+    lock = RegistryLock(settings.data_dir)
+    lock.acquire(wait=root_obj(ctx)["wait"])
+    try:
+        progress, bars = _moving_bars()
+        if to_server:
+            copied = copy_to_server(settings, to_server, to_server_api_key, progress=progress)
+            result = {"collections": copied, "skipped": [], "moved": bool(copied), "to": to_server}
+        else:
+            result = migrate_legacy_vectors(settings, progress=progress)
+        for bar in bars.values():
+            bar.close()
+    finally:
+        lock.release()
+    moved = result["collections"]
+    emit(ctx, result, "nothing to move: the vectors are in Qdrant Edge" if not result["moved"] else
+         "moved into Qdrant Edge: " + ", ".join(f"{n} ({c} points)" for n, c in moved.items())
+         + (f"; already there: {', '.join(result['skipped'])}" if result["skipped"] else ""))
 
 
 @main.group("models")
