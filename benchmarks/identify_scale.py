@@ -6,8 +6,9 @@ ratio of seconds per query <= 1.3.) One command, one run, offline profile on the
 A base registry holds `--real` labelled Holstein photos, ingested through the real pipeline (embeddings, ALIKED
 features, SQL, Qdrant Edge). Each size's registry is a copy of it filled up to `--sizes` annotations with
 synthesised ones, as ingestion would have written them: individuals of the same species with 10 photos each, SQL
-rows (photo, annotation, reference sighting), vectors near real photos' vectors (so they compete in retrieval)
-and cached features copied from real photos (so reranking them costs what a real photo costs). Then the same
+rows (photo, annotation, reference sighting), vectors near those of real photos of cows *outside* the registry
+(`--distractors`; so they compete in retrieval without being clones of the true cow) and those photos' cached
+features (so reranking them costs what a real photo costs). Then the same
 `--queries` real photos of the base registry's cows are identified (not recorded) on each; printed: seconds per
 query (mean, median, p95) per size, and the ratio largest / smallest.
 """
@@ -31,7 +32,6 @@ from sqlalchemy import func, insert, select
 from registry.ingest.ingestion import Ingestor
 from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.store.feature_store import feature_key
 from registry.store.tables import Annotation, Image, Individual, Sighting, Species
 from registry.store.vector_index import VectorPoint
 
@@ -44,8 +44,10 @@ def write_manifest(path: Path, rows: list[dict[str, str]], root: Path) -> None:
             writer.writerow({"image": str(root / row["image"]), "identity": row["identity"], "species": row["species"]})
 
 
-def fill(settings: Settings, target: int, seed: int = 0) -> dict[str, float]:
-    """Add synthesised annotations until the registry holds `target`."""
+def fill(settings: Settings, target: int, sources: list[tuple[np.ndarray, object]], seed: int = 0,
+         ) -> dict[str, float]:
+    """Add synthesised annotations until the registry holds `target`: individuals built from `sources` (vector,
+    features) of photos of *other* animals, so they compete with the true one without being its clones."""
     rng = np.random.default_rng(seed)
     began = time.perf_counter()
     with Registry(settings) as registry:
@@ -58,8 +60,6 @@ def fill(settings: Settings, target: int, seed: int = 0) -> dict[str, float]:
             next_annotation = int(session.scalar(select(func.max(Annotation.id)))) + 1
             next_individual = int(session.scalar(select(func.max(Individual.id)))) + 1
         species = real[0][1]
-        vectors = registry.index.vectors(collection, [a for a, _, _ in real])
-        sources = [(vectors[a], registry.features.get(feature_key(sha, "whole"))) for a, _, sha in real]
         extra = target - len(real)
         individuals = max(1, extra // 10)
         with catalog.transaction() as session:
@@ -105,6 +105,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 100_000])
     parser.add_argument("--real", type=int, default=200, help="real Holstein photos in the base registry")
     parser.add_argument("--queries", type=int, default=20)
+    parser.add_argument("--distractors", type=int, default=100, help="photos of cows outside the registry")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
     metadata = (args.data / "holstein" / "metadata.csv").resolve()
@@ -118,6 +119,7 @@ def main() -> None:
     queries = [rows[i] for i in order[args.real:] if rows[i]["identity"] in known][: args.queries]
     print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM")
+    distractors = [rows[i] for i in order[args.real:] if rows[i]["identity"] not in known][: args.distractors]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         write_manifest(root / "reference.csv", reference, metadata.parent)
@@ -127,18 +129,25 @@ def main() -> None:
         with Registry(Settings.load(base.data_dir)) as registry:
             Ingestor(registry).ingest(root / "reference.csv", "s1", "reference")
         print(f"base registry: {args.real} real photos in {time.perf_counter() - began:.0f} s")
+        with Registry(Settings.load(base.data_dir)) as registry:
+            described = registry.identification.describe([metadata.parent / r["image"] for r in distractors],
+                                                         [r["species"] for r in distractors], [None] * len(distractors))
+            primary = registry.pipeline.primary.name
+            sources = [(d.vectors[primary], d.local) for d in described if not isinstance(d, Exception)]
+        print(f"{len(sources)} photos of {len({r['identity'] for r in distractors})} cows outside the registry "
+              "described for the synthesised individuals")
         results = {}
         for size in args.sizes:
             target = root / f"size-{size}"
             shutil.copytree(base.data_dir, target)
             settings = Settings.load(target)
-            filled = fill(settings, size)
+            filled = fill(settings, size, sources)
             times, top1 = [], 0
             with Registry(settings) as registry:
-                registry.identify(metadata.parent / queries[0]["image"], "holstein")  # models loaded, caches warm
+                registry.identify(metadata.parent / queries[0]["image"], queries[0]["species"])  # models loaded
                 for query in queries:
                     started = time.perf_counter()
-                    answer = registry.identify(metadata.parent / query["image"], "holstein")
+                    answer = registry.identify(metadata.parent / query["image"], query["species"])
                     times.append(time.perf_counter() - started)
                     best = answer.outcome.ranked[0].code if answer.outcome.ranked else None
                     top1 += int(best is not None and registry.catalog.history(best)["name"] == query["identity"])

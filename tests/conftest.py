@@ -14,14 +14,7 @@ from registry.evaluate import synth
 from registry.matching.pipeline import Pipeline
 from registry.settings import Settings
 
-# Under pytest-xdist (`-n 2`, the README's test command) each of the two workers gets one core: one torch thread
-# here and in every CLI process a test starts (oversubscribed threads cost 5-10x on this 2-core machine).
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    for variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[variable] = "1"
-    torch.set_num_threads(1)
-else:
-    torch.set_num_threads(2)
+torch.set_num_threads(2)
 # Code-path tests run the two-stage matcher at a quarter of the default keypoint budget (the full budget's
 # accuracy is measured by benchmarks/accuracy_real.py and benchmarks/local_matching.py, not by unit tests).
 # One photo per LNBNN individual keeps the full pass at ~10 pairs; two photos per individual are exercised where
