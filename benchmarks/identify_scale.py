@@ -16,7 +16,6 @@ query (mean, median, p95) per size, and the ratio largest / smallest.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from identify_speed import holstein_split, write_manifest
 from sqlalchemy import func, insert, select
 
 from registry.ingest.ingestion import Ingestor
@@ -34,14 +34,6 @@ from registry.services.registry import Registry
 from registry.settings import Settings
 from registry.store.tables import Annotation, Image, Individual, Sighting, Species
 from registry.store.vector_index import VectorPoint
-
-
-def write_manifest(path: Path, rows: list[dict[str, str]], root: Path) -> None:
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["image", "identity", "species"])
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({"image": str(root / row["image"]), "identity": row["identity"], "species": row["species"]})
 
 
 def fill(settings: Settings, target: int, sources: list[tuple[np.ndarray, object]], seed: int = 0,
@@ -108,18 +100,10 @@ def main() -> None:
     parser.add_argument("--distractors", type=int, default=100, help="photos of cows outside the registry")
     parser.add_argument("--workdir", default=None)
     args = parser.parse_args()
-    metadata = (args.data / "holstein" / "metadata.csv").resolve()
-    if not metadata.exists():
-        sys.exit(f"{metadata} not found: give --data or set REGISTRY_SHARED_DATA")
-    with metadata.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    order = np.random.default_rng(0).permutation(len(rows))
-    reference = [rows[i] for i in order[: args.real]]
-    known = {r["identity"] for r in reference}
-    queries = [rows[i] for i in order[args.real:] if rows[i]["identity"] in known][: args.queries]
+    metadata, reference, queries, strangers = holstein_split(args.data, args.real, args.queries)
     print(f"machine: {os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.1f} GiB RAM")
-    distractors = [rows[i] for i in order[args.real:] if rows[i]["identity"] not in known][: args.distractors]
+    distractors = strangers[: args.distractors]
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         root = Path(tmp)
         write_manifest(root / "reference.csv", reference, metadata.parent)

@@ -1,7 +1,7 @@
 """The registry's stores opened together: the SQL catalog, the vector index and the writer lock.
 
 No model is loaded here. Readers (`stats`, `history`, exports, the review queue) open the catalog alone, without
-the writer lock and without the vector index (embedded Qdrant locks its folder), so they work while an ingest
+the writer lock and without the vector index (the embedded engine locks its shards), so they work while an ingest
 or the server runs (SQLite WAL readers never block the writer). Curation opens the vector index too, to keep
 payloads in step, and finds its collections in the `embedders` table, so it needs no model either.
 """

@@ -36,9 +36,9 @@ from registry.store.stores import vector_index_summary
 
 @click.group(cls=RegistryGroup)
 @click.option("--data-dir", type=click.Path(path_type=Path), envvar="REGISTRY_HOME", default="registry-data",
-              show_default=True, help="Registry folder: SQLite catalog, local Qdrant, feature cache, settings.")
+              show_default=True, help="Registry folder: SQLite catalog, vector index, feature cache, settings.")
 @click.option("--database-url", envvar="REGISTRY_DATABASE_URL", help="SQLAlchemy URL instead of SQLite.")
-@click.option("--qdrant-url", envvar="REGISTRY_QDRANT_URL", help="Qdrant server instead of embedded Qdrant.")
+@click.option("--qdrant-url", envvar="REGISTRY_QDRANT_URL", help="Qdrant server instead of the embedded index.")
 @click.option("--qdrant-api-key", envvar="REGISTRY_QDRANT_API_KEY")
 @click.option("--wait", type=float, default=0.0, help="Seconds to wait for another process using the registry.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
