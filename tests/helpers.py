@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from registry.services.registry import Registry
+from registry.settings import Settings
+from registry.store.catalog import Catalog
+from registry.store.vector_index import open_vector_index
 
 CLI = [sys.executable, "-m", "registry"]
 
@@ -18,3 +25,54 @@ def run_cli(data: Path, *args: str, env: dict[str, str] | None = None, expect: i
     if expect is not None:
         assert result.returncode == expect, result.stderr[-3000:]
     return result
+
+
+def rows_of(manifest: Path) -> list[dict[str, str]]:
+    with open(manifest) as f:
+        return list(csv.DictReader(f))
+
+
+def season_copy(population: Path, season: int, out: Path, count: int | None = None) -> Path:
+    """A copy of a synthetic season's first `count` photos with its manifest (tests may damage it)."""
+    source = population / f"season{season}"
+    rows = rows_of(source / "manifest.csv")[:count]
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    for row in rows:
+        shutil.copy(source / row["image"], out / row["image"])
+    with open(out / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    return out / "manifest.csv"
+
+
+def init_registry(data: Path, profile: str = "offline", batch_size: int = 2) -> None:
+    """`registry init --profile PROFILE`, with small batches so that even a small season has several."""
+    Registry.init(Settings.for_profile(profile, data_dir=data, batch_size=batch_size))
+
+
+def snapshot(data: Path) -> dict:
+    """Everything a registry holds, keyed by content so that two registries can be compared."""
+    settings = Settings.load(data)
+    catalog = Catalog(settings.sqlalchemy_url)
+    states = catalog.annotation_states()
+    with catalog.transaction() as session:
+        from sqlalchemy import select
+
+        from registry.store.tables import Decision, Individual, Sighting
+
+        codes = dict(session.execute(select(Individual.id, Individual.code)).all())
+        individuals = sorted(session.execute(select(Individual.code, Individual.name, Individual.species)).all())
+        sightings = sorted((states[s.annotation_id]["sha256"], codes[s.individual_id], s.method, s.status)
+                           for s in session.scalars(select(Sighting)))
+        decisions = sorted((states[d.annotation_id]["sha256"], d.outcome, codes.get(d.individual_id),
+                            None if d.score is None else round(d.score, 4)) for d in session.scalars(select(Decision)))
+    catalog.close()
+    index = open_vector_index(settings)
+    vectors = {}
+    for collection in index.collections():
+        vectors[collection] = sorted(
+            (states[i]["sha256"], codes.get(p["individual_id"])) for i, p in index.payloads(collection))
+    index.close()
+    return {"individuals": individuals, "sightings": sightings, "decisions": decisions, "vectors": vectors,
+            "statuses": sorted(s["status"] for s in states.values())}

@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import init_registry as _init
 from helpers import run_cli
+from helpers import season_copy as _season
+from helpers import snapshot as _snapshot
 from PIL import Image
 
 from registry.ingest import doctor
@@ -28,25 +31,6 @@ from registry.store.vector_index import VectorPoint, open_vector_index
 def _rows(manifest: Path) -> list[dict[str, str]]:
     with open(manifest) as f:
         return list(csv.DictReader(f))
-
-
-def _season(population: Path, season: int, out: Path, count: int | None = None) -> Path:
-    """A copy of a synthetic season's first `count` photos with its manifest (tests may damage it)."""
-    source = population / f"season{season}"
-    rows = _rows(source / "manifest.csv")[:count]
-    (out / "images").mkdir(parents=True, exist_ok=True)
-    for row in rows:
-        shutil.copy(source / row["image"], out / row["image"])
-    with open(out / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out / "manifest.csv"
-
-
-def _init(data: Path, profile: str = "offline", batch_size: int = 2) -> None:
-    """`registry init --profile PROFILE`, with small batches so that even a small season has several."""
-    Registry.init(Settings.for_profile(profile, data_dir=data, batch_size=batch_size))
 
 
 def test_a_season_with_planted_bad_inputs(tmp_path: Path, population: Path) -> None:
@@ -128,33 +112,6 @@ def test_folder_layouts(tmp_path: Path, population: Path) -> None:
                                  "synleopard", "--mode", "identify", "--layout", "plain").stdout)
     assert identified["added"] == 3 and identified["matched"] + identified["new_individuals"] == 3
     assert any("index.html" in w for w in identified["warnings"])
-
-
-def _snapshot(data: Path) -> dict:
-    """Everything a registry holds, keyed by content so that two registries can be compared."""
-    settings = Settings.load(data)
-    catalog = Catalog(settings.sqlalchemy_url)
-    states = catalog.annotation_states()
-    with catalog.transaction() as session:
-        from sqlalchemy import select
-
-        from registry.store.tables import Decision, Individual, Sighting
-
-        codes = dict(session.execute(select(Individual.id, Individual.code)).all())
-        individuals = sorted(session.execute(select(Individual.code, Individual.name, Individual.species)).all())
-        sightings = sorted((states[s.annotation_id]["sha256"], codes[s.individual_id], s.method, s.status)
-                           for s in session.scalars(select(Sighting)))
-        decisions = sorted((states[d.annotation_id]["sha256"], d.outcome, codes.get(d.individual_id),
-                            None if d.score is None else round(d.score, 4)) for d in session.scalars(select(Decision)))
-    catalog.close()
-    index = open_vector_index(settings)
-    vectors = {}
-    for collection in index.collections():
-        vectors[collection] = sorted(
-            (states[i]["sha256"], codes.get(p["individual_id"])) for i, p in index.payloads(collection))
-    index.close()
-    return {"individuals": individuals, "sightings": sightings, "decisions": decisions, "vectors": vectors,
-            "statuses": sorted(s["status"] for s in states.values())}
 
 
 UNINTERRUPTED: dict[tuple[str, str], dict] = {}  # an uninterrupted run per profile and mode, made once

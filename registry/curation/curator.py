@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import getpass
 import os
-from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from registry.store import crashpoints
 from registry.store.catalog import Catalog, CatalogError
 from registry.store.stores import Stores
 from registry.store.tables import LIFE_STAGES, SEXES, Annotation, Change, Decision, Individual, Sighting
@@ -48,9 +48,9 @@ def _individual_state(i: Individual) -> dict[str, Any]:
 
 
 def _restore_individual(i: Individual, state: dict[str, Any]) -> None:
+    """Restore the merge link a change altered. Retirement is not restored from the record (it may be stale):
+    it follows from the sightings, by `Catalog.reconcile_retired`, after every change."""
     i.merged_into_id = state["merged_into_id"]
-    retired = state.get("retired_at")
-    i.retired_at = datetime.fromisoformat(retired) if retired else None
 
 
 def _attribute_state(i: Individual) -> dict[str, Any]:
@@ -92,35 +92,39 @@ class Curator:
         return change
 
     def _sync_payloads(self, annotation_ids: list[int]) -> None:
-        """Make the vectors' payloads say what SQL now says about these annotations."""
-        states = self.catalog.annotation_states(annotation_ids)
-        by_individual: dict[int | None, list[int]] = {}
-        for annotation_id, state in states.items():
-            by_individual.setdefault(state["individual_id"], []).append(annotation_id)
-        for collection in self.stores.registered_collections().values():
-            for individual_id, ids in by_individual.items():
-                self.stores.index.set_individual(collection, ids, individual_id)
+        """Make the vectors' payloads say what SQL now says about these annotations, and make that durable.
+        Serialised across processes: SQL is read inside the lock, so a payload written here was read after every
+        curation committed before it (a concurrent split's payloads are never overwritten by older ones)."""
+        with self.catalog.serialised("vector-payloads"):
+            states = self.catalog.annotation_states(annotation_ids)
+            by_individual: dict[int | None, list[int]] = {}
+            for annotation_id, state in states.items():
+                by_individual.setdefault(state["individual_id"], []).append(annotation_id)
+            for collection in self.stores.registered_collections().values():
+                for individual_id, ids in by_individual.items():
+                    self.stores.index.set_individual(collection, ids, individual_id)
+            self.stores.index.flush()
 
-    def _retire(self, session: Session, individual_ids: set[int], before: dict[str, Any],
-                after: dict[str, Any]) -> list[str]:
-        """Retire the individuals this change left without an active sighting, recorded so undo restores them."""
+    def _reconcile(self, session: Session, individual_ids: set[int], before: dict[str, Any],
+                   after: dict[str, Any]) -> list[str]:
+        """Retire the individuals this change left without an active sighting and bring back those it gave one
+        (`Catalog.reconcile_retired`), recorded in the change; returns the codes retired now."""
+        individual_ids = {i for i in individual_ids if i is not None}
         states = {i.id: _individual_state(i) for i in session.scalars(
             select(Individual).where(Individual.id.in_(individual_ids)))}
-        retired = self.catalog.retire_unsighted(session, individual_ids)
-        for individual in retired:
-            before.setdefault("individuals", []).append(states[individual.id])
-            after.setdefault("individuals", []).append(_individual_state(individual))
-        return [i.code for i in retired]
-
-    def _unretire(self, session: Session, individual: Individual, before: dict[str, Any],
-                  after: dict[str, Any]) -> None:
-        """A sighting given to a retired individual brings it back."""
-        if individual.retired_at is not None:
-            before.setdefault("individuals", []).append(_individual_state(individual))
-            individual.retired_at = None
-            after.setdefault("individuals", []).append(_individual_state(individual))
+        retired = []
+        for individual, now_retired in self.catalog.reconcile_retired(session, individual_ids):
+            recorded = before.setdefault("individuals", [])
+            if all(r["id"] != individual.id for r in recorded):
+                recorded.append(states[individual.id])
+            after["individuals"] = [r for r in after.get("individuals", []) if r["id"] != individual.id]
+            after["individuals"].append(_individual_state(individual))
+            if now_retired:
+                retired.append(individual.code)
+        return retired
 
     def _result(self, change: Change, annotation_ids: list[int]) -> dict[str, Any]:
+        crashpoints.reached("curation-after-sql")
         self._sync_payloads(annotation_ids)
         return {"change": change.id, "kind": change.kind, "summary": change.summary,
                 "annotations": len(annotation_ids)}
@@ -137,6 +141,7 @@ class Curator:
             before = {"sightings": [_sighting_state(s) for s in sightings]}
             for s in sightings:
                 s.method = "confirmed"
+            crashpoints.reached("curation-in-sql")
             code = session.get(Individual, sighting.individual_id).code  # type: ignore[union-attr]
             change = self._record(session, "confirm", f"confirmed decision {decision_id} ({code})", reason,
                                   before, {"sightings": [_sighting_state(s) for s in sightings]})
@@ -163,12 +168,13 @@ class Curator:
                     raise CurationError(f"{target.code} is a {target.species}, the photo a "
                                         f"{annotation.species}")  # type: ignore[union-attr]
             old = session.get(Individual, sighting.individual_id)
+            previous = {s.individual_id for s in sightings}
             for s in sightings:
                 s.individual_id, s.method, s.status = target.id, "corrected", "active"
             session.flush()
+            crashpoints.reached("curation-in-sql")
             after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings], "created": created}
-            self._unretire(session, target, before, after)
-            retired = self._retire(session, {old.id} if old else set(), before, after)
+            retired = self._reconcile(session, previous | {target.id}, before, after)
             change = self._record(session, "reassign",
                                   f"decision {decision_id}: {old.code if old else '?'} -> {target.code}", reason,
                                   before, after)
@@ -184,8 +190,9 @@ class Curator:
             for s in sightings:
                 s.status = "rejected"
             session.flush()
+            crashpoints.reached("curation-in-sql")
             after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in sightings]}
-            retired = self._retire(session, {s.individual_id for s in sightings}, before, after)
+            retired = self._reconcile(session, {s.individual_id for s in sightings}, before, after)
             change = self._record(session, "reject", f"rejected decision {decision_id}", reason, before, after)
             annotation_ids = [s.annotation_id for s in sightings]
         return {**self._result(change, annotation_ids), "retired": retired}
@@ -204,15 +211,22 @@ class Curator:
                 raise CurationError(f"{keep} and {absorb} are the same individual ({kept.code})")
             if absorbed.species != kept.species:
                 raise CurationError(f"cannot merge a {absorbed.species} into a {kept.species}")
+            locked = self.catalog.lock_individuals(session, [kept.id, absorbed.id])
+            if any(locked[i].merged_into_id is not None for i in (kept.id, absorbed.id)):
+                raise CurationError(f"{kept.code} or {absorbed.code} was merged by someone else meanwhile; "
+                                    "nothing was changed (look again, then retry)")
             moving = list(session.scalars(select(Sighting).where(Sighting.individual_id == absorbed.id)))
-            before = {"sightings": [_sighting_state(s) for s in moving],
-                      "individuals": [_individual_state(absorbed)]}
+            before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in moving],
+                                      "individuals": [_individual_state(absorbed)]}
             for sighting in moving:
                 sighting.individual_id = kept.id
             absorbed.merged_into_id = kept.id
+            crashpoints.reached("curation-in-sql")
+            after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in moving],
+                                     "individuals": [_individual_state(absorbed)]}
+            self._reconcile(session, {kept.id}, before, after)
             change = self._record(session, "merge", f"merged {absorbed.code} into {kept.code}", reason, before,
-                                  {"sightings": [_sighting_state(s) for s in moving],
-                                   "individuals": [_individual_state(absorbed)]})
+                                  after)
             annotation_ids = [s.annotation_id for s in moving]
         return self._result(change, annotation_ids)
 
@@ -227,17 +241,21 @@ class Curator:
             if strangers or len(moving) != len(set(annotation_ids)):
                 raise CurationError(f"annotations {strangers or annotation_ids} are not sightings of {source.code}")
             remaining = session.scalar(select(Sighting.id).where(Sighting.individual_id == source.id,
+                                                                 Sighting.status == "active",
                                                                  Sighting.annotation_id.not_in(annotation_ids)))
             if remaining is None:
-                raise CurationError(f"that would move every sighting of {source.code}; nothing to split")
-            before = {"sightings": [_sighting_state(s) for s in moving]}
+                raise CurationError(f"that would move every active sighting of {source.code}; nothing to split "
+                                    "(reassign the decision instead)")
+            before: dict[str, Any] = {"sightings": [_sighting_state(s) for s in moving]}
             target = self.catalog.new_individual(session, source.species)
             session.flush()
             for sighting in moving:
                 sighting.individual_id = target.id
+            crashpoints.reached("curation-in-sql")
+            after: dict[str, Any] = {"sightings": [_sighting_state(s) for s in moving], "created": [target.id]}
+            self._reconcile(session, {source.id, target.id}, before, after)
             change = self._record(session, "split", f"split {len(moving)} sightings of {source.code} into "
-                                  f"{target.code}", reason, before,
-                                  {"sightings": [_sighting_state(s) for s in moving], "created": [target.id]})
+                                  f"{target.code}", reason, before, after)
         return {**self._result(change, annotation_ids), "individual": target.code}
 
     def _annotation_id(self, session: Session, key: str) -> int:
@@ -313,14 +331,26 @@ class Curator:
                 for name in ATTRIBUTES:
                     setattr(edited, name, state[name])
                 attributes_after.append(_attribute_state(edited))  # type: ignore[arg-type]
+            for state in change.after.get("individuals", []):
+                individual = session.get(Individual, state["id"])
+                if individual is not None and individual.merged_into_id != state["merged_into_id"]:
+                    raise CurationError(f"{individual.code} was merged or unmerged after change {change_id}; "
+                                        "undo the later change first")
             for state in change.before.get("sightings", []):
                 sighting = current_sightings[state["id"]]
                 sighting.individual_id, sighting.method, sighting.status = (
                     state["individual_id"], state["method"], state["status"])
             for state in change.before.get("individuals", []):
                 individual = session.get(Individual, state["id"])
-                undo_before["individuals"].append(_individual_state(individual))  # type: ignore[arg-type]
+                if all(r["id"] != state["id"] for r in undo_before["individuals"]):
+                    undo_before["individuals"].append(_individual_state(individual))  # type: ignore[arg-type]
                 _restore_individual(individual, state)  # type: ignore[arg-type]
+            for state in change.before.get("sightings", []):  # photos go back only to an individual that is one
+                owner = session.get(Individual, state["individual_id"])
+                if owner is not None and owner.merged_into_id is not None:
+                    raise CurationError(f"{owner.code} was merged into another individual after change "
+                                        f"{change_id}; undo that merge first")
+            crashpoints.reached("curation-in-sql")
             retired = []
             followers: list[int] = []
             for created_id in change.after.get("created", []):
@@ -328,12 +358,18 @@ class Curator:
                 # its photos went back to; photos matched to it in the meantime follow it there
                 created = session.get(Individual, created_id)
                 back_to = {s["individual_id"] for s in change.before.get("sightings", [])}
-                if created is not None and len(back_to) == 1:
+                if created is not None and len(back_to) == 1 and created_id not in back_to:
                     undo_before["individuals"].append(_individual_state(created))
                     created.merged_into_id = back_to.pop()
                     retired.append(_individual_state(created))
                     followers += session.scalars(select(Sighting.annotation_id)
                                                  .where(Sighting.individual_id == created_id))
+            touched = ({s["individual_id"] for s in change.before.get("sightings", [])}
+                       | {s["individual_id"] for s in change.after.get("sightings", [])}
+                       | {i["id"] for i in undo_before["individuals"]}
+                       | {i for i in change.after.get("created", [])})
+            after: dict[str, Any] = {}
+            self._reconcile(session, touched, undo_before, after)
             after = {"sightings": [_sighting_state(s) for s in current_sightings.values()],
                      "individuals": [_individual_state(session.get(Individual, i["id"]))  # type: ignore[arg-type]
                                      for i in undo_before["individuals"]]}

@@ -46,9 +46,6 @@ class DecisionPolicy:
     def threshold_for(self, species: str) -> float:
         return float(self.thresholds.get(species, self.default_threshold))
 
-    def batch_for(self, species: str) -> int | None:
-        return self.calibration_batches.get(species, self.calibration_batches.get(ALL_SPECIES))
-
     def applies_to(self, model_versions: dict[str, str]) -> bool:
         """Calibrations are only valid for the exact model versions (weights, matcher settings) they came from."""
         return bool(self.calibration_batches) and self.model_versions == model_versions
@@ -68,11 +65,13 @@ def build_scorer(policy: DecisionPolicy, calibrations: dict[int, Calibrations], 
                  primary: str, local: str, complementary: str | None) -> Scorer:
     """The scorer a policy prescribes for these models: calibrated fusion when its calibrations were fitted for
     exactly these model versions, raw LightGlue match counts otherwise (and the decision says so)."""
+    uncalibrated = LocalMatchScorer(local, policy.uncalibrated_threshold)
     if not policy.applies_to(model_versions):
-        return LocalMatchScorer(local, policy.uncalibrated_threshold)
+        return uncalibrated
     by_species = {sp: calibrations[batch] for sp, batch in policy.calibration_batches.items() if batch in calibrations}
     verified = policy.fusion == "verifier" and all(c.verifier is not None for c in by_species.values())
     base = next(iter(by_species.values())).verifier.base if verified and by_species else policy.fusion
     learned = base == "learned" and all(c.learned is not None for c in by_species.values())
     return CalibratedFusionScorer(by_species, primary, local, complementary, policy.alpha, dict(policy.thresholds),
-                                  policy.default_threshold, learned=learned, verified=verified)
+                                  policy.default_threshold, learned=learned, verified=verified,
+                                  fallback=uncalibrated)

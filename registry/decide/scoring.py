@@ -56,6 +56,7 @@ class Outcome:
     ranked: list[IndividualScore]
     policy_version: int | None = None  # the decision policy that decided
     scorer: str = ""
+    probabilities: bool = True  # whether the score is a calibrated probability (else a raw match count)
 
 
 class Scorer(Protocol):
@@ -72,6 +73,11 @@ class Scorer(Protocol):
 
     def rerank(self, ranked: list[IndividualScore], species: str) -> list[IndividualScore]:
         """The ranked individuals as the decision sees them (a pair verifier may re-score them)."""
+        ...
+
+    def for_species(self, species: str) -> Scorer:
+        """The scorer that decides for this species (a species the policy calibrated nothing for falls back to
+        raw match counts, and its decisions say so)."""
         ...
 
 
@@ -94,6 +100,9 @@ class LocalMatchScorer:
     def rerank(self, ranked: list[IndividualScore], species: str) -> list[IndividualScore]:
         return ranked
 
+    def for_species(self, species: str) -> Scorer:
+        return self
+
 
 def wildfusion(calibrated: dict[str, float], primary: str, local: str, complementary: str | None,
                alpha: float) -> float:
@@ -115,7 +124,8 @@ class CalibratedFusionScorer:
 
     def __init__(self, calibrations: dict[str, Calibrations] | Calibrations, primary: str, local: str,
                  complementary: str | None, alpha: float, thresholds: dict[str, float] | None = None,
-                 default_threshold: float = 0.35, learned: bool = False, verified: bool = False) -> None:
+                 default_threshold: float = 0.35, learned: bool = False, verified: bool = False,
+                 fallback: LocalMatchScorer | None = None) -> None:
         if isinstance(calibrations, Calibrations):
             calibrations = {"*": calibrations}
         if learned and any(c.learned is None for c in calibrations.values()):
@@ -129,6 +139,12 @@ class CalibratedFusionScorer:
         self.verified = verified and all(c.verifier is not None for c in calibrations.values())
         self.name = ("calibrated-learned-fusion" if learned else f"calibrated-wildfusion-alpha{alpha:g}") + (
             "+verifier" if self.verified else "")
+        self.fallback = fallback
+
+    def for_species(self, species: str) -> Scorer:
+        if species in self.by_species or "*" in self.by_species or self.fallback is None:
+            return self
+        return self.fallback
 
     def calibrations_for(self, species: str) -> Calibrations:
         found = self.by_species.get(species) or self.by_species.get("*")
@@ -184,16 +200,22 @@ def rank_individuals(candidates: Iterable[CandidateScore], codes: dict[int, str]
 NO_MARGIN = 1e9  # a decision with nothing to weigh (no candidate): never uncertain
 
 
-def decision_margin(outcome: str, scores: list[float], codes: list[str], threshold: float) -> tuple[float, str]:
+def decision_margin(outcome: str, scores: list[float], codes: list[str], threshold: float,
+                    probabilities: bool = True) -> tuple[float, str]:
     """How close a decision came to going the other way (smaller is more uncertain) and why: a match by its
     distance to tau or to the runner-up individual, whichever is smaller; a new individual by how close its best
-    candidate came to tau. Stored with the decision, so the review queue is one indexed query."""
+    candidate came to tau. Stored with the decision, so the review queue is one indexed query.
+
+    Calibrated scores are probabilities; raw match counts (an uncalibrated scorer) are put on the same scale as
+    a fraction of their threshold, so 41 matches against a threshold of 40 (margin 0.025) is as uncertain in
+    the queue as it is."""
+    scale = 1.0 if probabilities else max(abs(threshold), 1.0)
     if outcome == "new":
         if not scores:
             return NO_MARGIN, "no candidates"
-        return threshold - scores[0], "new individual, but the best candidate came close"
-    to_threshold = scores[0] - threshold
-    to_runner_up = scores[0] - scores[1] if len(scores) > 1 else NO_MARGIN
+        return (threshold - scores[0]) / scale, "new individual, but the best candidate came close"
+    to_threshold = (scores[0] - threshold) / scale
+    to_runner_up = (scores[0] - scores[1]) / scale if len(scores) > 1 else NO_MARGIN
     if to_runner_up < to_threshold:
         return to_runner_up, f"runner-up {codes[1]} scored almost as high"
     return to_threshold, "score just above the threshold"

@@ -86,6 +86,7 @@ def _repair(registry: Registry, problems: list[Problem], states: dict[int, dict[
             registry.index.set_payload(problem.collection, [problem.annotation_id],  # type: ignore[arg-type]
                                        {"location_id": state["location_id"], "image_id": state["image_id"]})
             problem.repaired = True
+    registry.index.flush()
     # pending annotations, missing vectors and missing features all mean: describe the photo again from its file
     redo = sorted({p.annotation_id for p in problems if p.kind in REDESCRIBE})
     if redo:

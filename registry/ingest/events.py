@@ -51,9 +51,18 @@ def _iou(a: tuple[float, float, float, float] | None, b: tuple[float, float, flo
 
 
 def animals(rows: Iterable[PhotoRow], min_overlap: float = 0.2) -> list[list[PhotoRow]]:
-    """The animals of one event, each as its annotations in time order. When every frame shows one animal, the
-    burst is one animal; otherwise each box joins the animal whose box in the previous frame overlaps it most
-    (intersection over union at least `min_overlap`), else starts a new one."""
+    """The animals of one event, each as its annotations in time order. Animals of different species are never
+    one animal: each species' rows are followed on their own. When every frame shows one animal of a species,
+    the burst is one animal; otherwise each box joins the animal whose box in the previous frame overlaps it
+    most (intersection over union at least `min_overlap`), else starts a new one."""
+    by_species: dict[str, list[PhotoRow]] = {}
+    for row in rows:
+        by_species.setdefault(row.species, []).append(row)
+    return [animal for species in sorted(by_species) for animal in _tracks(by_species[species], min_overlap)]
+
+
+def _tracks(rows: list[PhotoRow], min_overlap: float) -> list[list[PhotoRow]]:
+    """The animals among rows of one species (see `animals`)."""
     frames: dict[str, list[PhotoRow]] = {}
     for row in sorted(rows, key=lambda r: (r.captured_at is None, r.captured_at or 0, r.line)):
         frames.setdefault(str(row.image), []).append(row)

@@ -184,7 +184,7 @@ class Ingestor:
             else:
                 groups[row.sequence].append(row)
         for group in order:
-            for animal in (animals(group) if len(group) > 1 else [group]):
+            for animal in animals(group):
                 identification = self.registry.identification.identify_and_record(
                     [described_of[id(r)] for r in animal], survey, scope)
                 if identification.outcome.outcome == "match":

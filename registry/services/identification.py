@@ -264,7 +264,8 @@ class Identifier:
     def judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
         """Score candidates under the policy in force, rank individuals by their best image, open-set rule."""
         registry = self.registry
-        scorer = registry.scorer
+        policy_version, scorer = registry.scorer_in_force()
+        scorer = scorer.for_species(species)
         for candidate in candidates:
             scorer.score(candidate, species)
         best: dict[int, CandidateScore] = {}  # a joint decision meets a reference photo once per query photo
@@ -276,8 +277,9 @@ class Identifier:
             codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
         ranked = rank_individuals(candidates, codes, self.combine_photos(scorer, species))
         outcome = decide(scorer.rerank(ranked, species), scorer.threshold_for(species))
-        outcome.policy_version = registry.policy.version
+        outcome.policy_version = policy_version
         outcome.scorer = scorer.name
+        outcome.probabilities = scorer.probabilities
         return outcome
 
     def rank_stored(self, annotation_id: int, species: str, viewpoint: str | None, scorer: Scorer,
@@ -292,6 +294,7 @@ class Identifier:
             return []
         candidates = self.candidates(Described(vectors, features), species, viewpoint,  # type: ignore[arg-type]
                                      exclude=hidden_images, exclude_individuals=hidden_individuals)
+        scorer = scorer.for_species(species)
         for candidate in candidates:
             scorer.score(candidate, species)
         return scorer.rerank(rank_individuals(candidates, {}, self.combine_photos(scorer, species)), species)
@@ -337,25 +340,26 @@ class Identifier:
         decision: one decision row, a sighting per annotation. An event's photos are judged jointly: every
         photo's candidates are pooled, so each individual is scored by its best pairs over the whole burst."""
         registry = self.registry
-        recorder = registry.recorder
-        recorder.resume_pending()
+        registry.recorder.resume_pending()
         problems: list[str] = []
         species, viewpoint = animal[0][0].species, animal[0][0].viewpoint
+        others = sorted({row.species for row, _sha, _described in animal} - {species})
+        if others:  # one decision is about one animal, and an animal is of one species
+            raise CatalogError(f"{animal[0][0].image.name}: one animal's photos name two species "
+                               f"({species}, {', '.join(others)}); decide them separately")
         pooled: list[CandidateScore] = []
         for row, _sha, described in animal:
             pooled += self.candidates(described, species, row.viewpoint or viewpoint, problems=problems,
                                       locations=locations)
         outcome = self.judge(pooled, species)
-        for row, sha, described in animal:
-            registry.features.put(feature_key(sha, row.region), described.local)
-        crashpoints.reached("after-features")
         catalog = registry.catalog
-        with catalog.transaction() as session:
-            annotations = [recorder.add_annotation(session, row, sha, described, survey)
-                           for row, sha, described in animal]
+        recorded: dict[str, Any] = {}
+
+        def decide_rows(session: Any, annotations: list[Annotation]) -> list[int | None]:
             first = annotations[0]
             margin, reason = decision_margin(outcome.outcome, [c.score for c in outcome.ranked],
-                                             [c.code for c in outcome.ranked], outcome.threshold)
+                                             [c.code for c in outcome.ranked], outcome.threshold,
+                                             outcome.probabilities)
             decision = catalog.add_decision(
                 session, margin=margin, margin_reason=reason, annotation_id=first.id, event_id=first.event_id,
                 outcome=outcome.outcome, individual_id=outcome.individual_id, score=outcome.score,
@@ -366,18 +370,22 @@ class Identifier:
                 policy_id=outcome.policy_version)
             if outcome.outcome == "match":
                 individual = catalog.resolve(session, outcome.ranked[0].code)
+                if individual.retired_at is not None:  # a sighting brings a retired individual back
+                    individual.retired_at = None
             else:
                 individual = catalog.new_individual(session, species, decision=decision)
             decision.individual_id = individual.id
-            items = []
-            for annotation, (_row, _sha, described) in zip(annotations, animal, strict=True):
+            for annotation in annotations:
                 catalog.add_sighting(session, annotation, individual, "automatic", decision)
-                items.append(recorder.item(annotation, described, individual.id))
-            code, decision_id, event_id = individual.code, decision.id, first.event_id
-        recorder.index_many(items)
+                crashpoints.reached("after-sighting")
+            recorded.update(code=individual.code, decision_id=decision.id, event_id=first.event_id)
+            return [individual.id] * len(annotations)
+
+        items = registry.recorder.write(animal, survey, decide_rows)
         row = animal[0][0]
-        return Identification(str(row.image), species, outcome, decision_id, items[0].annotation_id, code, problems,
-                              box=row.box, event_id=event_id, joint=len(animal))
+        return Identification(str(row.image), species, outcome, recorded["decision_id"], items[0].annotation_id,
+                              recorded["code"], problems, box=row.box, event_id=recorded["event_id"],
+                              joint=len(animal))
 
 
 class DescriptorPool:

@@ -12,6 +12,7 @@ before (2) leaves nothing in SQL, and re-running the same command redoes it.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -114,8 +115,8 @@ class Recorder:
                          image.survey_id, image.id, image.location_id)
 
     def index_many(self, items: list[IndexItem]) -> None:
-        """Upsert vectors (one call per collection), then mark the annotations indexed: the last step of a
-        write."""
+        """Upsert vectors (one call per collection), make them durable, then mark the annotations indexed: the
+        last step of a write. SQL never says `indexed` about a vector that a power cut could still lose."""
         registry = self.registry
         crashpoints.reached("after-sql")
         for position, (name, collection) in enumerate(registry.collections.items()):
@@ -124,38 +125,66 @@ class Recorder:
             registry.index.upsert(collection, [
                 VectorPoint(item.annotation_id, item.described.vectors[name], item.individual_id, item.species,
                             item.viewpoint, item.survey_id, item.image_id, item.location_id) for item in items])
+        registry.index.flush()
         crashpoints.reached("after-vectors")
         registry.catalog.mark_indexed([item.annotation_id for item in items])
         crashpoints.reached("after-indexed")
 
-    def record_references(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None,
-                          match_codes: bool = True) -> None:
-        """Record a batch of labelled photos: one SQL transaction, one upsert per collection. A manifest identity
-        that is an individual's name or (with `match_codes`) its code, of this species, is that individual."""
+    def write(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None,
+              record: Callable[[Session, list[Annotation]], list[int | None]]) -> list[IndexItem]:
+        """The crash-safe write protocol, written once for every writer (reference ingest, identify ingest,
+        `identify --record`, the API and the workspace): (1) local features cached; (2) one SQL transaction with
+        the photos, their annotations (pending) and what `record` adds for them (sightings, a decision, new
+        individuals), which returns the individual of each annotation; (3) vectors upserted and flushed;
+        (4) annotations marked indexed. An exception anywhere in (2) leaves nothing in SQL; a crash after it
+        leaves pending annotations that `resume_pending` finishes."""
         self.resume_pending()
         registry = self.registry
         for row, sha, described in batch:
             registry.features.put(feature_key(sha, row.region), described.local)
         crashpoints.reached("after-features")
-        written: list[IndexItem] = []
         with registry.catalog.transaction() as session:
-            for row, sha, described in batch:
-                annotation = self.add_annotation(session, row, sha, described, survey)
-                individual = registry.catalog.individual_by_label(session, row.species, row.identity,  # type: ignore[arg-type]
-                                                                  match_codes)
+            annotations = [self.add_annotation(session, row, sha, described, survey) for row, sha, described in batch]
+            crashpoints.reached("after-annotations")
+            individuals = record(session, annotations)
+            crashpoints.reached("before-commit")
+            items = [self.item(annotation, described, individual)
+                     for annotation, (_row, _sha, described), individual in zip(annotations, batch, individuals,
+                                                                                 strict=True)]
+        try:
+            self.index_many(items)
+        except BaseException:
+            self._resumed = False  # committed but not indexed: this process's next write finishes it first
+            raise
+        return items
+
+    def record_references(self, batch: list[tuple[PhotoRow, str, Described]], survey: str | None,
+                          match_codes: bool = True) -> None:
+        """Record a batch of labelled photos: one SQL transaction, one upsert per collection. A manifest identity
+        that is an individual's name or (with `match_codes`) its code, of this species, is that individual."""
+        catalog = self.registry.catalog
+
+        def label(session: Session, annotations: list[Annotation]) -> list[int | None]:
+            individuals: list[int | None] = []
+            for annotation, (row, _sha, _described) in zip(annotations, batch, strict=True):
+                individual = catalog.individual_by_label(session, row.species, row.identity,  # type: ignore[arg-type]
+                                                         match_codes)
                 if individual is None:
-                    individual = registry.catalog.new_individual(session, row.species, name=row.identity)
+                    individual = catalog.new_individual(session, row.species, name=row.identity)
                 elif individual.merged_into_id is not None:
-                    individual = registry.catalog.resolve(session, individual.code)
+                    individual = catalog.resolve(session, individual.code)
                 if individual.retired_at is not None:  # a label brings a retired individual back
                     individual.retired_at = None
                 for name in ("sex", "life_stage"):  # a manifest fills what is unknown, never overwrites
                     value = getattr(row, name)
                     if value and value != "unknown" and getattr(individual, name) == "unknown":
                         setattr(individual, name, value)
-                registry.catalog.add_sighting(session, annotation, individual, "reference")
-                written.append(self.item(annotation, described, individual.id))
-        self.index_many(written)
+                catalog.add_sighting(session, annotation, individual, "reference")
+                crashpoints.reached("after-sighting")
+                individuals.append(individual.id)
+            return individuals
+
+        self.write(batch, survey, label)
 
     # --- after a crash ---------------------------------------------------------------------------------
     def resume_pending(self, force: bool = False) -> int:

@@ -116,6 +116,7 @@ class ModelVersions:
             crashpoints.reached("reembed-batch")
             if progress:
                 progress(len(chunk))
+        registry.index.flush()  # the new collection is on disk before the policy points at it
         if problems:
             raise ModelError(f"{len(problems)} photo(s) could not be read, so the switch to {row.version} is not "
                              f"made (nothing is lost; rerun after `registry relocate`): " + "; ".join(problems[:5]))

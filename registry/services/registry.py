@@ -6,7 +6,6 @@ services over them — `identification` (identify, record), `recorder` (the cras
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -30,11 +29,20 @@ from registry.store.vector_migration import migrate_legacy_vectors
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ProfileMismatchError", "Registry", "RegistryNotInitialisedError", "initial_policy"]
+__all__ = ["PolicyChangedError", "ProfileMismatchError", "Registry", "RegistryNotInitialisedError",
+           "VectorIndexLostError", "initial_policy"]
 
 
 class ProfileMismatchError(CatalogError):
     pass
+
+
+class VectorIndexLostError(CatalogError):
+    """SQL holds indexed annotations whose vector collection is missing or empty."""
+
+
+class PolicyChangedError(CatalogError):
+    """Another process put a policy in force that needs other models than this one loaded."""
 
 
 def initial_policy(settings: Settings, reason: str) -> DecisionPolicy:
@@ -48,8 +56,10 @@ def initial_policy(settings: Settings, reason: str) -> DecisionPolicy:
 
 
 class Registry:
-    def __init__(self, settings: Settings, pipeline: Pipeline | None = None, lock_wait: float = 0.0) -> None:
+    def __init__(self, settings: Settings, pipeline: Pipeline | None = None, lock_wait: float = 0.0,
+                 repairing: bool = False) -> None:
         self.stores = Stores(settings, write=True, lock_wait=lock_wait)
+        self.repairing = repairing  # doctor: open even when the vectors are lost, to rebuild them
         try:
             self.catalog: Catalog = self.stores.catalog
             self.index = self.stores.index
@@ -153,6 +163,7 @@ class Registry:
         """Each embedder version's collection, registered in the `embedders` table. Vectors of another version
         or of another profile's embedders are never mixed in: such a registry is refused."""
         names = {e.name for e in embedders}
+        newly: set[str] = set()  # embedders registered by this call: their collections are new, empty is right
         out = {}
         with self.catalog.transaction() as session:
             registered = list(session.scalars(select(Embedder)))
@@ -171,12 +182,31 @@ class Registry:
                         "(use the original weights)")
                 name = collection_name(embedder.version)
                 if not same:
+                    newly.add(embedder.name)
                     session.add(Embedder(name=embedder.name, version=embedder.version, dimension=embedder.dimension,
                                          weights_sha256=embedder.weights_sha256, collection=name))
                 out[embedder.name] = name
+        self._refuse_lost_vectors([out[n] for n in sorted(names - newly)])
         for embedder in embedders:
             self.index.ensure_collection(out[embedder.name], embedder.dimension)
         return out
+
+    def _refuse_lost_vectors(self, collections: list[str]) -> None:
+        """A collection the catalog registered that is gone or empty while SQL holds indexed annotations (a lost
+        `vectors/` folder, a reset Qdrant volume) is refused: recreating it empty would make every photo a
+        "new individual" from now on."""
+        if self.repairing or not collections:
+            return
+        present = set(self.index.collections())
+        lost = [c for c in collections if c not in present or self.index.count(c) == 0]
+        indexed = self.catalog.stats()["annotations"] - self.catalog.stats()["pending_annotations"] if lost else 0
+        if lost and indexed:
+            where = self.settings.vectors_path if self.settings.uses_embedded_qdrant else self.settings.qdrant_url
+            raise VectorIndexLostError(
+                f"the vector index at {where} has lost collection(s) {', '.join(lost)} "
+                f"({'missing' if lost[0] not in present else 'empty'}) while the catalog holds {indexed} indexed "
+                "annotations; nothing was changed. Restore the vectors from a backup, or rebuild them from the "
+                "photos with `registry doctor --repair`")
 
     @property
     def collections(self) -> dict[str, str]:
@@ -193,13 +223,18 @@ class Registry:
     # --- the decision policy ---------------------------------------------------------------------------
     @property
     def policy(self) -> DecisionPolicy:
-        """The policy in force (re-read when another process stored a newer version)."""
+        """The policy in force, re-read when another process stored a newer version. A newer version that needs
+        other models than this process loaded (another profile, embedder weights, local matcher — a `reembed`
+        elsewhere) is refused: deciding on would score with the wrong models or fall back to raw match counts
+        and write vectors into a collection no longer in force."""
         newest = self.catalog.current_policy()
         if newest is not None and newest.version != self._policy.version:
             if (newest.profile != self._policy.profile or newest.matcher_settings != self._policy.matcher_settings
                     or newest.embedder_weights != self._policy.embedder_weights):
-                warnings.warn(f"decision policy version {newest.version} changes the profile, the embedder or the "
-                              "local matcher; reopen the registry to load those models", stacklevel=2)
+                raise PolicyChangedError(
+                    f"decision policy version {newest.version} (made by {newest.created_by}: {newest.reason}) "
+                    f"needs other models than this process loaded for version {self._policy.version}; nothing "
+                    "was decided: restart this process (or reopen the registry) to load them")
             self._policy = newest
         return self._policy
 
@@ -212,6 +247,10 @@ class Registry:
     @property
     def scorer(self) -> Scorer:
         """The policy's scorer for the loaded models (rebuilt when the policy changes)."""
+        return self.scorer_in_force()[1]
+
+    def scorer_in_force(self) -> tuple[int, Scorer]:
+        """The policy version and its scorer, read together: a decision records the version that scored it."""
         policy = self.policy
         if self._scorer is None or self._scorer[0] != policy.version:
             pipeline = self.pipeline
@@ -219,7 +258,7 @@ class Registry:
             complementary = pipeline.complementary.name if pipeline.complementary else None
             self._scorer = (policy.version, build_scorer(policy, calibrations, pipeline.versions,
                                                          pipeline.primary.name, pipeline.local.name, complementary))
-        return self._scorer[1]
+        return self._scorer  # type: ignore[return-value]
 
     # --- the services, for callers that want one call ----------------------------------------------------
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,

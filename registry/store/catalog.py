@@ -94,11 +94,19 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # Python's sqlite3 opens a transaction only before the first INSERT/UPDATE/DELETE, so SAVEPOINTs,
+            # DDL and reads that come first run outside any transaction and commit on their own. SQLAlchemy's
+            # pysqlite recipe: the driver never begins or commits by itself, SQLAlchemy says BEGIN (below).
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer
-            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute("PRAGMA synchronous=FULL")  # a committed decision survives a power cut
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(connection: Any) -> None:
+            connection.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -384,20 +392,49 @@ class Catalog:
             return found
         return session.scalar(select(Individual).where(Individual.species == species, Individual.code == label))
 
-    def retire_unsighted(self, session: Session, individual_ids: set[int]) -> list[Individual]:
-        """Retire those of these individuals left without an active sighting (kept with their code, never
-        counted); returns the ones retired now."""
-        retired = []
-        for individual in session.scalars(select(Individual).where(Individual.id.in_(individual_ids),
-                                                                    Individual.retired_at.is_(None),
-                                                                    Individual.merged_into_id.is_(None))):
-            active = session.scalar(select(Sighting.id).where(Sighting.individual_id == individual.id,
-                                                              Sighting.status == "active").limit(1))
-            if active is None:
-                individual.retired_at = utcnow()
-                retired.append(individual)
+    def reconcile_retired(self, session: Session, individual_ids: set[int]) -> list[tuple[Individual, bool]]:
+        """The one rule for retirement: an individual (not merged into another) is retired exactly when it has
+        no active sighting. Applied to these individuals after any change to their sightings; returns those
+        changed now, each with whether it was retired (True) or brought back (False)."""
         session.flush()
-        return retired
+        if not individual_ids:
+            return []
+        sighted = set(session.scalars(select(Sighting.individual_id).where(
+            Sighting.individual_id.in_(individual_ids), Sighting.status == "active").distinct()))
+        changed = []
+        for individual in session.scalars(select(Individual).where(Individual.id.in_(individual_ids),
+                                                                    Individual.merged_into_id.is_(None))
+                                          .order_by(Individual.id)):
+            if individual.id in sighted and individual.retired_at is not None:
+                individual.retired_at = None
+                changed.append((individual, False))
+            elif individual.id not in sighted and individual.retired_at is None:
+                individual.retired_at = utcnow()
+                changed.append((individual, True))
+        session.flush()
+        return changed
+
+    def lock_individuals(self, session: Session, individual_ids: list[int]) -> dict[int, Individual]:
+        """Row-lock these individuals (in id order, so two writers never wait on each other in a circle) and
+        read them as committed now: a concurrent merge of the same two individuals waits, then sees this one's
+        result. SQLite has one writer at a time already."""
+        query = (select(Individual).where(Individual.id.in_(individual_ids)).order_by(Individual.id)
+                 .execution_options(populate_existing=True))
+        if session.get_bind().dialect.name == "postgresql":
+            query = query.with_for_update()
+        return {i.id: i for i in session.scalars(query)}
+
+    @contextmanager
+    def serialised(self, name: str) -> Iterator[None]:
+        """One process at a time in this block, across every process sharing the catalog (PostgreSQL's advisory
+        lock; SQLite registries have one writing process already). Curation rewrites vector payloads in it, so
+        a payload read from SQL is never overwritten by one read before it."""
+        if self.engine.dialect.name != "postgresql":
+            yield
+            return
+        with self.engine.connect() as connection, connection.begin():
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:name))"), {"name": name})
+            yield
 
     def resolve(self, session: Session, key: str) -> Individual:
         """An individual by code or name, following merges to the individual it now belongs to."""

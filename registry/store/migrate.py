@@ -24,13 +24,14 @@ def alembic_config(engine: Engine) -> Config:
 
 
 def _run(engine: Engine, step: Callable[[Config], None]) -> None:
-    """Run migrations in one transaction. On SQLite, foreign keys are off meanwhile: a batch migration recreates
-    a table that other rows still reference (checked afterwards: a violation rolls everything back)."""
+    """Run migrations in one transaction: a failed upgrade leaves no half-made tables and the catalog at the
+    revision it had (SQLite's DDL is transactional once the driver stops committing on its own, see
+    `catalog.make_engine`). On SQLite, foreign keys are off meanwhile: a batch migration recreates a table that
+    other rows still reference (checked afterwards: a violation rolls everything back)."""
     sqlite = engine.dialect.name == "sqlite"
     with engine.connect() as connection:
-        if sqlite:
-            connection.exec_driver_sql("PRAGMA foreign_keys=OFF")  # outside a transaction, or it does nothing
-            connection.commit()
+        if sqlite:  # outside any transaction, or it does nothing: on the driver, before SQLAlchemy says BEGIN
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
         try:
             with connection.begin():
                 config = alembic_config(engine)
@@ -42,8 +43,8 @@ def _run(engine: Engine, step: Callable[[Config], None]) -> None:
                         raise RuntimeError(f"the migration left rows pointing nowhere: {broken[:5]}")
         finally:
             if sqlite:
-                connection.exec_driver_sql("PRAGMA foreign_keys=ON")
-                connection.commit()
+                connection.rollback()
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")  # type: ignore[union-attr]
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:

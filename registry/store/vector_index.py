@@ -129,6 +129,11 @@ class VectorIndex(ABC):
     def upsert(self, collection: str, points: Iterable[VectorPoint], batch_size: int = 256) -> None:
         """Write points (L2-normalised; a zero or non-finite vector is an error naming its annotation)."""
 
+    def flush(self) -> None:
+        """Make every write so far durable (on disk, or acknowledged by the server) before SQL says so. Engines
+        whose writes are durable when they return (a Qdrant server, `wait=True`) have nothing to do."""
+        return None
+
     @abstractmethod
     def set_payload(self, collection: str, annotation_ids: list[int], values: dict[str, Any]) -> None:
         """Set payload keys of these points (e.g. the location, for points written before it was carried)."""

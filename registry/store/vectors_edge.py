@@ -50,6 +50,7 @@ class _Shards:
         self.users = 0
         self.open: dict[str, edge.EdgeShard] = {}
         self.written: dict[str, int] = {}  # points written since the shard's optimizer last ran
+        self.dirty: set[str] = set()  # shards updated since their last flush
         self.lock = threading.RLock()
 
 
@@ -96,6 +97,7 @@ class EdgeIndex(VectorIndex):
                 shard.flush()
                 shard.close()
             shards.open.clear()
+            shards.dirty.clear()
 
     # --- shards ------------------------------------------------------------------------------------------
     def _dir(self, name: str) -> Path:
@@ -145,6 +147,7 @@ class EdgeIndex(VectorIndex):
             if shard is not None:
                 shard.close()
             self._shards.written.pop(name, None)
+            self._shards.dirty.discard(name)
             shutil.rmtree(self._dir(name), ignore_errors=True)
 
     def collections(self) -> list[str]:
@@ -166,6 +169,7 @@ class EdgeIndex(VectorIndex):
         shard.update(edge.UpdateOperation.upsert_points(batch))
         shards = self._shards
         with shards.lock:
+            shards.dirty.add(collection)
             shards.written[collection] = shards.written.get(collection, 0) + len(batch)
             if shards.written[collection] >= OPTIMIZE_EVERY:
                 shard.optimize()
@@ -178,13 +182,28 @@ class EdgeIndex(VectorIndex):
                 shard.optimize()
                 self._shards.written[name] = 0
 
+    def flush(self) -> None:
+        """Edge keeps updates in memory (and its WAL buffer) until flushed: SQL marks nothing indexed, and
+        curation reports nothing done, before this returns."""
+        shards = self._shards
+        with shards.lock:
+            for name in sorted(shards.dirty):
+                shard = shards.open.get(name)
+                if shard is not None:
+                    shard.flush()
+            shards.dirty.clear()
+
     def set_payload(self, collection: str, annotation_ids: list[int], values: dict[str, Any]) -> None:
         if annotation_ids:
             self._shard(collection).update(edge.UpdateOperation.set_payload(list(annotation_ids), values))
+            with self._shards.lock:
+                self._shards.dirty.add(collection)
 
     def delete(self, collection: str, annotation_ids: list[int]) -> None:
         if annotation_ids:
             self._shard(collection).update(edge.UpdateOperation.delete_points(list(annotation_ids)))
+            with self._shards.lock:
+                self._shards.dirty.add(collection)
 
     # --- reads -------------------------------------------------------------------------------------------
     def existing(self, collection: str, annotation_ids: list[int]) -> list[int]:

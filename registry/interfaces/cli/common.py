@@ -36,10 +36,11 @@ def emit(ctx: click.Context, data: Any, text: str) -> None:
     click.echo(json.dumps(data, indent=2, default=str) if root_obj(ctx)["json"] else text)
 
 
-def open_registry(ctx: click.Context) -> Registry:
-    """The registry with its models (loaded on first use) and the writer lock: for commands that describe photos."""
+def open_registry(ctx: click.Context, repairing: bool = False) -> Registry:
+    """The registry with its models (loaded on first use) and the writer lock: for commands that describe photos.
+    `repairing`: open it even when its vectors are lost (`doctor`, which rebuilds them)."""
     obj = root_obj(ctx)
-    return Registry(obj["settings"](), lock_wait=obj["wait"])
+    return Registry(obj["settings"](), lock_wait=obj["wait"], repairing=repairing)
 
 
 def open_stores(ctx: click.Context, write: bool = False) -> Stores:

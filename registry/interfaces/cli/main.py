@@ -466,7 +466,7 @@ def doctor(ctx: click.Context, repair: bool) -> None:
     """Check that SQL, the vector index and the feature cache agree (and repair them with --repair)."""
     from registry.ingest import doctor as checks
 
-    with open_registry(ctx) as registry:
+    with open_registry(ctx, repairing=True) as registry:
         result = checks.check(registry, repair=repair)
     lines = [f"{result['annotations']} annotations checked: "
              + ("consistent." if result["consistent"] else f"{len(result['problems'])} problems")]
