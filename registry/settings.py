@@ -11,6 +11,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 SETTINGS_FILE = "settings.json"
 PROFILES = ("paper", "offline", "tiny-test")
@@ -148,6 +149,9 @@ class Settings:
     event_interval_seconds: float = 60.0
     # Photo paths are stored relative to this folder (when under it), so a moved archive needs only a new root.
     photo_root: str | None = None
+    # Times are stored in UTC. A time without an offset (a camera clock, a manifest's plain date-time) is read in
+    # its location's time zone when known (a manifest's `time_zone` column), else in this IANA zone.
+    time_zone: str = "UTC"
     species_threshold_offsets: dict[str, float] = field(default_factory=dict)
     orientation_rules: dict[str, dict[str, float]] = field(default_factory=dict)  # species -> viewpoint -> deg
     test_time_augmentation: bool = False
@@ -296,6 +300,11 @@ class Settings:
         settings.photo_root = os.environ.get("REGISTRY_PHOTO_ROOT") or settings.photo_root
         if settings.profile not in PROFILES:
             raise ValueError(f"{path}: unknown profile {settings.profile!r}; known: {', '.join(PROFILES)}")
+        try:
+            ZoneInfo(settings.time_zone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{path}: unknown time_zone {settings.time_zone!r} (an IANA name such as "
+                             "Europe/Prague or UTC)") from exc
         if settings.vector_engine not in EMBEDDED_VECTOR_ENGINES:
             raise ValueError(f"{path}: unknown vector_engine {settings.vector_engine!r}; known: "
                              f"{', '.join(EMBEDDED_VECTOR_ENGINES)}")

@@ -12,7 +12,7 @@ from pathlib import Path
 from registry.services.registry import Registry
 from registry.settings import Settings
 from registry.store.catalog import Catalog
-from registry.store.vector_index import open_vector_index
+from registry.store.vector_engines import open_vector_index
 
 CLI = [sys.executable, "-m", "registry"]
 

@@ -22,7 +22,7 @@ from registry.decide.metrics import evaluate, pairwise_clustering
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, IndividualScore, decide, wildfusion
 from registry.evaluate import experiments
 from registry.ingest.ingestion import Ingestor
-from registry.ingest.sources import PhotoRow
+from registry.ingest.manifest import PhotoRow
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from helpers import init_registry, season_copy
+from helpers import init_registry, run_cli, season_copy
 from hypothesis import HealthCheck, settings, strategies
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from sqlalchemy import select
@@ -315,5 +315,48 @@ def test_concurrent_merges_a_into_b_and_b_into_a_never_make_a_cycle(
         for individual in merged:
             follow_merges(individual, merged.get)
         assert len(merged) == 1
+    finally:
+        stores.close()
+
+
+@pytest.mark.parametrize("point", ["curation-in-sql", "curation-after-sql"])
+@pytest.mark.parametrize("command", ["reject", "reassign-new", "merge", "split"])
+def test_a_curation_command_killed_at_every_point_leaves_a_registry_doctor_makes_consistent(
+    curated_base: Path, tmp_path: Path, offline_pipeline: Pipeline, command: str, point: str,
+) -> None:
+    """`kill -9` of a real `registry <command>` process inside its transaction (nothing changes) or between the
+    commit and the vector payloads (doctor --repair rewrites them from SQL)."""
+    home = tmp_path / "reg"
+    shutil.copytree(curated_base, home)
+    stores = Stores(Settings.load(home), write=False)
+    try:
+        with stores.catalog.transaction() as session:
+            decision = session.scalar(select(Decision).order_by(Decision.id))
+            owner = session.get(Individual, decision.individual_id)
+            others = [i for i in session.scalars(select(Individual).where(Individual.id != owner.id,
+                                                                          Individual.merged_into_id.is_(None)))]
+            with_two = next(i for i in others if len(list(session.scalars(select(Sighting.annotation_id).where(
+                Sighting.individual_id == i.id, Sighting.status == "active")))) > 1)
+            split_off = session.scalar(select(Sighting.annotation_id).where(Sighting.individual_id == with_two.id))
+        before = _sql_state(stores)
+    finally:
+        stores.close()
+    args = {"reject": ["reject", str(decision.id)], "reassign-new": ["reassign", str(decision.id), "--new"],
+            "merge": ["merge", owner.code, others[0].code],
+            "split": ["split", with_two.code, "--images", str(split_off)]}[command]
+    killed = run_cli(home, *args, env={"REGISTRY_CRASH_AT": point}, expect=None)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    stores = Stores(Settings.load(home), write=True)
+    try:
+        after = _sql_state(stores)
+        assert (after == before) == (point == "curation-in-sql")
+    finally:
+        stores.close()
+    with Registry(Settings.load(home), pipeline=offline_pipeline) as registry:
+        assert doctor.check(registry, repair=True)["unrepaired"] == 0
+        assert doctor.check(registry)["consistent"]
+    stores = Stores(Settings.load(home), write=True)
+    try:
+        check_invariants(stores)
     finally:
         stores.close()

@@ -25,7 +25,8 @@ from registry.services.registry import Registry
 from registry.settings import Settings
 from registry.store.catalog import Catalog
 from registry.store.feature_store import FeatureStore
-from registry.store.vector_index import VectorPoint, open_vector_index
+from registry.store.vector_engines import open_vector_index
+from registry.store.vector_index import VectorPoint
 
 
 def _rows(manifest: Path) -> list[dict[str, str]]:

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from registry.ingest.sources import ManifestError, read_manifest, read_source
+from registry.ingest.manifest import ManifestError
+from registry.ingest.sources import read_manifest, read_source
 from registry.matching.imaging import ImageError, inspect_image, load_image, normalise_orientation
 
 
@@ -142,7 +143,8 @@ def test_camtrap_dp_packages_are_read_row_by_row(tmp_path: Path) -> None:
     first = by_line[2]
     assert (first.identity, first.species, first.deployment, first.location, first.sex, first.life_stage) == (
         "NYA-7", "Tragelaphus angasii", "d1", "north pan", "female", "adult")
-    assert first.latitude == -23.9 and first.captured_at.isoformat() == "2024-06-02T06:00:00"
+    # the reader keeps the offset; the ingest stores UTC
+    assert first.latitude == -23.9 and first.captured_at.isoformat() == "2024-06-02T06:00:00+00:00"
     assert by_line[6].identity == "NYA-9"  # from the event-level observation
     problems = [str(p) for p in manifest.problems]
     assert any("deployments.csv:3: latitude 95.0 is outside" in p for p in problems)

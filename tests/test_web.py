@@ -231,7 +231,7 @@ def _screenshot(page: object, name: str) -> None:
 def test_zz_the_pages_decisions_reached_the_vector_payloads(workspace: dict) -> None:
     """Last in the module: with the server stopped (embedded Qdrant is one process's), every vector payload
     names the individual SQL gives its annotation after the decisions made in the pages."""
-    from registry.store.vector_index import open_vector_index
+    from registry.store.vector_engines import open_vector_index
 
     workspace["server"].terminate()
     workspace["server"].wait(timeout=30)

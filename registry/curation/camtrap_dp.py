@@ -23,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from registry.curation.spreadsheet_safety import safe_row
 from registry.store.catalog import Catalog, follow_merges
 from registry.store.tables import (
     Annotation,
@@ -230,7 +231,7 @@ def export(catalog: Catalog, out_dir: Path, species: str | None = None, title: s
         with open(out_dir / f"{table}.csv", "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=[f.name for f in TABLES[table]])
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(safe_row(row) for row in rows)
     package = _descriptor(title or "Individual identification registry", deployment_rows, media_rows,
                           observation_rows, species)
     (out_dir / "datapackage.json").write_text(json.dumps(package, indent=2) + "\n")

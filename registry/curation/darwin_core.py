@@ -19,6 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 from sqlalchemy import select
 
 from registry.curation.exports import sightings
+from registry.curation.spreadsheet_safety import safe_row
 from registry.store.catalog import Catalog
 from registry.store.tables import Species
 
@@ -59,7 +60,7 @@ def occurrences(catalog: Catalog, species: str | None = None) -> list[dict[str, 
             "dateIdentified": "",
             "identificationVerificationStatus": VERIFICATION[s["method"]],
             "identificationRemarks": (f"score {s['score']:.3f}" if machine and isinstance(s["score"], float) else ""),
-            "associatedMedia": s["image"],
+            "associatedMedia": catalog.paths.public(s["image"]),
             "occurrenceStatus": "present",
         })
     return rows
@@ -102,7 +103,7 @@ def export(catalog: Catalog, out: Path, species: str | None = None, title: str |
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(TERMS), lineterminator="\n")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows(safe_row(row) for row in rows)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:

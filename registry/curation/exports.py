@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from registry.curation.spreadsheet_safety import safe_cells, safe_row
 from registry.store.catalog import Catalog, CatalogError, follow_merges
 from registry.store.tables import (
     Annotation,
@@ -96,7 +97,7 @@ def write_sightings(catalog: Catalog, out: Path, species: str | None = None) -> 
         writer = csv.DictWriter(f, fieldnames=SIGHTING_COLUMNS)
         writer.writeheader()
         for row in sightings(catalog, species):
-            writer.writerow(row)
+            writer.writerow(safe_row(row))
             count += 1
     return count
 
@@ -276,8 +277,8 @@ def write_capture_history(catalog: Catalog, out: Path, occasion: str = "survey",
             writer.writerow(["individual", "ch", "freq", "sex", "life_stage", *occasions])
             for code, row in matrix.items():
                 about = attributes.get(code, {})
-                writer.writerow([code, "".join(map(str, row)), 1, about.get("sex", "unknown"),
-                                 about.get("life_stage", "unknown"), *row])
+                writer.writerow(safe_cells([code, "".join(map(str, row)), 1, about.get("sex", "unknown"),
+                                            about.get("life_stage", "unknown"), *row]))
         else:
             raise ValueError(f"unknown format {fmt!r} (csv or mark)")
     result: dict[str, Any] = {"out": str(out), "occasions": occasions, "individuals": len(matrix),

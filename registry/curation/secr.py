@@ -25,6 +25,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from registry.curation.spreadsheet_safety import safe_cells
 from registry.store.catalog import Catalog, CatalogError, follow_merges
 from registry.store.tables import Annotation, Deployment, Image, Individual, Location, Sighting
 
@@ -179,13 +180,14 @@ def export(catalog: Catalog, out_dir: Path, epsg: int, species: str | None = Non
         writer = csv.writer(handle)
         writer.writerow(["detector", "registry_name", "x", "y", "occasions_operating"])
         for detector, x, y, usage in traps:
-            writer.writerow([detector.label, detector.name, f"{x:.1f}", f"{y:.1f}", usage.count("1")])
+            writer.writerow(safe_cells([detector.label, detector.name, f"{x:.1f}", f"{y:.1f}",
+                                        usage.count("1")]))
     with open(out_dir / "oscr_edf.csv", "w", newline="") as handle:
         number = {detector.label: k for k, (detector, *_rest) in enumerate(traps, start=1)}
         writer = csv.writer(handle)
         writer.writerow(["session", "individual", "occasion", "trap"])
         for _session, code, occasion_number, label in lines:
-            writer.writerow([1, code, occasion_number, number[label]])
+            writer.writerow(safe_cells([1, code, occasion_number, number[label]]))
     with open(out_dir / "oscr_tdf.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["trap", "x", "y", *(f"occ{k}" for k in range(1, occasions + 1))])

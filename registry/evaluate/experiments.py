@@ -24,7 +24,8 @@ from registry.decide.metrics import (
 )
 from registry.decide.scoring import CalibratedFusionScorer, CandidateScore, rank_individuals, wildfusion
 from registry.ingest.ingestion import Ingestor
-from registry.ingest.sources import PhotoRow, read_manifest, write_manifest
+from registry.ingest.manifest import PhotoRow
+from registry.ingest.sources import read_manifest, write_manifest
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -387,7 +388,9 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         if plot:
             from registry.evaluate.plots import score_distributions
 
-            score_distributions(results, sweep_report, registry.scorer, names, plot)  # type: ignore[arg-type]
+            true_scores, false_scores = candidate_scores(results, names)
+            score_distributions(true_scores, false_scores, sweep_report,
+                                registry.scorer.default_threshold, plot)  # type: ignore[attr-defined]
             report["plot"] = str(plot)
         if exhaustive_limit:
             chosen = np.random.default_rng(1).permutation(len(query_rows))[:exhaustive_limit]
@@ -465,3 +468,18 @@ def tune(registry: Registry, queries: Path, tune_alpha: bool = True,
             "thresholds": thresholds, "score_before": before["overall"]["score"],
             "score_after_on_these_queries": after["overall"]["score"],
             "per_species_after": expected["per_species_after"], "policy_version": policy.version}
+
+
+def candidate_scores(results: list[QueryResult], names: dict[int, str]) -> tuple[list[float], list[float]]:
+    """The fused score of each query's true individual and of every other candidate individual (the best image
+    of each), for the score-distribution plot."""
+    true_scores, false_scores = [], []
+    for result in results:
+        best: dict[int, tuple[float, bool]] = {}
+        for candidate in result.candidates:
+            same = names.get(candidate.individual_id) == result.row.identity
+            if candidate.score > best.get(candidate.individual_id, (-1.0, False))[0]:
+                best[candidate.individual_id] = (candidate.score, same)
+        for score, same in best.values():
+            (true_scores if same else false_scores).append(score)
+    return true_scores, false_scores

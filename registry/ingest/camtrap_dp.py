@@ -14,12 +14,13 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
-from registry.ingest.sources import Manifest, ManifestError, RowProblem
+from registry.ingest.manifest import Manifest, ManifestError, RowProblem
 from registry.services.recording import PhotoRow
 from registry.store.tables import LIFE_STAGES, SEXES
+from registry.store.times import to_utc
 
 IMAGE_TYPES = ("image/",)
 
@@ -50,7 +51,7 @@ def _time(text: str | None, what: str) -> datetime | None:
         value = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError(f"{what} {text!r} is not an ISO 8601 date-time") from exc
-    return value.astimezone(UTC).replace(tzinfo=None) if value.tzinfo else value
+    return value  # with its offset (Camtrap DP requires one): the ingest converts every time to UTC
 
 
 def _number(text: str | None, what: str, low: float, high: float) -> float | None:
@@ -66,12 +67,23 @@ def _number(text: str | None, what: str, low: float, high: float) -> float | Non
     return value
 
 
+def _inside(folder: Path, relative: str) -> Path | None:
+    """The package's file at `relative`, or None when that path leaves the package folder (absolute, `..`, a
+    link pointing out): a package read from anywhere must not make the server read its other files."""
+    root = folder.resolve()
+    path = (folder / relative).resolve()
+    return path if path.is_relative_to(root) else None
+
+
 def _table(folder: Path, descriptor: dict, name: str) -> tuple[Path, list[dict[str, str]]]:
     resource = next((r for r in descriptor.get("resources", []) if r.get("name") == name), None)
     relative = resource.get("path") if resource else f"{name}.csv"
     if not isinstance(relative, str):
         raise ManifestError(f"{folder / 'datapackage.json'}: resource {name!r} must have one path")
-    path = folder / relative
+    path = _inside(folder, relative)
+    if path is None:
+        raise ManifestError(f"{folder / 'datapackage.json'}: resource {name!r} path {relative!r} is outside the "
+                            "package folder; a package names its tables relative to itself")
     if not path.is_file():
         raise ManifestError(f"{folder}: the Camtrap DP table {relative} is missing")
     with open(path, newline="", encoding="utf-8-sig") as handle:
@@ -104,7 +116,7 @@ def _animal_row(line: int, folder: Path, file_path: str, timestamp: datetime | N
             raise ValueError(f"observation on line {observed[0][0]}: a bounding box needs bboxX, bboxY, bboxWidth "
                              "and bboxHeight")
         box = (x, y, min(w, 1 - x), min(h, 1 - y))  # type: ignore[operator]
-    image = Path(file_path)
+    image = Path(file_path)  # photos may lie beside the package; a server confines them to its import folder
     return PhotoRow(
         line=line, image=image if image.is_absolute() else folder / image, species=species,
         identity=one("individualID"), captured_at=timestamp, latitude=deployment.latitude,
@@ -189,7 +201,7 @@ def read_package(path: Path, default_species: str | None = None) -> Manifest:
             observed = list(by_media.get(media_id, []))
             for obs_line, obs in by_event.get(deployment.code, []):
                 start, end = _time(obs.get("eventStart"), "eventStart"), _time(obs.get("eventEnd"), "eventEnd")
-                if timestamp and start and end and start <= timestamp <= end:
+                if timestamp and start and end and to_utc(start) <= to_utc(timestamp) <= to_utc(end):  # type: ignore[operator]
                     observed.append((obs_line, obs))
             if not observed:
                 without_animal += 1

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 from registry.ingest.events import animals, assign_events
-from registry.ingest.sources import ManifestError, RowProblem, read_source
+from registry.ingest.manifest import ManifestError, RowProblem
+from registry.ingest.sources import read_source
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.pipeline import Described
 from registry.services.identification import Identification
 from registry.services.recording import PhotoRow
 from registry.services.registry import Registry
 from registry.store.catalog import CatalogError
+from registry.store.times import to_utc
 
 MODES = ("reference", "identify")
 
@@ -47,6 +49,20 @@ class IngestReport:
             "skipped": len(self.problems), "problems": [str(p) for p in self.problems],
             "warnings": self.warnings,
         }
+
+
+def in_utc(rows: list[PhotoRow], location_zones: dict[str, str], registry_zone: str) -> list[PhotoRow]:
+    """Rows with every capture time in UTC: a time with an offset converted, a naive one read in the row's time
+    zone, else its location's (as recorded, or as another row of this source gives it), else the registry's
+    (`store.times`)."""
+    given: dict[str, str] = {}
+    for row in rows:
+        if row.location and row.time_zone:
+            given.setdefault(row.location, row.time_zone)
+    location_zones = {**given, **location_zones}  # a zone already recorded for a place is kept
+    return [replace(row, captured_at=to_utc(row.captured_at, row.time_zone
+                                            or location_zones.get(row.location or "") or registry_zone))
+            for row in rows]
 
 
 class Ingestor:
@@ -83,6 +99,10 @@ class Ingestor:
         report = IngestReport(str(manifest_path), mode, survey, problems=list(manifest.problems),
                               warnings=list(manifest.warnings))
         report.resumed = registry.recorder.resume_pending()
+        manifest.rows = in_utc(manifest.rows, registry.catalog.location_zones(), registry.settings.time_zone)
+        manifest.deployments = [  # operating intervals, like photo times, in UTC
+            replace(info, started_at=to_utc(info.started_at, registry.settings.time_zone),
+                    ended_at=to_utc(info.ended_at, registry.settings.time_zone)) for info in manifest.deployments]
         if manifest.deployments:  # places and operating intervals first, so photos (and secr usage) find them
             try:
                 registry.catalog.register_deployments(manifest.deployments)

@@ -14,18 +14,10 @@ import json
 import math
 from pathlib import Path
 
-from registry.ingest.sources import Manifest, ManifestError, RowProblem
+from registry.ingest.manifest import Manifest, ManifestError, RowProblem
 from registry.services.recording import PhotoRow
 
 ANIMAL = "animal"
-
-
-def is_batch_output(path: Path) -> bool:
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and "images" in data and "detection_categories" in data
 
 
 def read_batch_output(path: Path, default_species: str | None = None, min_confidence: float = 0.2) -> Manifest:
@@ -59,11 +51,17 @@ def read_batch_output(path: Path, default_species: str | None = None, min_confid
             file = Path(entry["file"])
             image = file if file.is_absolute() else path.parent / file
             detections = entry.get("detections") or []
-            kept = 0
+            if not isinstance(detections, list):
+                raise ValueError(f"{entry['file']}: 'detections' is not a list")
+            found: list[PhotoRow] = []  # an entry goes in whole or is reported whole
             for number, detection in enumerate(detections):
+                if not isinstance(detection, dict):
+                    raise ValueError(f"{entry['file']}: detection {number} is not an object")
                 if str(detection.get("category")) not in animal:
                     continue
                 conf = float(detection.get("conf", 0))
+                if not math.isfinite(conf):
+                    raise ValueError(f"{entry['file']}: detection {number} confidence {conf} is not a number")
                 if conf < min_confidence:
                     below += 1
                     continue
@@ -74,12 +72,12 @@ def read_batch_output(path: Path, default_species: str | None = None, min_confid
                 if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 or x < 0 or y < 0 \
                         or x > 1 or y > 1:
                     raise ValueError(f"{entry['file']}: detection {number} bbox {box} is not normalised")
-                rows.append(PhotoRow(line=where, image=image, species=species, box=(x, y, min(w, 1 - x),
-                                                                                    min(h, 1 - y)),
-                                     source="megadetector", confidence=conf))
-                kept += 1
-            empty += kept == 0
-        except (ValueError, TypeError) as exc:
+                found.append(PhotoRow(line=where, image=image, species=species, box=(x, y, min(w, 1 - x),
+                                                                                     min(h, 1 - y)),
+                                      source="megadetector", confidence=conf))
+            rows += found
+            empty += not found
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
             problems.append(RowProblem(str(path), where, str(exc)))
     warnings = []
     if below:

@@ -8,45 +8,21 @@ from __future__ import annotations
 
 import csv
 import math
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from PIL import Image
 
+from registry.ingest.manifest import Manifest, ManifestError, RowProblem
 from registry.services.recording import PhotoRow
 from registry.store.tables import LIFE_STAGES, SEXES
+from registry.store.times import zone
 
 BOX_COLUMNS = ("bbox_x", "bbox_y", "bbox_w", "bbox_h")
 REGISTRY_COLUMNS = {"image", "species", "identity", "viewpoint", "captured_at", "latitude", "longitude",
                     "location", "deployment", "sequence", "sex", "life_stage", *BOX_COLUMNS}
 ANIMALCLEF_COLUMNS = {"image_id", "identity", "path", "species", "orientation", "date", "split"}
 UNKNOWN_IDENTITY = {"", "nan", "none", "null", "unknown", "new_individual"}
-
-
-class ManifestError(ValueError):
-    pass
-
-
-@dataclass(frozen=True)
-class RowProblem:
-    source: str
-    line: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}: {self.reason}"
-
-
-@dataclass
-class Manifest:
-    path: Path
-    format: str
-    rows: list[PhotoRow]
-    problems: list[RowProblem]
-    warnings: list[str]
-    deployments: list[Any] = field(default_factory=list)  # camtrap_dp.DeploymentInfo, registered before the rows
 
 
 def _text(value: str | None) -> str | None:
@@ -84,9 +60,14 @@ def _datetime(value: str | None) -> datetime | None:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError as exc:
         raise ValueError(f"date {text!r} is not ISO 8601 (e.g. 2024-06-01T08:30:00)") from exc
-    if parsed.tzinfo is not None:  # the catalog stores naive UTC
-        parsed = parsed.astimezone(UTC).replace(tzinfo=None)
-    return parsed
+    return parsed  # with its offset when it names one: the ingest converts every time to UTC (store.times)
+
+
+def _time_zone(value: str | None) -> str | None:
+    text = _text(value)
+    if text is not None:
+        zone(text)  # an unknown zone is this row's problem, named
+    return text
 
 
 def _box(raw: dict[str, str | None], image: Path, pixels: bool) -> tuple[float, float, float, float] | None:
@@ -181,6 +162,7 @@ def read_manifest(path: Path, default_species: str | None = None, bbox_pixels: b
                 life_stage=_choice(raw.get("life_stage"), "life_stage", LIFE_STAGES),
                 box=box, source="manifest" if box is not None else "whole-image",
                 sequence=_text(raw.get("sequence")),
+                time_zone=_time_zone(raw.get("time_zone")),
             )
         except ValueError as exc:
             problems.append(RowProblem(str(path), line, str(exc)))
@@ -253,13 +235,21 @@ def _exif_time(path: Path) -> datetime | None:
     try:
         with Image.open(path) as image:
             exif = image.getexif()
-            text = exif.get_ifd(0x8769).get(36867) or exif.get(306)
+            details = exif.get_ifd(0x8769)
+            text = details.get(36867) or exif.get(306)
+            offset = details.get(36881)  # OffsetTimeOriginal, "+02:00", where the camera recorded it
     except Exception:  # an unreadable photo is reported when it is decoded, with its own reason
         return None
     try:
-        return datetime.strptime(str(text).strip(), "%Y:%m:%d %H:%M:%S") if text else None
+        taken = datetime.strptime(str(text).strip(), "%Y:%m:%d %H:%M:%S") if text else None
     except ValueError:
         return None
+    if taken is not None and offset:
+        try:
+            return datetime.fromisoformat(taken.isoformat() + str(offset).strip())
+        except ValueError:
+            return taken
+    return taken
 
 
 def read_folder(path: Path, species: str | None, layout: str = "auto") -> Manifest:

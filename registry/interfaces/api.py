@@ -33,8 +33,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from registry.curation import darwin_core, exports, review
 from registry.curation.curator import CurationError, Curator
 from registry.ingest.ingestion import Ingestor
-from registry.ingest.sources import LAYOUTS, ManifestError, count_items
+from registry.ingest.manifest import ManifestError
+from registry.ingest.sources import LAYOUTS, count_items
 from registry.interfaces import tokens
+from registry.interfaces.server_paths import ServerPaths
 from registry.interfaces.service import Service
 from registry.interfaces.tokens import Caller
 from registry.matching.imaging import ImageError
@@ -151,6 +153,7 @@ class BodyLimit:
 
 def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
     service = Service(settings, registry)
+    paths = ServerPaths(settings, service.import_root, service.uploads)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -252,24 +255,24 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/individuals/{code}/history")
     def history(code: str, _: Reader) -> dict[str, Any]:
-        return service.reads.history(code)
+        return paths.redact(service.reads.history(code))
 
     @app.get("/images/{sha256}/history")
     def image_history(sha256: str, _: Reader) -> dict[str, Any]:
         """The history of the animal in this photo (a photo holding several animals: use its annotations)."""
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
             raise HTTPException(422, "give the photo's sha256 (64 hex digits)")
-        return service.reads.history(service.reads.individual_of_image(sha256))
+        return paths.redact(service.reads.history(service.reads.individual_of_image(sha256)))
 
     @app.get("/annotations/{annotation_id}/history")
     def annotation_history(annotation_id: int, _: Reader) -> dict[str, Any]:
         """The history of the individual one annotation (one animal in one photo) is a sighting of."""
-        return service.reads.history(service.reads.individual_of_image(str(annotation_id)))
+        return paths.redact(service.reads.history(service.reads.individual_of_image(str(annotation_id))))
 
     @app.get("/review")
     def review_queue(_: Reader, species: str | None = None, limit: Annotated[int, Query(ge=1, le=500)] = 20,
                      margin: float = 0.15) -> list[dict[str, Any]]:
-        return review.queue(service.reads, species, limit, margin)
+        return paths.redact(review.queue(service.reads, species, limit, margin))
 
     @app.get("/stats")
     def stats(_: Reader) -> dict[str, int]:
@@ -277,7 +280,7 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
 
     @app.get("/exports/sightings.csv", response_class=PlainTextResponse)
     def export_sightings(_: Reader, species: str | None = None) -> str:
-        return _via_file(lambda out: exports.write_sightings(service.reads, out, species))
+        return paths.text(_via_file(lambda out: exports.write_sightings(service.reads, out, species)))
 
     @app.get("/exports/capture-history", response_class=PlainTextResponse)
     def export_capture_history(_: Reader, occasion: str = "survey", species: str | None = None,
@@ -319,15 +322,17 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         box = parts if bbox_x is not None else None
         if box is not None and (box[0] + box[2] > 1.0001 or box[1] + box[3] > 1.0001):  # type: ignore[operator]
             raise HTTPException(422, "the box must lie inside the photo (x + w and y + h at most 1)")
-        path = _store_upload(image, service.uploads, settings.api_max_upload_mb)
+        path, created = _store_upload(image, service.uploads, settings.api_max_upload_mb)
         try:
             result = service.run(lambda r: r.identify(path, species, viewpoint, record=record, survey=survey,
                                                       captured_at=captured_at, latitude=latitude,
                                                       longitude=longitude, box=box))
         finally:
-            if not record:  # nothing refers to the photo: it is not kept
+            # only a file this request created, that nothing in the catalog refers to (the same photo may be
+            # an earlier sighting's stored copy, or another request may have recorded it meanwhile)
+            if not record and created and not service.reads.annotations_by_sha([path.stem]):
                 path.unlink(missing_ok=True)
-        return {**result.to_json(), "image": path.name, "by": user.name}
+        return paths.redact({**result.to_json(), "image": path.name, "by": user.name})
 
     # --- ingestion jobs ---------------------------------------------------------------------------------
     @app.post("/ingest", status_code=202)
@@ -354,9 +359,9 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
             job = session.get(Job, job_id)
             if job is None:
                 raise HTTPException(404, f"no job {job_id}")
-            return {"job": job.id, "kind": job.kind, "status": job.status, "done": job.done, "total": job.total,
-                    "report": job.report, "error": job.error,
-                    "finished_at": job.finished_at.isoformat() if job.finished_at else None}
+            return paths.redact({"job": job.id, "kind": job.kind, "status": job.status, "done": job.done,
+                                 "total": job.total, "report": job.report, "error": job.error,
+                                 "finished_at": job.finished_at.isoformat() if job.finished_at else None})
 
     # --- curation ---------------------------------------------------------------------------------------
     @app.post("/decisions/{decision_id}/confirm")
@@ -403,9 +408,9 @@ def _via_file(write: Callable[[Path], Any]) -> str:
         return out.read_text()
 
 
-def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> Path:
+def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> tuple[Path, bool]:
     """Keep an uploaded photo under a name made from its content (no caller-chosen paths), after checking size
-    and that it decodes as an image of a supported type."""
+    and that it decodes as an image of a supported type. Returns the path and whether this call created it."""
     limit = int(max_mb * 1024 * 1024)
     data = upload.file.read(limit + 1)
     if len(data) > limit:
@@ -421,12 +426,13 @@ def _store_upload(upload: UploadFile, folder: Path, max_mb: float) -> Path:
     if kind not in UPLOAD_TYPES:
         raise HTTPException(415, f"image type {kind} not accepted ({', '.join(UPLOAD_TYPES)})")
     path = folder / (hashlib.sha256(data).hexdigest() + UPLOAD_TYPES[kind])
-    if not path.exists():
-        handle, tmp = tempfile.mkstemp(dir=folder, suffix=".part")  # concurrent uploads of one photo: no clash
-        with open(handle, "wb") as f:
-            f.write(data)
-        Path(tmp).replace(path)
-    return path
+    if path.exists():
+        return path, False
+    handle, tmp = tempfile.mkstemp(dir=folder, suffix=".part")  # concurrent uploads of one photo: no clash
+    with open(handle, "wb") as f:
+        f.write(data)
+    Path(tmp).replace(path)
+    return path, True
 
 
 def _run_ingest(service: Service, job_id: int, source: Path, body: IngestRequest) -> None:

@@ -26,7 +26,7 @@ from registry.decide.scoring import CalibratedFusionScorer, IndividualScore
 from registry.decide.verifier import PairVerifier, training_rows
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 CROSS_FIT_FOLDS = 5
 TAU_GRID = np.round(np.arange(0.0, 1.0001, 0.01), 2)

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 
 def find_duplicates(registry: Registry, species: str | None = None, margin: float = 0.1,

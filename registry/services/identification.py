@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,10 +36,11 @@ from registry.store import crashpoints
 from registry.store.catalog import CatalogError
 from registry.store.feature_store import feature_key
 from registry.store.tables import Annotation, Image, Location
+from registry.store.times import to_utc
 from registry.store.vector_index import CandidateFilter
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 log = logging.getLogger(__name__)
 
@@ -315,6 +317,9 @@ class Identifier:
         """Identify one photo (or the animal in `box`); with `record`, store the decision as a sighting (or a new
         individual). An annotation already in the registry never matches itself."""
         path = Path(path)
+        if isinstance(captured_at, str):
+            captured_at = datetime.fromisoformat(captured_at.replace("Z", "+00:00"))
+        captured_at = to_utc(captured_at, self.registry.settings.time_zone)
         row = PhotoRow(0, path, species, None, viewpoint, captured_at, latitude, longitude, box=box,
                        source="whole-image" if box is None else "manual")
         sha = sha256_of_file(path)

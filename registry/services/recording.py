@@ -29,7 +29,7 @@ from registry.store.tables import Annotation, region_of, utcnow
 from registry.store.vector_index import VectorPoint
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,7 @@ class PhotoRow:
     source: str = "whole-image"  # who drew the box: manifest, megadetector, camtrap-dp, manual
     confidence: float | None = None  # the detector's confidence in the box
     sequence: str | None = None  # the event (burst) the photo belongs to: the source's id or one made from time
+    time_zone: str | None = None  # the IANA zone of its location's clocks (a manifest's `time_zone` column)
 
     @property
     def region(self) -> str:
@@ -87,7 +88,7 @@ class Recorder:
         image = catalog.image_by_sha(session, sha)
         if image is None:
             survey_row = catalog.survey(session, survey) if survey else None
-            location = (catalog.location(session, row.location, row.latitude, row.longitude)
+            location = (catalog.location(session, row.location, row.latitude, row.longitude, row.time_zone)
                         if row.location else None)
             deployment = catalog.deployment(session, row.deployment, location) if row.deployment else None
             if location is None and deployment is not None and deployment.location_id is not None:

@@ -30,7 +30,7 @@ from registry.store.tables import Embedder
 from registry.store.vector_index import VectorPoint
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 
 class ModelError(CatalogError):
@@ -208,7 +208,10 @@ class ModelVersions:
             cards = [n for n in names if n.endswith(".json") and "/" not in n]
             if len(cards) != 1:
                 raise ModelError(f"{archive_path}: expected one card (.json), found {len(cards)}")
-            card = json.loads(archive.read(cards[0]))
+            try:
+                card = json.loads(archive.read(cards[0]))
+            except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise ModelError(f"{archive_path}: the card {cards[0]} is not readable ({exc})") from exc
             weights = cards[0][: -len(".json")] + ".safetensors"
             if card.get("format") != CARD_FORMAT or weights not in names:
                 raise ModelError(f"{archive_path}: not an exported registry model (card format or weights missing)")
@@ -224,13 +227,25 @@ class ModelVersions:
                                  f"registry has never used ({', '.join(sorted(k[:12] for k in known))})")
             folder = registry.settings.weights_dir / TRAINED_DIR
             folder.mkdir(parents=True, exist_ok=True)
-            for name in (weights, cards[0], cards[0][: -len(".json")] + ".png"):
-                if name in names:
-                    with archive.open(name) as source, open(folder / name, "wb") as out:
-                        shutil.copyfileobj(source, out)
+            # every file is unpacked beside its final name and checked first: a damaged copy of a model that
+            # is already installed (maybe in force) never replaces or deletes it
+            staged: dict[str, Path] = {}
+            try:
+                for name in (weights, cards[0], cards[0][: -len(".json")] + ".png"):
+                    if name in names:
+                        staged[name] = folder / f".{name}.installing"
+                        with archive.open(name) as source, open(staged[name], "wb") as out:
+                            shutil.copyfileobj(source, out)
+                if file_sha256(staged[weights]) != card["weights_sha256"]:
+                    raise ModelError(f"{archive_path}: the weights' sha256 differs from the card's (damaged "
+                                     "archive); nothing was installed or replaced")
+                for name, path in staged.items():
+                    path.replace(folder / name)
+            except (OSError, zipfile.BadZipFile) as exc:
+                raise ModelError(f"{archive_path}: cannot be unpacked ({exc}); nothing was installed") from exc
+            finally:
+                for path in staged.values():
+                    path.unlink(missing_ok=True)
         checkpoint = folder / weights
-        if file_sha256(checkpoint) != card["weights_sha256"]:
-            checkpoint.unlink()
-            raise ModelError(f"{archive_path}: the weights' sha256 differs from the card's (damaged archive)")
         version = TrainingService(registry).register(checkpoint, card)
         return {"version": version, "checkpoint": str(checkpoint), "validation": card.get("validation")}

@@ -21,7 +21,7 @@ from registry.store.tables import Embedder
 from registry.store.vector_index import collection_name
 
 if TYPE_CHECKING:
-    from registry.services.registry import Registry
+    from registry.services.port import RegistryPort as Registry
 
 TRAINED_DIR = "trained"
 FLANKS = {"left", "right"}

@@ -138,11 +138,14 @@ class Catalog:
         return survey
 
     def location(self, session: Session, name: str, latitude: float | None = None,
-                 longitude: float | None = None) -> Location:
-        """The location of this name, created on first use (with the first coordinates given for it)."""
+                 longitude: float | None = None, time_zone: str | None = None) -> Location:
+        """The location of this name, created on first use (with the first coordinates and time zone given for
+        it; a zone given later fills one that is unknown)."""
         found = session.scalar(select(Location).where(Location.name == name))
+        if found is not None and found.time_zone is None and time_zone:
+            found.time_zone = time_zone
         if found is None:
-            found = Location(name=name, latitude=latitude, longitude=longitude)
+            found = Location(name=name, latitude=latitude, longitude=longitude, time_zone=time_zone)
             try:
                 with session.begin_nested():
                     session.add(found)
@@ -169,6 +172,12 @@ class Catalog:
             found.location_id = location.id  # type: ignore[union-attr]
         return found  # type: ignore[return-value]
 
+    def location_zones(self) -> dict[str, str]:
+        """Location name -> the time zone its cameras keep, for the locations whose zone is known."""
+        with self._sessions() as session:
+            return dict(session.execute(select(Location.name, Location.time_zone)  # type: ignore[arg-type]
+                                        .where(Location.time_zone.is_not(None))).all())
+
     def register_deployments(self, deployments: list[Any]) -> None:
         """Locations (with coordinates) and deployments (with operating intervals and setup notes) from a
         source that describes them (a Camtrap DP package); what is already known is completed, not changed."""
@@ -186,13 +195,6 @@ class Catalog:
     # --- images and annotations ----------------------------------------------------------------------------
     def image_by_sha(self, session: Session, sha256: str) -> Image | None:
         return session.scalar(select(Image).where(Image.sha256 == sha256))
-
-    def image_ids_by_sha(self, sha256s: list[str]) -> dict[str, int]:
-        """sha256 -> image id for those of these photo contents that are catalogued."""
-        if not sha256s:
-            return {}
-        with self._sessions() as session:
-            return dict(session.execute(select(Image.sha256, Image.id).where(Image.sha256.in_(sha256s))).all())  # type: ignore[arg-type]
 
     def annotations_by_sha(self, sha256s: list[str]) -> dict[str, list[int]]:
         """sha256 -> the ids of the annotations in that photo, for those of these photos that are catalogued."""
@@ -232,10 +234,6 @@ class Catalog:
                 f"{fields.get('path')}: a photo with sha256 {fields['sha256'][:12]}… was added concurrently"
             ) from exc
         return image
-
-    def image_for(self, session: Session, **fields: Any) -> Image:
-        """The photo with this content, added on first use (its second animal joins the same row)."""
-        return self.image_by_sha(session, fields["sha256"]) or self.add_image(session, **fields)
 
     def add_annotation(self, session: Session, image: Image, species: str, viewpoint: str | None = None,
                        box: tuple[float, float, float, float] | None = None, source: str = "whole-image",

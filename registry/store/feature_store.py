@@ -163,6 +163,3 @@ class FeatureStore:
     def count(self) -> int:
         with self._lock:
             return int(self._conn().execute("SELECT count(*) FROM features").fetchone()[0])
-
-    def size_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.root.glob("features.sqlite*"))

@@ -19,6 +19,12 @@ class PhotoPaths:
             return PurePosixPath(*absolute.relative_to(self.root).parts).as_posix()
         return str(absolute)
 
+    def public(self, path: str | Path) -> str:
+        """How a photo is named outside this machine (a published archive): relative to the photo root, or by
+        its file name when it lies outside the root, never a path on the server."""
+        stored = self.stored(Path(path)) if Path(path).is_absolute() else str(path)
+        return stored if not Path(stored).is_absolute() else Path(stored).name
+
     def local(self, stored: str) -> Path:
         """The photo's path on this machine."""
         path = Path(stored)

@@ -18,7 +18,8 @@ from registry.store import migrate
 from registry.store.catalog import Catalog
 from registry.store.locking import RegistryLock
 from registry.store.tables import Embedder
-from registry.store.vector_index import VectorIndex, open_vector_index
+from registry.store.vector_engines import open_vector_index
+from registry.store.vector_index import VectorIndex
 from registry.store.vector_migration import legacy_vectors_pending
 
 

@@ -63,6 +63,7 @@ class Location(Base):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     latitude: Mapped[float | None] = mapped_column(Float)
     longitude: Mapped[float | None] = mapped_column(Float)
+    time_zone: Mapped[str | None] = mapped_column(String(64))  # IANA zone its cameras' clocks keep
     notes: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from registry.settings import Settings
+    pass
 
 ENGINES = ("qdrant-edge", "qdrant-server", "qdrant-local")
 # payload keys with an index: every filter of `CandidateFilter` uses them
@@ -229,19 +229,3 @@ def point_from_payload(annotation_id: int, vector: np.ndarray, payload: dict[str
     return VectorPoint(annotation_id, vector, payload.get("individual_id"), payload["species"],
                        payload.get("viewpoint"), payload.get("survey_id"), payload.get("image_id"),
                        payload.get("location_id"))
-
-
-def open_vector_index(settings: Settings) -> VectorIndex:
-    """The registry's vector index: a Qdrant server when `qdrant_url` is set, else the embedded engine the
-    settings name (Qdrant Edge by default)."""
-    if not settings.uses_embedded_qdrant:
-        from registry.store.vectors_client import ClientIndex
-
-        return ClientIndex(url=settings.qdrant_url, api_key=settings.qdrant_api_key)
-    if settings.vector_engine == "qdrant-local":
-        from registry.store.vectors_client import ClientIndex
-
-        return ClientIndex(path=settings.qdrant_path)
-    from registry.store.vectors_edge import EdgeIndex
-
-    return EdgeIndex(settings.vectors_path)

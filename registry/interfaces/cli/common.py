@@ -9,7 +9,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from registry.ingest.sources import ManifestError
+from registry.ingest.manifest import ManifestError
 from registry.matching.imaging import ImageError
 from registry.matching.weights import WeightsMismatchError, WeightsNotFoundError
 from registry.services.registry import Registry
