@@ -225,6 +225,6 @@ def test_a_damaged_model_archive_replaces_nothing(registry: Registry, tmp_path: 
         zipped.writestr("model-v2.json", json.dumps(card))
         zipped.writestr("model-v2.safetensors", b"a damaged copy")
     with pytest.raises(ModelError, match="damaged"):
-        registry.models.install(archive)
+        registry.embedder_versions.install(archive)
     assert installed.read_bytes() == b"the model in force"
     assert sorted(p.name for p in folder.iterdir()) == ["model-v2.safetensors"]

@@ -37,7 +37,7 @@ def _state(home: Path) -> dict:
         collections = dict(registry.collections)
         return {"policy": policy, "primary_sha": primary.weights_sha256, "collections": collections,
                 "counts": {c: registry.index.count(c) for c in registry.index.collections()},
-                "models": registry.models.list()}
+                "models": registry.embedder_versions.list()}
 
 
 @pytest.fixture(scope="module")

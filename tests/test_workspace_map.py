@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from registry.interfaces.web.routes import _map
+from registry.interfaces.web.maps import sighting_map as _map
 
 
 def _tile(latitude: float, longitude: float, zoom: int) -> tuple[int, int]:

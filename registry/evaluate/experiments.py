@@ -360,7 +360,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         else:  # reembedding recalibrates with the trained version: calibrating the frozen one first is wasted
             began = time.perf_counter()
             card = registry.training.train(train, say=say)
-            moved = registry.models.reembed(card["version"], say=say, calibration_pairs=calibration_pairs)
+            moved = registry.embedder_versions.reembed(card["version"], say=say, calibration_pairs=calibration_pairs)
             report["training"] = {"version": card["version"], "seconds": time.perf_counter() - began,
                                   "validation": card["validation"], "best_epoch": card["best_epoch"],
                                   "history": card["history"], "training_set": card["training_set"],

@@ -63,7 +63,7 @@ def check(registry: Registry, repair: bool = False) -> dict[str, Any]:
         _repair(registry, problems, states)
     unrepaired = [p for p in problems if not p.repaired]
     # not an inconsistency (the version in force is complete), but work left: a reembed that stopped
-    unfinished = registry.models.unfinished(sum(1 for s in states.values() if s["status"] == "indexed"))
+    unfinished = registry.embedder_versions.unfinished(sum(1 for s in states.values() if s["status"] == "indexed"))
     return {"consistent": not problems, "problems": [p.to_json() for p in problems],
             "repaired": len(problems) - len(unrepaired), "unrepaired": len(unrepaired),
             "annotations": len(states), "unfinished_reembeds": unfinished}

@@ -272,8 +272,9 @@ class Registry:
                                           matching=matching)
 
     @property
-    def models(self) -> Any:
-        """Embedder versions: list, reembed, prune, export, install (`registry.services.reembedding`)."""
+    def embedder_versions(self) -> Any:
+        """Embedder versions: list, reembed, prune, export, install (`registry.services.reembedding`; the CLI's
+        `registry models` shows them beside the profile's weights)."""
         from registry.services.reembedding import ModelVersions
 
         return ModelVersions(self)

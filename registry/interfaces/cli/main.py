@@ -28,7 +28,7 @@ from registry.interfaces.cli.common import (
     progress_bar,
     root_obj,
 )
-from registry.matching import weights_catalog as models
+from registry.matching import weights_catalog
 from registry.services.registry import Registry
 from registry.settings import PROFILES, Settings
 from registry.store.stores import vector_index_summary
@@ -85,7 +85,7 @@ def init(ctx: click.Context, profile: str | None, download: bool, photo_root: Pa
         bar.close()
     settings.profile = policy.profile
     missing = []
-    for status in models.model_status(settings, download=download):
+    for status in weights_catalog.model_status(settings, download=download):
         if not status.resolved:
             missing.append(status)
             click.echo(f"warning: {status.name}: {status.error}", err=True)
@@ -616,7 +616,7 @@ def models_group() -> None:
 def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Each model of the profile (or NAMES): found or not, where, and its SHA-256."""
     settings: Settings = root_obj(ctx)["settings"]()
-    statuses = models.model_status(settings, names)
+    statuses = weights_catalog.model_status(settings, names)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved for s in statuses):
         ctx.exit(4)
@@ -628,7 +628,7 @@ def models_list(ctx: click.Context, names: tuple[str, ...]) -> None:
 def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Fetch weights into the registry's weights folder (on a connected machine, before going offline)."""
     settings: Settings = root_obj(ctx)["settings"]()
-    statuses = models.model_status(settings, names, download=True)
+    statuses = weights_catalog.model_status(settings, names, download=True)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved for s in statuses):
         ctx.exit(4)
@@ -640,13 +640,13 @@ def models_download(ctx: click.Context, names: tuple[str, ...]) -> None:
 def models_verify(ctx: click.Context, names: tuple[str, ...]) -> None:
     """Load each model strictly into its architecture: truncated or foreign files fail."""
     settings: Settings = root_obj(ctx)["settings"]()
-    statuses = models.verify(settings, names)
+    statuses = weights_catalog.verify(settings, names)
     _emit_models(ctx, settings, statuses)
     if not all(s.resolved and s.verified for s in statuses):
         ctx.exit(4)
 
 
-def _emit_models(ctx: click.Context, settings: Settings, statuses: list[models.ModelStatus]) -> None:
+def _emit_models(ctx: click.Context, settings: Settings, statuses: list[weights_catalog.ModelStatus]) -> None:
     lines = [f"profile {settings.profile}; weights folder {settings.weights_dir}"]
     for s in statuses:
         if s.resolved:

@@ -57,10 +57,10 @@ def train(ctx: click.Context, species: str | None, then_reembed: bool, flips: tu
 
 
 def _reembed(ctx: click.Context, registry, version: str | None, say) -> dict:  # type: ignore[no-untyped-def]
-    models = registry.models
+    versions = registry.embedder_versions
     total = sum(1 for s in registry.catalog.annotation_states().values() if s["status"] == "indexed")
     with progress_bar("reembed", total) as bar:
-        return models.reembed(version, say=say, progress=bar.update, actor=root_obj(ctx).get("actor") or "registry")
+        return versions.reembed(version, say=say, progress=bar.update, actor=root_obj(ctx).get("actor") or "registry")
 
 
 @click.command()
@@ -87,7 +87,7 @@ def reembed(ctx: click.Context, version: str | None) -> None:
 def models_trained(ctx: click.Context) -> None:
     """Every embedder version of this registry: in force, parent, validation, vectors."""
     with open_registry(ctx) as registry:
-        rows = registry.models.list()
+        rows = registry.embedder_versions.list()
     lines = [f"{'*' if r['in_force'] else ' '} {r['version']:<48} vectors {r['vectors']:>7}"
              + (f"  trained from {r['parent']}, validation score {fmt(r['validation_score'])}" if r["trained"] else "")
              + ("  (pruned)" if r["pruned_at"] else "") for r in rows]
@@ -101,7 +101,7 @@ def models_trained(ctx: click.Context) -> None:
 def models_export(ctx: click.Context, target: Path, version: str | None) -> None:
     """Write a trained model (weights, card, training curve) as one zip for another registry."""
     with open_registry(ctx) as registry:
-        path = registry.models.export(version, target)
+        path = registry.embedder_versions.export(version, target)
     emit(ctx, {"exported": str(path)}, f"exported to {path}")
 
 
@@ -111,7 +111,7 @@ def models_export(ctx: click.Context, target: Path, version: str | None) -> None
 def models_install(ctx: click.Context, archive: Path) -> None:
     """Install a model exported from another registry of the same embedder; `registry reembed` puts it in force."""
     with open_registry(ctx) as registry:
-        result = registry.models.install(archive)
+        result = registry.embedder_versions.install(archive)
     emit(ctx, result, f"installed {result['version']}; put it in force: registry reembed --model {result['version']}")
 
 
@@ -126,7 +126,7 @@ def vectors_group() -> None:
 def vectors_prune(ctx: click.Context, dry_run: bool) -> None:
     """Delete the vectors of embedder versions not in force (after a reembed)."""
     with open_registry(ctx) as registry:
-        pruned = registry.models.prune(dry_run=dry_run)
+        pruned = registry.embedder_versions.prune(dry_run=dry_run)
     verb = "would delete" if dry_run else "deleted"
     emit(ctx, pruned, "\n".join(f"{verb} {p['collection']} ({p['vectors']} vectors of {p['version']})"
                                 for p in pruned) or "nothing to prune: only the version in force has vectors")
