@@ -287,3 +287,38 @@ def test_recorded_decisions_name_the_policy_version_and_scorer_that_scored_them(
             expected, _ = decision_margin(decision.outcome, [c["score"] for c in decision.candidates],
                                           [c["code"] for c in decision.candidates], decision.threshold, False)
             assert decision.margin == pytest.approx(expected)
+
+
+def test_calibrating_one_species_alone_leaves_the_others_deciding_and_a_failed_calibration_changes_nothing(
+    tmp_path: Path, offline_pipeline: Pipeline,
+) -> None:
+    """`calibrate --species X` on a registry with no pooled calibration used to make every other species'
+    identification raise KeyError; a calibration that fails after storing its batch leaves the policy as it was."""
+    from registry.evaluate import synth
+    from registry.ingest.sources import read_manifest, write_manifest
+
+    lynx_root, leopards = tmp_path / "lynx", tmp_path / "leopards"
+    synth.generate(lynx_root, individuals=5, seasons=1, seed=11, photos_per_sighting=(2, 2))
+    synth.generate(leopards, individuals=4, seasons=1, seed=12, photos_per_sighting=(2, 2))
+    rows = [replace(r, species="synlynx") for r in read_manifest(lynx_root / "season1" / "manifest.csv").rows]
+    write_manifest(rows, lynx_root / "season1" / "lynx.csv")
+    leopard_rows = rows_of(leopards / "season1" / "manifest.csv")
+    held_out = leopards / "season1" / leopard_rows[-1]["image"]
+    with open(leopards / "season1" / "manifest.csv") as f:
+        lines = f.read().splitlines()
+    (leopards / "season1" / "references.csv").write_text("\n".join(lines[:-1]) + "\n")
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline")
+    Registry.init(settings)
+    with Registry(settings, pipeline=offline_pipeline) as registry:
+        Ingestor(registry).ingest(leopards / "season1" / "references.csv", "s1", "reference")
+        Ingestor(registry).ingest(lynx_root / "season1" / "lynx.csv", "s1", "reference")
+        before = registry.policy.version
+        with crashpoints.armed("calibrate-batch-saved"), pytest.raises(InjectedFault):
+            registry.calibrate(per_class=40, species="synlynx", self_tune=False)
+        assert registry.policy.version == before  # the stored batch is named by no policy: nothing changed
+        registry.calibrate(per_class=40, species="synlynx", self_tune=False)
+        assert set(registry.policy.calibration_batches) == {"synlynx"}
+        answer = registry.identify(held_out, "synleopard", record=True)
+        assert answer.outcome.scorer == "raw-local-matches"
+        assert answer.outcome.threshold == registry.policy.uncalibrated_threshold
+        assert answer.decision_id is not None

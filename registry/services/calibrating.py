@@ -24,6 +24,7 @@ from registry.decide.metrics import Prediction, evaluate
 from registry.decide.policy import ALL_SPECIES
 from registry.decide.scoring import CalibratedFusionScorer, IndividualScore
 from registry.decide.verifier import PairVerifier, training_rows
+from registry.store import crashpoints
 
 if TYPE_CHECKING:
     from registry.services.port import RegistryPort as Registry
@@ -344,6 +345,7 @@ class CalibrationService:
             "learned_fusion": "cross-fitted" if fusion else None,
         }
         batch = registry.catalog.save_calibrations(fitted, fusion, len(pairs), summary)
+        crashpoints.reached("calibrate-batch-saved")  # a batch no policy names is inert
         policy = registry.policy
         same_models = policy.model_versions == versions
         batches = dict(policy.calibration_batches) if species and same_models else {}

@@ -32,6 +32,7 @@ POINTS = (
     "after-indexed",  # the write completed
     "curation-in-sql",  # inside a curation's transaction: rows changed, the audit entry not yet written
     "curation-after-sql",  # a curation committed, the vectors' payloads not yet rewritten
+    "calibrate-batch-saved",  # a calibration batch stored, no policy names it yet
     "reembed-batch",  # a batch of vectors written into a new embedder version's collection, no switch yet
     "migrate-batch",  # a batch of vectors copied from local mode into Qdrant Edge, the collection not recorded
 )
