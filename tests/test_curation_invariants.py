@@ -220,7 +220,10 @@ def _operate(curator: Curator, stores: Stores, name: str) -> None:
             individual = session.scalar(select(Individual).where(Individual.code == other))
             annotations = list(session.scalars(select(Sighting.annotation_id).where(
                 Sighting.individual_id == individual.id, Sighting.status == "active")))
-        curator.split(other, [str(annotations[0])]) if len(annotations) > 1 else curator.merge(other, owner)
+        if len(annotations) > 1:
+            curator.split(other, [str(annotations[0])])
+        else:  # nothing to split off: a merge is the individual-level change left
+            curator.merge(other, owner)
 
 
 @pytest.mark.parametrize("point", crashpoints.CURATION_POINTS)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -317,8 +316,6 @@ class Identifier:
         """Identify one photo (or the animal in `box`); with `record`, store the decision as a sighting (or a new
         individual). An annotation already in the registry never matches itself."""
         path = Path(path)
-        if isinstance(captured_at, str):
-            captured_at = datetime.fromisoformat(captured_at.replace("Z", "+00:00"))
         captured_at = to_utc(captured_at, self.registry.settings.time_zone)
         row = PhotoRow(0, path, species, None, viewpoint, captured_at, latitude, longitude, box=box,
                        source="whole-image" if box is None else "manual")
@@ -375,14 +372,13 @@ class Identifier:
                 policy_id=outcome.policy_version)
             if outcome.outcome == "match":
                 individual = catalog.resolve(session, outcome.ranked[0].code)
-                if individual.retired_at is not None:  # a sighting brings a retired individual back
-                    individual.retired_at = None
             else:
                 individual = catalog.new_individual(session, species, decision=decision)
             decision.individual_id = individual.id
             for annotation in annotations:
                 catalog.add_sighting(session, annotation, individual, "automatic", decision)
                 crashpoints.reached("after-sighting")
+            catalog.reconcile_retired(session, {individual.id})  # a sighting brings a retired individual back
             recorded.update(code=individual.code, decision_id=decision.id, event_id=first.event_id)
             return [individual.id] * len(annotations)
 

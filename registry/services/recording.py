@@ -174,8 +174,6 @@ class Recorder:
                     individual = catalog.new_individual(session, row.species, name=row.identity)
                 elif individual.merged_into_id is not None:
                     individual = catalog.resolve(session, individual.code)
-                if individual.retired_at is not None:  # a label brings a retired individual back
-                    individual.retired_at = None
                 for name in ("sex", "life_stage"):  # a manifest fills what is unknown, never overwrites
                     value = getattr(row, name)
                     if value and value != "unknown" and getattr(individual, name) == "unknown":
@@ -183,6 +181,7 @@ class Recorder:
                 catalog.add_sighting(session, annotation, individual, "reference")
                 crashpoints.reached("after-sighting")
                 individuals.append(individual.id)
+            catalog.reconcile_retired(session, set(individuals))  # a label brings a retired individual back
             return individuals
 
         self.write(batch, survey, label)

@@ -199,7 +199,8 @@ class Registry:
             return
         present = set(self.index.collections())
         lost = [c for c in collections if c not in present or self.index.count(c) == 0]
-        indexed = self.catalog.stats()["annotations"] - self.catalog.stats()["pending_annotations"] if lost else 0
+        counts = self.catalog.stats() if lost else {"annotations": 0, "pending_annotations": 0}
+        indexed = counts["annotations"] - counts["pending_annotations"]
         if lost and indexed:
             where = self.settings.vectors_path if self.settings.uses_embedded_qdrant else self.settings.qdrant_url
             raise VectorIndexLostError(
