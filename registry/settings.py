@@ -20,7 +20,8 @@ PROFILES = ("paper", "offline", "tiny-test")
 # What a registry made before these settings existed ran with: absent keys mean these values, so its feature
 # cache, calibrations and decisions stay valid.
 LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_individuals": 0, "lnbnn_individuals": 0,
-                "verify": False, "lnbnn_photos": 1, "combine_photos": 1}
+                "verify": False, "lnbnn_photos": 1, "combine_photos": 1, "engine": "lightglue"}
+LOCAL_ENGINES = ("mnn", "lightglue")
 
 
 @dataclass
@@ -29,6 +30,12 @@ class LocalMatcherSettings:
     # top-1 13 % at 256 keypoints, 57 % at 1024); its cost is paid only for the best few candidates.
     max_keypoints: int = 1024
     long_side: int = 512
+    # How a pair's correspondences are found: "mnn" (mutual nearest descriptors that pass Lowe's ratio test,
+    # one matrix multiply per pair from the cached 8-bit descriptors, ~1 ms) or "lightglue" (the learned
+    # matcher, ~300 ms per pair at 1024 keypoints on a 2-core CPU). Both are verified by MAGSAC.
+    # benchmarks/matching_engines.py compares them on the same queries and pairs.
+    engine: str = "mnn"
+    ratio: float = 0.9  # mnn: nearest / second-nearest descriptor distance must stay below this
     min_confidence: float = 0.5  # a LightGlue correspondence counts when its confidence reaches this
     pair_batch: int = 0  # candidate pairs per LightGlue call; 0 = per device (1 on CPU, 32 on GPU; measured)
     upscale: bool = True  # enlarge photos smaller than long_side (Holstein faces are ~100 x 190 px)
@@ -60,6 +67,10 @@ class LocalMatcherSettings:
                       "lnbnn_photos", "combine_photos")
 
     def __post_init__(self) -> None:
+        if self.engine not in LOCAL_ENGINES:
+            raise ValueError(f"unknown local matching engine {self.engine!r}; known: {', '.join(LOCAL_ENGINES)}")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"the ratio test's threshold must be in (0, 1], not {self.ratio!r}")
         for species, overrides in self.species.items():
             unknown = set(overrides) - set(self.SPECIES_FIELDS)
             if unknown:
@@ -112,6 +123,10 @@ class Settings:
     precision: str = "auto"  # auto = bf16/fp16 autocast on accelerators, fp32 on CPU; or fp32, bf16, fp16
     batch_size: int = 8
     decode_workers: int = 2  # threads decoding the next photos while the models run
+    # Where ALIKED's dense backbone runs on a CPU: "auto" (ONNX Runtime when it is installed, else PyTorch),
+    # "onnx" or "torch". Same keypoints and descriptors up to float rounding (tests/test_matching_engine.py);
+    # benchmarks/identify_speed.py --runtime measures both. GPUs always run PyTorch.
+    local_runtime: str = "auto"
     # The offline profile's ImageNet embedding ranks the true individual only ~7th of 20 on synthetic data,
     # so retrieval is kept broad and the local matcher (decisive there) reranks many individuals.
     ann_top_k: int = 100  # images retrieved from the vector index per query

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,10 @@ torch.set_num_threads(2)
 # a test sets them (per-species overrides in test_calibration_and_fusion), and combine_photos keeps its default.
 os.environ.setdefault("REGISTRY_LOCAL_MATCHER", '{"max_keypoints": 256, "first_pass_keypoints": 128, '
                       '"lnbnn_individuals": 6, "lnbnn_photos": 1}')
+
+# ALIKED's backbone graphs (ONNX Runtime) are exported once per image size for the whole run, CLI processes
+# included, and never into the home folder of whoever runs the tests.
+os.environ.setdefault("REGISTRY_ONNX_CACHE", tempfile.mkdtemp(prefix="registry-onnx-"))
 
 POSTGRES_URL = os.environ.get("REGISTRY_TEST_DATABASE_URL")
 SHARED_DATA = Path(os.environ.get("REGISTRY_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -215,7 +215,7 @@ def test_match_sheet_is_rendered(registry: Registry, population: Path, tmp_path:
     result = render(registry, answer.decision_id, tmp_path / "sheet.png", candidates=3)
     with PILImage.open(tmp_path / "sheet.png") as sheet:
         assert sheet.size == (2 * PANEL[0], HEADER + 3 * (PANEL[1] + CAPTION))
-    assert result["correspondences_drawn"] >= 40  # the true match's LightGlue correspondences
+    assert result["correspondences_drawn"] >= 40  # the correspondences the engine counted for the true match
 
 
 def test_attributes_are_edited_with_audit_and_undo_and_places_come_from_the_manifest(

@@ -168,8 +168,10 @@ def test_local_matcher_version_names_every_setting_that_changes_scores(tmp_path:
 
     base = version()
     variants = [version(max_keypoints=1024), version(long_side=640), version(min_confidence=0.2),
-                version(pair_batch=8)]
-    assert len({base, *variants}) == 5
+                version(pair_batch=8), version(engine="mnn"), version(engine="mnn", ratio=0.8)]
+    assert len({base, *variants}) == 7
+    # LightGlue's confidence and batching do not change descriptor matches: the same version, same calibrations
+    assert version(engine="mnn", min_confidence=0.2, pair_batch=8) == version(engine="mnn")
     assert LocalMatchScorer("aliked", 40).name == "raw-local-matches"
 
 

@@ -61,6 +61,28 @@ def test_store_put_get_legacy_and_damaged(tmp_path: Path) -> None:
     store.close()
 
 
+def test_a_query_reads_all_its_candidates_in_one_batch(tmp_path: Path) -> None:
+    rng = np.random.default_rng(2)
+    store = FeatureStore(tmp_path, "aliked-n16-x-k1024-s512")
+    stored = {feature_key(f"{i:02x}" * 32, "whole"): _features(rng, 20 + i) for i in range(700)}  # > one chunk
+    for key, features in stored.items():
+        store.put(key, features)
+    old = _features(rng, 5)
+    legacy = store.legacy_path("old-entry")
+    legacy.parent.mkdir(parents=True)
+    np.savez(legacy, keypoints=old.keypoints, descriptors=old.descriptors, image_size=np.asarray([512, 384]))
+    damaged = next(iter(stored))
+    store._conn().execute("UPDATE features SET data = ? WHERE key = ?", (b"\x07junk", damaged))
+    wanted = [*stored, "old-entry", "missing", "old-entry"]  # a legacy entry, a missing one, a repeat
+    found = store.get_many(wanted)
+    assert set(found) == (set(stored) - {damaged}) | {"old-entry"}
+    for key in list(stored)[1:]:
+        assert found[key].image_size == (512, 384) and len(found[key]) == len(stored[key])
+        np.testing.assert_array_equal(found[key].keypoints, store.get(key).keypoints)
+    assert not store.has(damaged) and not legacy.exists()  # the damaged one dropped, the legacy one moved in
+    store.close()
+
+
 def test_two_processes_share_the_cache(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     store = FeatureStore(tmp_path, "v1")

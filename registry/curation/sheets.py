@@ -70,10 +70,8 @@ def render(registry: Registry, decision_id: int, out: Path, candidates: int = 3)
         sheet.paste(c_image, (PANEL[0] + c_offset[0], top + c_offset[1]))
         q_features, c_features = features.get(query_info["feature_key"]), features.get(info["feature_key"])
         if q_features is not None and c_features is not None:
-            matches = pipeline.local.match(q_features, [c_features])[0]
+            matches = pipeline.local.correspondences(q_features, [c_features])[0]  # the ones the score counted
             for qi, ci, confidence in zip(matches.query_idx, matches.candidate_idx, matches.confidence, strict=True):
-                if confidence < pipeline.local.min_confidence:
-                    continue
                 qx, qy = q_features.keypoints[qi] / q_frame * q_scale
                 cx, cy = c_features.keypoints[ci] / c_frame * c_scale
                 draw.line([(q_offset[0] + qx, top + q_offset[1] + qy),

@@ -19,6 +19,7 @@ from registry.ingest.manifest import ManifestError, RowProblem
 from registry.ingest.sources import read_source
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.pipeline import Described
+from registry.matching.timing import StageTimes
 from registry.services.identification import Identification
 from registry.services.recording import PhotoRow
 from registry.services.registry import Registry
@@ -153,9 +154,10 @@ class Ingestor:
                     continue
                 seen_in_run.add((sha, row.region))
                 todo.append((row, sha))
+            batch_timer = StageTimes()
             described_all = registry.identification.describe(
                 [r.image for r, _ in todo], [r.species for r, _ in todo], [r.viewpoint for r, _ in todo],
-                [r.box for r, _ in todo])
+                [r.box for r, _ in todo], batch_timer)
             good: list[tuple[PhotoRow, str, Described]] = []
             for (row, sha), described in zip(todo, described_all, strict=True):
                 if isinstance(described, ImageError):
@@ -167,7 +169,7 @@ class Ingestor:
                 # another registry's codes (a Camtrap DP package's individualID) are names here, never our codes
                 registry.recorder.record_references(good, survey, match_codes=manifest.format != "camtrap-dp")
             elif good:
-                self._identify(good, survey, scope, report, on_identified)
+                self._identify(good, survey, scope, report, on_identified, batch_timer.share(1 / len(todo)))
             if progress:
                 progress(len(batch))
         return report
@@ -190,8 +192,10 @@ class Ingestor:
         return batches
 
     def _identify(self, good: list[tuple[PhotoRow, str, Described]], survey: str, scope: tuple[int, ...] | None,
-                  report: IngestReport, on_identified: Callable[[PhotoRow, Identification], None] | None) -> None:
-        """Identify a batch in time order: each event's animals jointly, every other annotation alone."""
+                  report: IngestReport, on_identified: Callable[[PhotoRow, Identification], None] | None,
+                  described_each: StageTimes) -> None:
+        """Identify a batch in time order: each event's animals jointly, every other annotation alone.
+        `described_each`: one photo's share of describing the batch (each decision reports its stages)."""
         described_of = {id(row): (row, sha, described) for row, sha, described in good}
         groups: dict[str, list[PhotoRow]] = {}
         order: list[list[PhotoRow]] = []
@@ -206,7 +210,7 @@ class Ingestor:
         for group in order:
             for animal in animals(group):
                 identification = self.registry.identification.identify_and_record(
-                    [described_of[id(r)] for r in animal], survey, scope)
+                    [described_of[id(r)] for r in animal], survey, scope, described_each.share(len(animal)))
                 if identification.outcome.outcome == "match":
                     report.matched += 1
                 else:

@@ -29,6 +29,7 @@ from registry.matching.embedders import (
 )
 from registry.matching.imaging import ImageError, crop_to_box, load_image, normalise_orientation
 from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures
+from registry.matching.timing import StageTimes
 from registry.settings import Settings
 
 
@@ -84,7 +85,7 @@ class Pipeline:
             min_confidence=local.min_confidence, weights_dir=settings.weights_dir,
             allow_download=settings.allow_download, random_init_for_tests=random_local,
             pair_batch=local.pair_batch, precision=settings.precision, upscale=local.upscale,
-            verify=local.verify)
+            verify=local.verify, engine=local.engine, ratio=local.ratio, runtime=settings.local_runtime)
         self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
 
     def replace_embedder(self, embedder: TorchEmbedder) -> TorchEmbedder:
@@ -143,7 +144,10 @@ class Pipeline:
         boxes = boxes if boxes is not None else [None] * len(paths)
         return list(self._decoder.map(one, zip(paths, species, viewpoints, boxes, strict=True)))
 
-    def describe(self, images: list[Image.Image]) -> list[Described]:
-        vectors = {e.name: e.embed(images) for e in self.embedders}
-        local = self.local.extract(images)
+    def describe(self, images: list[Image.Image], timer: StageTimes | None = None) -> list[Described]:
+        timer = timer or StageTimes()
+        with timer.stage("describe-global"):
+            vectors = {e.name: e.embed(images) for e in self.embedders}
+        with timer.stage("describe-local"):
+            local = self.local.extract(images)
         return [Described({name: v[i] for name, v in vectors.items()}, f) for i, f in enumerate(local)]

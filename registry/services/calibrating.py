@@ -290,16 +290,31 @@ class CalibrationService:
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Callable[[int], None] | None = None,
                   actor: str = "registry", self_tune: bool = True, policy_changes: dict[str, Any] | None = None,
-                  reason: str = "", matching: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
+                  reason: str = "", matching: dict[str, dict[str, int]] | None = None,
+                  engine: str | None = None) -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
         the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
         queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
         that species' calibrators and tau change; the others' stay as they were.
 
         `matching`: per-species matching-stage overrides (LocalMatcherSettings.species; {} clears a species')
-        that go into force with this calibration, since raw scores fitted under other settings would not fit."""
+        that go into force with this calibration, since raw scores fitted under other settings would not fit.
+        `engine`: the local matching engine ("mnn" or "lightglue", LocalMatcherSettings.engine) to switch every
+        species to, likewise with this calibration."""
         registry = self.registry
         previous = registry.settings.local
+        matcher = registry.pipeline.local
+        previous_engine = matcher.engine
+        if engine is not None:
+            if species is not None:
+                raise CalibrationError("the matching engine is the registry's, not a species': calibrate every "
+                                       "species to change it (drop --species)")
+            try:
+                previous = replace(previous, engine=engine)
+            except ValueError as exc:
+                raise CalibrationError(str(exc)) from exc
+            registry.settings.local, matcher.engine = previous, engine
+            previous = replace(previous, engine=previous_engine)
         if matching is not None:
             if species is not None and set(matching) - {species}:
                 raise CalibrationError(f"calibrate --species {species} cannot change the matching of "
@@ -315,6 +330,7 @@ class CalibrationService:
                                    reason)
         except BaseException:
             registry.settings.local = previous  # nothing went into force: keep matching as the policy says
+            matcher.engine = previous_engine
             raise
 
     def _calibrate(self, per_class: int | None, species: str | None, seed: int, learned: bool,

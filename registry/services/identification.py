@@ -29,6 +29,7 @@ from registry.decide.scoring import (
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
+from registry.matching.timing import StageTimes
 from registry.services.recording import PhotoRow
 from registry.settings import LocalMatcherSettings
 from registry.store import crashpoints
@@ -58,6 +59,7 @@ class Identification:
     box: tuple[float, float, float, float] | None = None  # the animal's box in the photo (None: whole photo)
     event_id: int | None = None
     joint: int = 1  # how many annotations (photos of one animal in one event) this decision was made from
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (matching/timing.py)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -77,6 +79,7 @@ class Identification:
             "candidates": [{"individual": c.code, "score": c.score, "best_annotation_id": c.best_annotation_id}
                            for c in self.outcome.ranked[:10]],
             "problems": self.problems,
+            "timings": self.timings,
         }
 
 
@@ -90,13 +93,15 @@ class Identifier:
     # --- describing photos -------------------------------------------------------------------------------
     def describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
                  boxes: list[tuple[float, float, float, float] | None] | None = None,
-                 ) -> list[Described | ImageError]:
+                 timer: StageTimes | None = None) -> list[Described | ImageError]:
         """Load and describe photos (or the animals' boxes in them) as one batch; a photo that fails becomes its
         ImageError."""
         pipeline = self.registry.pipeline
-        loaded = pipeline.load_many(paths, species, viewpoints, boxes)
+        timer = timer or StageTimes()
+        with timer.stage("decode"):
+            loaded = pipeline.load_many(paths, species, viewpoints, boxes)
         good = [im for im in loaded if not isinstance(im, ImageError)]
-        described = iter(pipeline.describe(good)) if good else iter(())
+        described = iter(pipeline.describe(good, timer)) if good else iter(())
         return [im if isinstance(im, ImageError) else next(described) for im in loaded]
 
     def candidate_features(self, annotation_ids: list[int], problems: list[str] | None = None,
@@ -109,9 +114,10 @@ class Identifier:
                                    .join(Image, Image.id == Annotation.image_id)
                                    .where(Annotation.id.in_(annotation_ids))).all()
         out = {}
+        cached = registry.features.get_many([feature_key(sha, a.region) for a, sha, _ in rows])
         for annotation, sha, stored in rows:
             key = feature_key(sha, annotation.region)
-            features = registry.features.get(key)
+            features = cached.get(key)
             if features is None:
                 path = registry.catalog.paths.local(stored)
                 try:
@@ -155,27 +161,35 @@ class Identifier:
     def candidates(self, described: Described, species: str, viewpoint: str | None,
                    exclude: tuple[int, ...] = (), problems: list[str] | None = None,
                    exclude_individuals: tuple[int, ...] = (),
-                   locations: tuple[int, ...] | None = None) -> list[CandidateScore]:
+                   locations: tuple[int, ...] | None = None, timer: StageTimes | None = None,
+                   ) -> list[CandidateScore]:
         """The best individuals by the primary embedding (grouped query), each shortlisted photo scored by every
         matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: annotations never to
         return (the query's own when it is already in the registry); `locations`: only references photographed
         there."""
         registry = self.registry
         settings, pipeline = registry.settings, registry.pipeline
+        timer = timer or StageTimes()
         local = settings.local.for_species(species)
         primary = pipeline.primary.name
-        hits = registry.index.search_individuals(
-            registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
-            settings.rerank_images_per_individual, species, viewpoint, exclude_annotation_ids=exclude,
-            exclude_individuals=exclude_individuals, location_ids=locations)
-        shortlist = {h.annotation_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
-        features = self.candidate_features(list(shortlist), problems)
+        with timer.stage("retrieval"):
+            hits = registry.index.search_individuals(
+                registry.collections[primary], described.vectors[primary], settings.rerank_individuals,
+                settings.rerank_images_per_individual, species, viewpoint, exclude_annotation_ids=exclude,
+                exclude_individuals=exclude_individuals, location_ids=locations)
+            shortlist = {h.annotation_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
+            features = self.candidate_features(list(shortlist), problems)
         annotation_ids = [i for i in shortlist if i in features]
         matcher = pipeline.local
-        if local.first_pass_keypoints and local.full_rerank_individuals:
-            annotation_ids = self._first_pass(described, annotation_ids, shortlist, features, local)
+        # a cheaper first pass only pays where pairs are expensive (LightGlue); descriptor matching scores every
+        # shortlisted photo at the full budget for less than LightGlue's first pass costs
+        if local.engine == "lightglue" and local.first_pass_keypoints and local.full_rerank_individuals:
+            with timer.stage("first-pass"):
+                annotation_ids = self._first_pass(described, annotation_ids, shortlist, features, local)
         if local.lnbnn_individuals:  # the animals whose keypoints vote best, whatever the global embedding says
-            ranking = self.lnbnn_ranking(described, species, viewpoint, exclude, exclude_individuals, locations)
+            with timer.stage("lnbnn"):
+                ranking = self.lnbnn_ranking(described, species, viewpoint, exclude, exclude_individuals,
+                                             locations)
             photos_of = dict(ranking)
             chosen = {shortlist[i] for i in annotation_ids}
             extra: dict[int, int] = {}
@@ -185,12 +199,14 @@ class Identifier:
             newcomers = [individual for individual, _ in ranking if individual not in chosen]
             for individual in newcomers[: local.lnbnn_individuals]:
                 extra.update({p: individual for p in photos_of[individual][: max(1, local.lnbnn_photos)]})
-            features.update(self.candidate_features(list(extra), problems))
+            with timer.stage("retrieval"):
+                features.update(self.candidate_features(list(extra), problems))
             shortlist.update(extra)
             annotation_ids += [i for i in extra if i in features]
-        sims = self.global_similarities(described.vectors, annotation_ids)
+        with timer.stage("retrieval"):
+            sims = self.global_similarities(described.vectors, annotation_ids)
         local_scores = matcher.pair_scores(described.local, [features[i] for i in annotation_ids],
-                                           budget=local.max_keypoints)
+                                           budget=local.max_keypoints, timer=timer)
         candidates = []
         for annotation_id, scores in zip(annotation_ids, local_scores, strict=True):
             raw = {**{name: by_annotation[annotation_id] for name, by_annotation in sims.items()}, **scores}
@@ -262,8 +278,12 @@ class Identifier:
             self._pool = DescriptorPool(self)
         return self._pool
 
-    def judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
+    def judge(self, candidates: list[CandidateScore], species: str, timer: StageTimes | None = None) -> Outcome:
         """Score candidates under the policy in force, rank individuals by their best image, open-set rule."""
+        with (timer or StageTimes()).stage("decision"):
+            return self._judge(candidates, species)
+
+    def _judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
         registry = self.registry
         policy_version, scorer = registry.scorer_in_force()
         scorer = scorer.for_species(species)
@@ -305,9 +325,10 @@ class Identifier:
         return self.registry.settings.local.for_species(species).combine_photos if scorer.probabilities else 1
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
-              problems: list[str] | None = None, locations: tuple[int, ...] | None = None) -> Outcome:
-        return self.judge(self.candidates(described, species, viewpoint, exclude, problems, locations=locations),
-                          species)
+              problems: list[str] | None = None, locations: tuple[int, ...] | None = None,
+              timer: StageTimes | None = None) -> Outcome:
+        return self.judge(self.candidates(described, species, viewpoint, exclude, problems, locations=locations,
+                                          timer=timer), species, timer)
 
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
                  survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
@@ -327,22 +348,26 @@ class Identifier:
             exclude = (known.id,) if known is not None else ()
         if record and known is not None:
             raise CatalogError(f"{path.name}: this animal is already in the registry as annotation {known.id}")
-        described = self.describe([path], [species], [viewpoint], [box])[0]
+        timer = StageTimes()
+        described = self.describe([path], [species], [viewpoint], [box], timer)[0]
         if isinstance(described, ImageError):
             raise described
         if not record:
             problems: list[str] = []
-            outcome = self.match(described, species, viewpoint, exclude, problems, scope)
-            return Identification(str(path), species, outcome, problems=problems, box=box)
-        return self.identify_and_record([(row, sha, described)], survey, scope)
+            outcome = self.match(described, species, viewpoint, exclude, problems, scope, timer)
+            return Identification(str(path), species, outcome, problems=problems, box=box,
+                                  timings=timer.to_json())
+        return self.identify_and_record([(row, sha, described)], survey, scope, timer)
 
     def identify_and_record(self, animal: list[tuple[PhotoRow, str, Described]], survey: str | None,
-                            locations: tuple[int, ...] | None = None) -> Identification:
+                            locations: tuple[int, ...] | None = None, timer: StageTimes | None = None,
+                            ) -> Identification:
         """Decide one animal from its annotations (one, or several photos of it in one event) and record the
         decision: one decision row, a sighting per annotation. An event's photos are judged jointly: every
         photo's candidates are pooled, so each individual is scored by its best pairs over the whole burst."""
         registry = self.registry
         registry.recorder.resume_pending()
+        timer = timer or StageTimes()
         problems: list[str] = []
         species, viewpoint = animal[0][0].species, animal[0][0].viewpoint
         others = sorted({row.species for row, _sha, _described in animal} - {species})
@@ -352,8 +377,8 @@ class Identifier:
         pooled: list[CandidateScore] = []
         for row, _sha, described in animal:
             pooled += self.candidates(described, species, row.viewpoint or viewpoint, problems=problems,
-                                      locations=locations)
-        outcome = self.judge(pooled, species)
+                                      locations=locations, timer=timer)
+        outcome = self.judge(pooled, species, timer)
         catalog = registry.catalog
         recorded: dict[str, Any] = {}
 
@@ -368,7 +393,7 @@ class Identifier:
                 threshold=outcome.threshold,
                 candidates=[c.to_json() for c in outcome.ranked[:20]], profile=registry.pipeline.profile,
                 model_versions={**registry.pipeline.versions, "scorer": outcome.scorer, "problems": problems,
-                                "annotations": [a.id for a in annotations]},
+                                "annotations": [a.id for a in annotations], "timings": timer.to_json()},
                 policy_id=outcome.policy_version)
             if outcome.outcome == "match":
                 individual = catalog.resolve(session, outcome.ranked[0].code)
@@ -382,11 +407,12 @@ class Identifier:
             recorded.update(code=individual.code, decision_id=decision.id, event_id=first.event_id)
             return [individual.id] * len(annotations)
 
-        items = registry.recorder.write(animal, survey, decide_rows)
+        with timer.stage("recording"):
+            items = registry.recorder.write(animal, survey, decide_rows)
         row = animal[0][0]
         return Identification(str(row.image), species, outcome, recorded["decision_id"], items[0].annotation_id,
                               recorded["code"], problems, box=row.box, event_id=recorded["event_id"],
-                              joint=len(animal))
+                              joint=len(animal), timings=timer.to_json())
 
 
 class DescriptorPool:

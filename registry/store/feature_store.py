@@ -144,6 +144,28 @@ class FeatureStore:
         self.reads += 1
         return features
 
+    def get_many(self, keys: list[str]) -> dict[str, LocalFeatures]:
+        """The cached features of several entries in one read (a query's candidates); missing keys are absent."""
+        wanted = list(dict.fromkeys(keys))
+        rows: list[tuple[str, bytes]] = []
+        with self._lock:
+            connection = self._conn()
+            for start in range(0, len(wanted), 500):  # SQLite's bound-parameter limit
+                chunk = wanted[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                rows += connection.execute(f"SELECT key, data FROM features WHERE key IN ({marks})", chunk).fetchall()
+        out: dict[str, LocalFeatures] = {}
+        for key, blob in rows:
+            try:
+                out[key] = unpack(blob)
+            except (ValueError, struct.error):
+                self.delete(key)  # a damaged entry is recomputed, never matched
+        self.reads += len(out)
+        for key in wanted:
+            if key not in out and (legacy := self._get_legacy(key)) is not None:
+                out[key] = legacy
+        return out
+
     def _get_legacy(self, key: str) -> LocalFeatures | None:
         path = self.legacy_path(key)
         try:

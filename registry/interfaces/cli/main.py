@@ -312,9 +312,12 @@ def stats(ctx: click.Context) -> None:
                    '\'{"cow": {"lnbnn_individuals": 20, "lnbnn_photos": 2}}\' ({} clears a species\'); fields: '
                    'max_keypoints (at most the described budget), first_pass_keypoints, full_rerank_individuals, '
                    'lnbnn_individuals, lnbnn_photos.')
+@click.option("--engine", type=click.Choice(["mnn", "lightglue"]), default=None,
+              help="Switch the local matching engine (mutual nearest descriptors, ~1 ms a pair, or LightGlue, "
+                   "~300 ms a pair on a CPU) with this calibration; every species is recalibrated.")
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
-              self_tune: bool, matching: str | None) -> None:
+              self_tune: bool, matching: str | None, engine: str | None) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos, choose tau per species
     on simulated open-set queries (leave-identities-out), and put both in force as a new decision policy."""
     overrides = None
@@ -330,7 +333,7 @@ def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: 
         with progress_bar("calibration pairs", total) as bar:
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
                                          actor=root_obj(ctx).get("actor") or "registry calibrate",
-                                         self_tune=self_tune, matching=overrides)
+                                         self_tune=self_tune, matching=overrides, engine=engine)
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
