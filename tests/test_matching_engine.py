@@ -85,7 +85,7 @@ def test_the_engine_is_checked_and_registries_made_before_it_keep_lightglue() ->
     with pytest.raises(ValueError, match="ratio test"):
         LocalMatcherSettings(ratio=1.5)
     assert LocalMatcherSettings.from_json({"max_keypoints": 1024}).engine == "lightglue"
-    assert LocalMatcherSettings().engine == "mnn"
+    assert LocalMatcherSettings().engine == "lightglue"  # mnn collapses on nyala (docs/benchmarks.md)
 
 
 def test_stage_times_add_up_and_refuse_unknown_stages() -> None:
@@ -126,18 +126,27 @@ def test_calibrate_switches_the_engine_with_its_calibration_or_not_at_all(tmp_pa
     init_registry(data, "tiny-test")
     run_cli(data, "ingest", str(population / "season1" / "manifest.csv"), "--mode", "reference",
             "--survey", "s1")
-    refused = run_cli(data, "calibrate", "--engine", "lightglue", "--species", "synleopard", expect=1)
+    refused = run_cli(data, "calibrate", "--engine", "mnn", "--species", "synleopard", expect=1)
     assert "drop --species" in refused.stderr + refused.stdout
     with Registry(Settings.load(data)) as registry:
         before = registry.policy
-        assert before.matcher_settings["engine"] == "mnn"
-    run_cli(data, "calibrate", "--engine", "lightglue", "--pairs", "20", "--no-self-tune")
+        assert before.matcher_settings["engine"] == "lightglue"
+    run_cli(data, "calibrate", "--engine", "mnn", "--pairs", "20", "--no-self-tune")
     with Registry(Settings.load(data)) as registry:
         after = registry.policy
-        assert after.matcher_settings["engine"] == "lightglue" and after.version > before.version
-        assert registry.pipeline.local.engine == "lightglue"
-        assert "-lightglue-" in after.model_versions["aliked"]
+        assert after.matcher_settings["engine"] == "mnn" and after.version > before.version
+        assert registry.pipeline.local.engine == "mnn"
+        assert "-mnn-r0.9" in after.model_versions["aliked"]
         assert registry.scorer.name.startswith("calibrated")  # its calibrations apply to the engine in force
+    changed = run_cli(data, "init", "--engine", "lightglue", expect=1)
+    assert "registry calibrate --engine lightglue" in changed.stderr
+
+
+def test_a_new_registry_can_start_with_descriptor_matching(tmp_path: Path) -> None:
+    data = tmp_path / "registry"
+    run_cli(data, "init", "--profile", "tiny-test", "--engine", "mnn", "--no-download")
+    with Registry(Settings.load(data)) as registry:
+        assert registry.policy.matcher_settings["engine"] == "mnn" and registry.pipeline.local.engine == "mnn"
 
 
 def test_the_onnx_backbone_gives_kornias_keypoints_and_descriptors(tmp_path: Path, population: Path) -> None:

@@ -44,6 +44,14 @@ def is_resighting(a: dict[str, Any], b: dict[str, Any], min_gap_hours: float) ->
     return ta is not None and tb is not None and abs((ta - tb).total_seconds()) >= min_gap_hours * 3600
 
 
+def same_side(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two photos can show the same side of an animal, as the query path compares them (a known viewpoint
+    meets its own, `both` and unknown ones). A left and a right flank of one nyala share no keypoint: as a
+    "same individual" pair they teach the calibration that matching keypoints mean nothing."""
+    va, vb = a.get("viewpoint"), b.get("viewpoint")
+    return va is None or vb is None or va == vb or "both" in (va, vb)
+
+
 def cross_fitted_fusion(pairs: list[LabelledPair], matchers: list[str], folds: int = CROSS_FIT_FOLDS,
                         seed: int = 0) -> LearnedFusion:
     """The learned fusion fitted on out-of-sample calibrated scores: each pair's calibrated scores come from
@@ -106,7 +114,7 @@ class CalibrationService:
 
         def mate(a: int, b: int) -> bool:
             return a != b and by_id[a]["individual_id"] == by_id[b]["individual_id"] and (
-                not strict or is_resighting(by_id[a], by_id[b], gap))
+                not strict or is_resighting(by_id[a], by_id[b], gap)) and same_side(by_id[a], by_id[b])
 
         positives: list[LabelledPair] = []
         negatives: list[LabelledPair] = []
@@ -198,7 +206,7 @@ class CalibrationService:
                          for k, a in enumerate(photos) for b in photos[k + 1:])
 
             def mate(a: dict[str, Any], b: dict[str, Any], strict: bool = strict) -> bool:
-                return b is not a and (not strict or is_resighting(a, b, gap))
+                return b is not a and (not strict or is_resighting(a, b, gap)) and same_side(a, b)
 
             unknown_queries = [i for ind in unknown for i in images_of[ind]]
             known_queries = [i for ind in individuals if ind not in unknown for i in images_of[ind]
