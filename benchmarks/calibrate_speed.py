@@ -1,7 +1,7 @@
 """Reference ingest and `registry calibrate` on a 1 000-photo labelled reference (issue 23's targets: >= 4 photos/s
 ingested, calibration <= 5 minutes on this 2-core CPU). One command, one run:
 
-    .venv/bin/python benchmarks/calibrate_speed.py [--data ../shared/data] [--photos 1000]
+    .venv/bin/python benchmarks/calibrate_speed.py [--data ../shared/data] [--photos 1000] [--engine mnn]
 
 Ingests `--photos` seeded Holstein photos as a reference (describe + index + record, the registry's defaults) and
 calibrates it with the defaults (calibration pairs, self-tuned tau on simulated open-set queries, pair verifier);
@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -31,12 +32,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
     parser.add_argument("--photos", type=int, default=1000)
+    parser.add_argument("--engine", choices=("lightglue", "mnn"), default="mnn",
+                        help="local matching engine of the registry (LightGlue calibrates ~25x slower)")
     args = parser.parse_args()
     metadata, rows, _, _ = holstein_split(args.data, args.photos, 0)
     with tempfile.TemporaryDirectory(prefix="calibrate-speed-") as tmp:
         root = Path(tmp)
         write_manifest(root / "reference.csv", rows, metadata.parent)
         settings = Settings.for_profile("offline", data_dir=root / "registry")
+        settings.local = replace(settings.local, engine=args.engine)
         Registry.init(settings)
         with Registry(Settings.load(settings.data_dir)) as registry:
             _ = registry.pipeline, registry.collections  # model loading is not part of either figure
