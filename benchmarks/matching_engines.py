@@ -124,7 +124,6 @@ def replay(records: list[dict], lightglue_top: tuple[int, ...] = (1, 2, 3)) -> d
         for ratio in RATIOS:
             for score in ("inliers", "count"):
                 values = {j: record[f"mnn_{ratio:g}_{score}"][str(j)] for j in reach}
-                values = {j: v for j, v in values.items()}
                 ranking = top_individuals(values, owners, max(lightglue_top))
                 hit(f"mnn r{ratio:g}, {score}", ranking, truth)
                 if ratio != 0.9 or score != "inliers":

@@ -113,6 +113,38 @@ def test_pairwise_clustering_against_a_hand_count() -> None:
     assert metrics["individuals_created"] == 2 and metrics["individuals_true"] == 2
 
 
+def test_calibration_pairs_only_pair_photos_of_one_side(
+        population: Path, offline_pipeline: Pipeline, tmp_path: Path) -> None:
+    """A left and a right flank of one animal share no keypoint: as a "same individual" pair they would teach the
+    calibration that matches mean nothing. Every animal here is photographed on both sides."""
+    import csv
+
+    rows = []
+    for season in ("season1", "season2"):  # returning animals: four photos each
+        source = population / season / "manifest.csv"
+        with source.open() as handle:
+            rows += [{**row, "image": str(source.parent / row["image"])} for row in csv.DictReader(handle)]
+    seen: dict[str, int] = {}
+    for row in rows:  # alternate flanks within each animal's photos
+        seen[row["identity"]] = seen.get(row["identity"], -1) + 1
+        row["viewpoint"] = ("left", "right")[seen[row["identity"]] % 2]
+    manifest = tmp_path / "sided.csv"
+    with manifest.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    assert max(seen.values()) >= 3  # two photos of each side: same-side and cross-side positives both possible
+    settings = Settings(data_dir=tmp_path / "reg", profile="offline")
+    Registry.init(settings)
+    with Registry(settings, pipeline=offline_pipeline) as registry:
+        Ingestor(registry).ingest(manifest, "s1", "reference")
+        side = {i["annotation_id"]: i["viewpoint"] for i in registry.catalog.labelled_annotations(None)}
+        pairs, _ = registry.calibration.sample_pairs(per_class=40, seed=0)
+        positives = [p for p in pairs if p.same]
+        assert positives
+        assert all(side[p.query_annotation_id] == side[p.candidate_annotation_id] for p in positives)
+
+
 def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeline: Pipeline,
                                                tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path / "reg", profile="offline", fusion="wildfusion")

@@ -44,13 +44,13 @@ def test_mutual_nearest_matches_equal_the_brute_force_definition(ratio: float) -
     query = _unit(np.concatenate([shared, rng.normal(size=(40, 128))]))
     candidates = [  # some of the query's keypoints seen again with noise, in another order, among others
         _unit(np.concatenate([rng.normal(size=(30, 128)), shared[::-1] + 0.3 * rng.normal(size=(60, 128))])),
-        _unit(rng.normal(size=(90, 128))),  # another animal: same length, batched with the first
-        _unit(rng.normal(size=(17, 128))),  # another length: its own batch
+        _unit(rng.normal(size=(90, 128))),  # another animal
+        _unit(rng.normal(size=(17, 128))),  # fewer keypoints than the query
         _unit(rng.normal(size=(1, 128))),  # too few keypoints for a ratio test: no matches
     ]
     features = [LocalFeatures(np.zeros((len(d), 2), np.float32), d, (512, 512)) for d in candidates]
     found = mutual_nearest_matches(LocalFeatures(np.zeros((100, 2), np.float32), query, (512, 512)), features,
-                                   ratio=ratio, chunk=1)
+                                   ratio=ratio)
     for matches, candidate in zip(found, candidates, strict=True):
         expected = _brute_force(query, candidate, ratio) if len(candidate) >= 2 else set()
         assert set(zip(matches.query_idx.tolist(), matches.candidate_idx.tolist(), strict=True)) == expected
@@ -176,3 +176,21 @@ def test_the_onnx_backbone_gives_kornias_keypoints_and_descriptors(tmp_path: Pat
     assert sorted(p.name for p in (tmp_path / "onnx").glob("*.onnx")) == exported  # reused, not exported again
     with pytest.raises(ValueError, match="unknown local runtime"):
         AlikedLightGlue(max_keypoints=512, runtime="tensorrt")
+
+
+def test_a_backbone_onnx_cannot_take_stays_in_pytorch_when_asked_for_auto(tmp_path: Path, population: Path) -> None:
+    """A cache folder that cannot be made (here: a file stands in its place): `auto` warns and describes with
+    PyTorch, the same features as the eager model; `onnx` is an error naming the graph."""
+    pytest.importorskip("onnxruntime")
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("")
+    season = population / "season1"
+    photo = Image.open(season / rows_of(season / "manifest.csv")[0]["image"]).convert("RGB")
+    expected = AlikedLightGlue(max_keypoints=256, runtime="torch").extract([photo])[0]
+    auto = AlikedLightGlue(max_keypoints=256, runtime="auto", compiled_dir=blocked / "onnx")
+    assert auto.runtime == "onnx"
+    got = auto.extract([photo])[0]
+    np.testing.assert_array_equal(got.keypoints, expected.keypoints)
+    strict = AlikedLightGlue(max_keypoints=256, runtime="onnx", compiled_dir=blocked / "onnx")
+    with pytest.raises(RuntimeError, match="not-a-folder/onnx/aliked-dense-"):
+        strict.extract([photo])

@@ -133,8 +133,10 @@ class AlikedLightGlue:
         if self.runtime == "onnx":
             from registry.matching.onnx_backbone import OnnxBackbone
 
+            # asked for "auto": a size ONNX Runtime cannot take stays in PyTorch; asked for "onnx": an error
+            fallback = self.extractor.extract_dense_map if runtime == "auto" else None
             self.extractor.extract_dense_map = OnnxBackbone(  # type: ignore[method-assign]
-                self.extractor, compiled_dir)
+                self.extractor, compiled_dir, fallback=fallback)
 
     def _runtime(self, asked: str) -> str:
         """Where ALIKED's backbone runs: ONNX Runtime only on CPUs (and where it is installed)."""
@@ -341,41 +343,32 @@ def lnbnn_votes(query_descriptors: np.ndarray, reference_descriptors: np.ndarray
             for i, v in enumerate(votes.tolist()) if v > 0}
 
 
-def mutual_nearest_matches(query: LocalFeatures, candidates: list[LocalFeatures], ratio: float = 0.9,
-                           min_similarity: float = 0.0, chunk: int = 1) -> list[PairMatches]:
+def mutual_nearest_matches(query: LocalFeatures, candidates: list[LocalFeatures],
+                           ratio: float = 0.9) -> list[PairMatches]:
     """Correspondences without a learned matcher: descriptor pairs that are each other's nearest neighbour and
     pass Lowe's ratio test (nearest / second-nearest distance < `ratio`, in the candidate photo).
 
-    One matrix multiply per pair, or per `chunk` same-sized candidates (descriptors are unit length, so the
-    similarity is their dot product): ~2 ms per 1024 x 1024-keypoint pair on a 2-core CPU, where LightGlue takes
-    ~365 ms (one pair at a time measured fastest there: the similarity matrix stays in cache).
-    `confidence` is each match's cosine similarity.
+    One matrix multiply per pair (descriptors are unit length, so the similarity is their dot product): ~2 ms per
+    1024 x 1024-keypoint pair on a 2-core CPU, where LightGlue takes ~365 ms (pair by pair measured faster than
+    batches there: the similarity matrix stays in cache). `confidence` is each match's cosine similarity.
     """
     empty = np.zeros(0, dtype=np.int64)
     results = [PairMatches(empty, empty, np.zeros(0, dtype=np.float32))] * len(candidates)
     if len(query) < 2:
         return results
     query_t = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32))
-    by_length: dict[int, list[int]] = {}
     for index, candidate in enumerate(candidates):
-        if len(candidate) >= 2:
-            by_length.setdefault(len(candidate), []).append(index)
-    for indices in by_length.values():
-        for start in range(0, len(indices), chunk):
-            group = indices[start : start + chunk]
-            stacked = torch.from_numpy(np.stack([candidates[i].descriptors for i in group]).astype(np.float32))
-            # (B, query, candidate), contiguous along the candidate's keypoints; every reduction below is a
-            # vectorised max (an arg-max across rows or a top-k cost several times more on a CPU)
-            similarity = torch.matmul(query_t, stacked.transpose(1, 2))
-            nearest = similarity.argmax(dim=2, keepdim=True)
-            best = similarity.gather(2, nearest).squeeze(2)
-            mutual = best >= similarity.amax(dim=1).gather(1, nearest.squeeze(2))  # the candidate's best is it
-            second = similarity.scatter_(2, nearest, -2.0).amax(dim=2)
-            ratio_ok = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0)) < ratio * torch.sqrt(
-                torch.clamp(2.0 - 2.0 * second, min=0.0))
-            keep = mutual & ratio_ok & (best >= min_similarity)
-            for row, index in enumerate(group):
-                query_idx = torch.nonzero(keep[row], as_tuple=True)[0]
-                results[index] = PairMatches(query_idx.numpy(), nearest[row, query_idx, 0].numpy(),
-                                             best[row, query_idx].numpy())
+        if len(candidate) < 2:
+            continue
+        # (query, candidate), contiguous along the candidate's keypoints; every reduction below is a vectorised
+        # max (an arg-max across rows or a top-k costs several times more on a CPU)
+        similarity = query_t @ torch.from_numpy(np.ascontiguousarray(candidate.descriptors, dtype=np.float32)).T
+        nearest = similarity.argmax(dim=1, keepdim=True)
+        best = similarity.gather(1, nearest).squeeze(1)
+        mutual = best >= similarity.amax(dim=0)[nearest.squeeze(1)]  # the candidate keypoint's best is this one
+        second = similarity.scatter_(1, nearest, -2.0).amax(dim=1)
+        ratio_ok = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0)) < ratio * torch.sqrt(
+            torch.clamp(2.0 - 2.0 * second, min=0.0))
+        query_idx = torch.nonzero(mutual & ratio_ok, as_tuple=True)[0]
+        results[index] = PairMatches(query_idx.numpy(), nearest[query_idx, 0].numpy(), best[query_idx].numpy())
     return results

@@ -16,6 +16,7 @@ import logging
 import os
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,10 @@ class _DenseBackbone(nn.Module):
 class OnnxBackbone:
     """A drop-in for `aliked.extract_dense_map` that runs the backbone in ONNX Runtime."""
 
-    def __init__(self, aliked: nn.Module, cache_dir: Path | None = None, threads: int | None = None) -> None:
+    def __init__(self, aliked: nn.Module, cache_dir: Path | None = None, threads: int | None = None,
+                 fallback: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None) -> None:
+        """`fallback`: the PyTorch backbone to use, with a warning, for a size whose graph cannot be exported or
+        loaded (`local_runtime: auto`); without one such a failure is an error naming the graph's path."""
         import onnxruntime
         from kornia.feature.aliked.aliked import InputPadder
 
@@ -82,9 +86,12 @@ class OnnxBackbone:
         self.weights_tag = digest.hexdigest()[:12]
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.options = onnxruntime.SessionOptions()
-        self.options.intra_op_num_threads = threads or max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not macOS
+        self.options.intra_op_num_threads = threads or max(1, cores or 1)
         self.options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # PyTorch runs next
+        self.fallback = fallback
+        self._failed: set[tuple[int, ...]] = set()
 
     def _session(self, shape: tuple[int, ...]) -> Any:
         import onnxruntime
@@ -110,5 +117,19 @@ class OnnxBackbone:
     def __call__(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         padder = self._padder_type(image.shape[-2], image.shape[-1], DIVISOR)
         padded = padder.pad(image).contiguous()
-        features, scores = self._session(tuple(padded.shape)).run(None, {"image": padded.cpu().numpy()})
+        shape = tuple(padded.shape)
+        if shape in self._failed and self.fallback is not None:
+            return self.fallback(image)
+        try:
+            session = self._session(shape)
+        except Exception as exc:
+            where = self.cache_dir / f"aliked-dense-{self.weights_tag}-{'x'.join(map(str, shape))}.onnx"
+            if self.fallback is None:
+                raise RuntimeError(f"ALIKED's backbone could not run in ONNX Runtime ({where}): {exc}; set "
+                                   "local_runtime to 'torch' or 'auto' in settings.json") from exc
+            log.warning("ALIKED's backbone stays in PyTorch for %s-pixel images: %s (%s)",
+                        "x".join(map(str, shape[-2:])), exc, where)
+            self._failed.add(shape)
+            return self.fallback(image)
+        features, scores = session.run(None, {"image": padded.cpu().numpy()})
         return padder.unpad(torch.from_numpy(features)), padder.unpad(torch.from_numpy(scores))

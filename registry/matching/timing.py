@@ -41,7 +41,7 @@ class StageTimes:
         return part
 
     def to_json(self) -> dict[str, float]:
-        """Stages in running order (milliseconds-rounded seconds) and their total."""
+        """Stages in running order (seconds, to 0.1 ms) and their total."""
         out = {name: round(self.seconds[name], 4) for name in STAGES if name in self.seconds}
         out["total"] = round(sum(self.seconds.values()), 4)
         return out

@@ -312,33 +312,29 @@ class CalibrationService:
         registry = self.registry
         previous = registry.settings.local
         matcher = registry.pipeline.local
-        previous_engine = matcher.engine
-        if engine is not None:
-            if species is not None:
-                raise CalibrationError("the matching engine is the registry's, not a species': calibrate every "
-                                       "species to change it (drop --species)")
-            try:
-                previous = replace(previous, engine=engine)
-            except ValueError as exc:
-                raise CalibrationError(str(exc)) from exc
-            registry.settings.local, matcher.engine = previous, engine
-            previous = replace(previous, engine=previous_engine)
-        if matching is not None:
-            if species is not None and set(matching) - {species}:
-                raise CalibrationError(f"calibrate --species {species} cannot change the matching of "
-                                       f"{', '.join(sorted(set(matching) - {species}))}: their calibrations were "
-                                       "fitted under the settings in force")
-            merged = {**previous.species, **matching}
-            try:
-                registry.settings.local = replace(previous, species={sp: o for sp, o in merged.items() if o})
-            except (TypeError, ValueError) as exc:
-                raise CalibrationError(f"matching overrides {matching}: {exc}") from exc
+        if species is not None and engine is not None:
+            raise CalibrationError("the matching engine is the registry's, not a species': calibrate every "
+                                   "species to change it (drop --species)")
+        if species is not None and matching is not None and set(matching) - {species}:
+            raise CalibrationError(f"calibrate --species {species} cannot change the matching of "
+                                   f"{', '.join(sorted(set(matching) - {species}))}: their calibrations were "
+                                   "fitted under the settings in force")
+        wanted = previous
+        try:
+            if engine is not None:
+                wanted = replace(wanted, engine=engine)
+            if matching is not None:
+                merged = {**previous.species, **matching}
+                wanted = replace(wanted, species={sp: o for sp, o in merged.items() if o})
+        except (TypeError, ValueError) as exc:
+            message = f"matching overrides {matching}: {exc}" if matching is not None else str(exc)
+            raise CalibrationError(message) from exc
+        registry.settings.local, matcher.engine = wanted, wanted.engine
         try:
             return self._calibrate(per_class, species, seed, learned, progress, actor, self_tune, policy_changes,
                                    reason)
-        except BaseException:
-            registry.settings.local = previous  # nothing went into force: keep matching as the policy says
-            matcher.engine = previous_engine
+        except BaseException:  # nothing went into force: keep matching as the policy says
+            registry.settings.local, matcher.engine = previous, previous.engine
             raise
 
     def _calibrate(self, per_class: int | None, species: str | None, seed: int, learned: bool,

@@ -324,8 +324,8 @@ def stats(ctx: click.Context) -> None:
                    'max_keypoints (at most the described budget), first_pass_keypoints, full_rerank_individuals, '
                    'lnbnn_individuals, lnbnn_photos.')
 @click.option("--engine", type=click.Choice(["mnn", "lightglue"]), default=None,
-              help="Switch the local matching engine (mutual nearest descriptors, ~1 ms a pair, or LightGlue, "
-                   "~300 ms a pair on a CPU) with this calibration; every species is recalibrated.")
+              help="Switch the local matching engine (mutual nearest descriptors, ~2 ms a pair, or LightGlue, "
+                   "~365 ms a pair on a 2-core CPU) with this calibration; every species is recalibrated.")
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
               self_tune: bool, matching: str | None, engine: str | None) -> None:
