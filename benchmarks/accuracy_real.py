@@ -1,6 +1,7 @@
 """Accuracy on the real development sets, one command: the protocol of docs/accuracy.md, then the table.
 
     .venv/bin/python benchmarks/accuracy_real.py [--data ../shared/data] [--only nyala] [--out-dir DIR]
+        [--engine mnn] [--discover]
 
 Protocol (offline profile, this CPU): an identity-disjoint open-set split per data set (30 % of the identities
 are unknown: all their photos are queries; for the others the earlier half of the photos is reference, grouped by
@@ -8,7 +9,9 @@ capture time so a clip or burst stays on one side); the registry is built from t
 self-tuned on it alone, then every query is identified (never used for training or tuning). Nyala: 300 seeded
 random queries, left/right flank passed through. Holstein: 30 seeded identities, split by clip, 250 queries.
 Prints BAKS, BAUS, score with a 95 % bootstrap interval (identities resampled), top-1 and top-5 for the
-registry's decisions and for every configuration computed from the same candidate scores.
+registry's decisions and for every configuration computed from the same candidate scores. `--discover` adds the
+discover protocol (AnimalCLEF 2026's view of a season): the same queries recorded one at a time, then
+`registry discover --apply` on them; ARI of every query photo's individual against the truth, before and after.
 """
 
 from __future__ import annotations
@@ -49,6 +52,17 @@ def table(name: str, report: dict) -> list[str]:
     return lines
 
 
+def discover_table(name: str, report: dict) -> list[str]:
+    """One row of the discover protocol: the sequential decisions, then ARI before and after discovery."""
+    overall = report["overall"]
+    before, after = report["clustering_before_discovery"], report["clustering"]
+    unknown_before, unknown_after = report["clustering_unknown_before_discovery"], report["clustering_unknown"]
+    return [f"| {name} | {_f(overall['baks'])} | {_f(overall['baus'])} | {_f(overall['score'])} | "
+            f"{_f(before['ari'])} → {_f(after['ari'])} | {_f(unknown_before['ari'])} → {_f(unknown_after['ari'])} | "
+            f"{before['individuals_created']} → {after['individuals_created']} ({after['individuals_true']}) | "
+            f"{report['discovery']['seconds']:.0f} |"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
@@ -58,6 +72,11 @@ def main() -> None:
     parser.add_argument("--only-trained", action="store_true", help="With --train: only the trained variant.")
     parser.add_argument("--train", type=int, default=None, metavar="EPOCHS",
                         help="Also fine-tune the embedder on each reference (`registry train`) and report that too.")
+    parser.add_argument("--engine", choices=("mnn", "lightglue"), default=None,
+                        help="The local matching engine (default: a new registry's).")
+    parser.add_argument("--discover", action="store_true",
+                        help="Also run the discover protocol (queries recorded one at a time, then the season's new "
+                             "animals decided together) and report ARI before and after discovery.")
     args = parser.parse_args()
     chosen = args.only or sorted(PROTOCOLS)
     missing = [n for n in chosen if not (args.data / PROTOCOLS[n]["manifest"]).exists()]
@@ -66,6 +85,10 @@ def main() -> None:
                  "REGISTRY_SHARED_DATA)")
     lines = ["| data | configuration | BAKS | BAUS | score [95 % CI] | top-1 | top-5 | queries |",
              "|---|---|---|---|---|---|---|---|"]
+    discover_lines = ["\n| data | recorded one at a time: BAKS | BAUS | score | ARI all queries before → after "
+                      "discovery | ARI unknown animals before → after | individuals made before → after (true) | "
+                      "discover s |",
+                      "|---|---|---|---|---|---|---|---|"]
     variants = [("", None)]
     if args.train:
         from registry.learning.trainer import TrainSettings
@@ -83,7 +106,7 @@ def main() -> None:
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
                                          limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
-                                         train=recipe)
+                                         train=recipe, engine=args.engine)
                 report["split"] = split
                 report["wall_seconds"] = time.perf_counter() - started
             tag = name + ("-trained" if recipe else "")
@@ -93,7 +116,22 @@ def main() -> None:
             lines += table(name + suffix, report)
             print(f"{tag}: {report['wall_seconds']:.0f} s", file=sys.stderr)
             print("\n".join(lines[-len(report.get("configurations", {})) - 1:]), file=sys.stderr)
+        if args.discover:
+            with tempfile.TemporaryDirectory(prefix=f"discover-{name}-") as tmp:
+                work = Path(tmp)
+                split = experiments.split_manifest(args.data / protocol["manifest"], work,
+                                                   max_identities=protocol["max_identities"])
+                started = time.perf_counter()
+                report = experiments.run(Path(split["reference"]), Path(split["queries"]), work, protocol="discover",
+                                         limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
+                                         engine=args.engine)
+                report["wall_seconds"] = time.perf_counter() - started
+            if args.out_dir:
+                (args.out_dir / f"discover_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            discover_lines += discover_table(name, report)
     print("\n".join(lines))
+    if discover_lines:
+        print("\n".join(discover_lines))
 
 
 if __name__ == "__main__":

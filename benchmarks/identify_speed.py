@@ -1,7 +1,7 @@
 """Where an identification's time goes, engine against engine, on the real dev sets. One command, one run:
 
     .venv/bin/python benchmarks/identify_speed.py [--data ../shared/data] [--only nyala] [--queries 40]
-        [--engines mnn,lightglue]
+        [--engines mnn,mnn:plain,lightglue]
 
 For each dev set (the open-set split of benchmarks/accuracy_real.py: nyala, and 30 Holstein identities split by
 clip), one registry is built from the reference photos (reference ingest timed: describe + index + record),
@@ -65,15 +65,17 @@ def holstein_split(data: Path, n_reference: int, n_queries: int) -> tuple[Path, 
     return metadata, reference, queries, strangers
 
 
-def run_engine(data_dir: Path, engine: str, queries: list, known: set[tuple[str, str]], pairs: int,
+def run_engine(data_dir: Path, variant: str, queries: list, known: set[tuple[str, str]], pairs: int,
                self_tune_queries: int) -> dict:
+    """One engine variant: `mnn` or `lightglue`, with `:plain` for pair scores without the distinctive one."""
+    engine, _, option = variant.partition(":")
     settings = Settings.load(data_dir)
     settings.self_tune_queries = self_tune_queries
-    out: dict = {"engine": engine}
+    out: dict = {"engine": variant}
     with Registry(settings) as registry:
         _ = registry.pipeline, registry.collections  # model loading is not part of any per-query cost
         began = time.perf_counter()
-        registry.calibrate(per_class=pairs, engine=engine)
+        registry.calibrate(per_class=pairs, engine=engine, distinctive=option != "plain")
         out["calibrate_s"] = time.perf_counter() - began
         names = {i["id"]: i["name"] for i in registry.catalog.individuals()}
         timings, seconds, predictions, top1 = [], [], [], []
@@ -90,7 +92,7 @@ def run_engine(data_dir: Path, engine: str, queries: list, known: set[tuple[str,
                 top1.append(int(best_name == row.identity))
             chosen = names.get(outcome.individual_id) if outcome.outcome == "match" else None
             predictions.append(Prediction(row.species, row.identity, is_known, chosen))
-            print(f"{engine}: query {n}/{len(queries)} {seconds[-1]:.2f} s", file=sys.stderr, end="\r")
+            print(f"{variant}: query {n}/{len(queries)} {seconds[-1]:.2f} s", file=sys.stderr, end="\r")
     overall = evaluate(predictions)["overall"]
     out.update(seconds=seconds, timings=timings, top1=float(np.mean(top1)) if top1 else None,
                score=overall["score"], baks=overall["baks"], baus=overall["baus"], known_queries=len(top1))
@@ -126,7 +128,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(PROTOCOLS), action="append")
     parser.add_argument("--queries", type=int, default=40)
     parser.add_argument("--engines", default="mnn,lightglue",
-                        help="comma-separated, run in this order; ratios are to lightglue (today's engine)")
+                        help="comma-separated, run in this order; ratios are to lightglue (today's engine); "
+                             "ENGINE:plain leaves out the distinctive pair score (background votes)")
     parser.add_argument("--calibration-pairs", type=int, default=150, help="same-individual pairs per species")
     parser.add_argument("--self-tune-queries", type=int, default=60)
     args = parser.parse_args()
@@ -157,7 +160,7 @@ def main() -> None:
             print(f"{name}: reference {added} photos in {ingest['seconds']:.0f} s", file=sys.stderr)
             results = []
             for engine in engines:
-                copy = work / engine
+                copy = work / engine.replace(":", "-")
                 shutil.copytree(base, copy)
                 (copy / "settings.json").write_text((base / "settings.json").read_text().replace(str(base),
                                                                                                   str(copy)))

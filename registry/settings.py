@@ -20,7 +20,8 @@ PROFILES = ("paper", "offline", "tiny-test")
 # What a registry made before these settings existed ran with: absent keys mean these values, so its feature
 # cache, calibrations and decisions stay valid.
 LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_individuals": 0, "lnbnn_individuals": 0,
-                "verify": False, "lnbnn_photos": 1, "combine_photos": 1, "engine": "lightglue"}
+                "verify": False, "lnbnn_photos": 1, "combine_photos": 1, "engine": "lightglue",
+                "distinctive": False, "box_only": False}
 LOCAL_ENGINES = ("mnn", "lightglue")
 
 
@@ -51,6 +52,16 @@ class LocalMatcherSettings:
     full_rerank_individuals: int = 4
     lnbnn_individuals: int = 6
     verify: bool = True  # also score pairs by correspondences consistent with one epipolar geometry (MAGSAC)
+    # Background that never votes: also score pairs by the verified correspondences that match the candidate's
+    # individual better than any other shortlisted individual (`local_matcher.Background`); calibration and the
+    # learned fusion weigh it against the plain counts. Measured (benchmarks/background_votes.py, 60 known + 40
+    # unknown queries): Holstein open-set AUC 0.926 -> 0.978, score at a 2-fold tau 0.819 -> 0.896; nyala within
+    # noise. Costs one descriptor matrix multiply per shortlisted photo.
+    distinctive: bool = True
+    # An animal with a box (Camtrap DP, MegaDetector, a manifest's bbox columns) is described from its box plus a
+    # margin (context for the global embedders); only its keypoints inside the box itself are matched, so the
+    # neighbour in a group photo or the ground around it never votes.
+    box_only: bool = True
     # Photos of each individual matched at the full budget: LNBNN's individuals bring their `lnbnn_photos`
     # best-voted photos, those of the first pass their best-voted others besides the one that qualified them, so
     # an individual is judged on several photos (see `combine_photos`), not on one. Replayed on every pair's
@@ -159,6 +170,9 @@ class Settings:
     # the individuals hidden.
     self_tune_queries: int = 120
     self_tune_unknown_fraction: float = 0.3
+    # ... and the tau found is shrunk toward the policy's default tau as if this many simulated queries had chosen
+    # it: a small labelled set's tau is mostly the prior, a large one's mostly its own.
+    self_tune_prior_queries: int = 30
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
     resume_grace_seconds: float = 300.0

@@ -165,7 +165,7 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
         query = sorted((population / "season2" / "images").glob("*.jpg"))[0]
         answer = registry.identify(query, "synleopard")
         best = answer.outcome.ranked[0].images[0]
-        assert set(best.calibrated) == {"efficientnet-lite0", "aliked", "aliked-verified"}
+        assert set(best.calibrated) == {"efficientnet-lite0", "aliked", "aliked-verified", "aliked-distinctive"}
         tau = summary["self_tuned"]["synleopard"]["tau"]  # chosen on simulated open-set queries
         assert 0.0 <= best.score <= 1.0
         assert answer.outcome.threshold == tau == registry.policy.threshold_for("synleopard")

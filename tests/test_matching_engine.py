@@ -194,3 +194,92 @@ def test_a_backbone_onnx_cannot_take_stays_in_pytorch_when_asked_for_auto(tmp_pa
     strict = AlikedLightGlue(max_keypoints=256, runtime="onnx", compiled_dir=blocked / "onnx")
     with pytest.raises(RuntimeError, match="not-a-folder/onnx/aliked-dense-"):
         strict.extract([photo])
+
+
+def _scenery(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A textured backdrop (stones, twigs) of random shapes: what several animals of one site stand in front of."""
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    image = Image.new("RGB", size, (120, 110, 90))
+    draw = ImageDraw.Draw(image)
+    for _ in range(120):
+        x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
+        w, h = rng.integers(4, 30, size=2)
+        colour = tuple(int(c) for c in rng.integers(0, 255, size=3))
+        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)((x, y, x + w, y + h), fill=colour)
+    return image
+
+
+def _beside(animal: Image.Image, scenery: Image.Image) -> Image.Image:
+    animal = animal.resize((256, 256))
+    out = Image.new("RGB", (512, 256))
+    out.paste(animal, (0, 0))
+    out.paste(scenery.resize((256, 256)), (256, 0))
+    return out
+
+
+def test_keypoints_on_scenery_that_other_animals_share_do_not_vote(offline_pipeline: Pipeline,
+                                                                   population: Path) -> None:
+    """Real ALIKED features: the query's animal stands in front of scenery that four other animals' photos show
+    too. Plain verified correspondences reward the strangers for the scenery; distinctive ones do not, while the
+    query's own animal (in front of other scenery) keeps its correspondences."""
+    season = population / "season1"
+    rows = rows_of(season / "manifest.csv")
+    identities = list(dict.fromkeys(r["identity"] for r in rows))[:5]
+    first = {i: Image.open(season / next(r["image"] for r in rows if r["identity"] == i)).convert("RGB")
+             for i in identities}
+    site, elsewhere = _scenery(1, (256, 256)), _scenery(2, (256, 256))
+    query_image = _beside(first[identities[0]], site)
+    moved = _beside(first[identities[0]], elsewhere).rotate(4, resample=Image.Resampling.BICUBIC, translate=(8, -6))
+    matcher = AlikedLightGlue(max_keypoints=512, engine="mnn", distinctive=True)
+    query, same, *strangers = (unpack(pack(f)) for f in matcher.extract(
+        [query_image, moved, *[_beside(first[i], site) for i in identities[1:]]]))
+    scores = matcher.pair_scores(query, [same, *strangers], owners=identities)
+    assert "aliked-distinctive" in matcher.score_names and "distinct" in matcher.versions["aliked-distinctive"]
+    assert min(s["aliked-verified"] for s in scores[1:]) >= 20  # the shared scenery matches, geometry and all
+    assert sum(s["aliked-distinctive"] for s in scores[1:]) <= 0.3 * sum(s["aliked-verified"] for s in scores[1:])
+    assert scores[0]["aliked-distinctive"] >= 0.8 * scores[0]["aliked-verified"] >= 10
+    assert scores[0]["aliked-distinctive"] > max(s["aliked-distinctive"] for s in scores[1:])
+    # one stranger alone, the others' photos only as background (photos the first pass set aside): the same
+    alone = matcher.pair_scores(query, [strangers[0]], owners=[identities[1]],
+                                background=matcher.background(query, [same, *strangers[1:]],
+                                                              [identities[0], *identities[2:]]))
+    assert alone[0]["aliked-distinctive"] == scores[1]["aliked-distinctive"]
+    # if the strangers were one animal, the scenery would be what it has in common with the query: it votes
+    pooled = matcher.pair_scores(query, [same, *strangers], owners=[identities[0]] + [identities[1]] * 4)
+    assert all(s["aliked-distinctive"] >= 0.6 * s["aliked-verified"] for s in pooled)
+    # without owners every candidate is its own animal
+    assert matcher.pair_scores(query, [same, *strangers]) == scores
+
+
+def test_only_keypoints_inside_the_animals_box_are_matched(offline_pipeline: Pipeline, population: Path) -> None:
+    """A group photo: two animals side by side, a box around the left one. Its crop keeps a margin (a strip of
+    the neighbour); with `box_only` no keypoint from that margin is described, also after the species'
+    orientation rule turns the photo."""
+    from registry.matching.imaging import crop_to_box, normalise_orientation
+
+    season = population / "season1"
+    rows = rows_of(season / "manifest.csv")
+    identities = list(dict.fromkeys(r["identity"] for r in rows))[:2]
+    animals = [Image.open(season / next(r["image"] for r in rows if r["identity"] == i)).convert("RGB").resize(
+        (300, 300)) for i in identities]
+    group = Image.new("RGB", (600, 300))
+    group.paste(animals[0], (0, 0))
+    group.paste(animals[1], (300, 0))
+    box = (0.05, 0.1, 0.4, 0.8)  # the left animal, clear of the right one by 0.1 of the photo
+    boxed = AlikedLightGlue(max_keypoints=512, engine="mnn", box_only=True)
+    everything = AlikedLightGlue(max_keypoints=512, engine="mnn")
+    assert boxed.extractor_version.endswith("-box") and boxed.extractor_version != everything.extractor_version
+    for angle in (0, 90, -90):
+        crop = normalise_orientation(crop_to_box(group, box), "left", {"left": angle})
+        kept, all_ = boxed.extract([crop])[0], everything.extract([crop])[0]
+        width, height = kept.image_size
+        x0, y0, x1, y1 = crop.info["animal_box"]
+        inside = ((all_.keypoints[:, 0] >= x0 * width) & (all_.keypoints[:, 0] <= x1 * width)
+                  & (all_.keypoints[:, 1] >= y0 * height) & (all_.keypoints[:, 1] <= y1 * height))
+        assert 0 < inside.sum() < len(all_)  # the margin had keypoints of its own
+        assert len(kept) == int(inside.sum())
+        np.testing.assert_allclose(kept.keypoints, all_.keypoints[inside])
+    whole = boxed.extract([group])[0]  # no box: every keypoint
+    assert len(whole) == len(everything.extract([group])[0])

@@ -128,7 +128,8 @@ def test_paper_profile_runs_from_local_files(paper_weights: Path, population: Pa
         query = sorted((population / "season2" / "images").glob("*.jpg"))[0]
         answer = registry.identify(query, "synleopard")
     scored = answer.outcome.ranked[0].images[0]
-    assert set(scored.raw) == {"megadescriptor-l-384", "eva02-l-14-336", "aliked", "aliked-verified"}
+    assert set(scored.raw) == {"megadescriptor-l-384", "eva02-l-14-336", "aliked", "aliked-verified",
+                               "aliked-distinctive"}
 
 
 def test_rerank_reads_cached_candidate_features(offline_pipeline: Pipeline, population: Path,

@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy import exists, func, select
 
+from registry.decide import spacetime
 from registry.store.catalog import Catalog, follow_merges
 from registry.store.tables import Annotation, Decision, Image, Individual, Location, Sighting, Survey
 
@@ -57,6 +58,7 @@ def queue(catalog: Catalog, species: str | None = None, limit: int = 20, margin:
                 "captured_at": image.captured_at.isoformat() if image.captured_at else None,
                 "candidates": [{"individual": c["code"], "score": c["score"],
                                 "best_annotation_id": c.get("best_annotation_id", c.get("best_image_id")),
+                "seen": spacetime.in_words(c.get("context") or {}),
                                 "raw": c["images"][0]["raw"] if c.get("images") else {},
                                 "calibrated": c["images"][0]["calibrated"] if c.get("images") else {}}
                                for c in (decision.candidates or [])[:5]],
@@ -116,6 +118,7 @@ def decision_detail(catalog: Catalog, decision_id: int) -> dict[str, Any] | None
             candidates.append({
                 "rank": rank, "code": c["code"], "individual_id": c.get("individual_id"), "score": c["score"],
                 "best_annotation_id": c.get("best_annotation_id", c.get("best_image_id")),
+                "seen": spacetime.in_words(c.get("context") or {}),
                 "images": [{"annotation_id": i.get("annotation_id", i.get("image_id")), "raw": i.get("raw", {}),
                             "calibrated": i.get("calibrated", {}), "score": i.get("score")}
                            for i in c.get("images", [])]})

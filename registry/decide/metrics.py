@@ -114,8 +114,9 @@ def sequential_predictions(
 
 
 def pairwise_clustering(predicted: list[str], truth: list[str]) -> dict[str, float | int]:
-    """Pairwise precision, recall and F1 of a clustering against the truth (pairs of images put together),
-    plus the number of clusters made and true: how a registry's individuals compare to the real animals."""
+    """Pairwise precision, recall and F1 of a clustering against the truth (pairs of images put together), the
+    adjusted Rand index (AnimalCLEF 2026's clustering measure; scikit-learn's), and the number of clusters made and
+    true: how a registry's individuals compare to the real animals."""
     def pairs(counts: Iterable[int]) -> int:
         return sum(n * (n - 1) // 2 for n in counts)
 
@@ -125,7 +126,10 @@ def pairwise_clustering(predicted: list[str], truth: list[str]) -> dict[str, flo
     precision = together / predicted_pairs if predicted_pairs else 1.0
     recall = together / true_pairs if true_pairs else 1.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    from sklearn.metrics import adjusted_rand_score
+
     return {"pairwise_precision": precision, "pairwise_recall": recall, "pairwise_f1": f1,
+            "ari": float(adjusted_rand_score(truth, predicted)) if truth else 1.0,
             "individuals_created": len(set(predicted)), "individuals_true": len(set(truth)), "images": len(truth)}
 
 

@@ -36,6 +36,8 @@ class IndividualScore:
     score: float
     best_annotation_id: int
     images: list[CandidateScore]
+    # evidence beyond the photos (decide/spacetime.py: where and when it was seen vs the query), for the verifier
+    context: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict:
         return {
@@ -44,6 +46,7 @@ class IndividualScore:
             "score": self.score,
             "best_annotation_id": self.best_annotation_id,
             "images": [asdict(c) for c in self.images],
+            "context": self.context,
         }
 
 

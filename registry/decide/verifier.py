@@ -1,9 +1,10 @@
 """The pair verifier: "is this candidate individual the query's animal?" from more than one photo's score.
 
 Per candidate individual it sees the fused score of its best photo, each matcher's calibrated score there, the
-margin to the best *other* individual, how many of its photos were compared and how well they agree. A logistic
-regression (coefficients stored as JSON in the calibration batch, never a pickle) fitted on simulated open-set
-queries of the registry's own labelled photos, out of sample; the decision then uses its probability.
+margin to the best *other* individual, how many of its photos were compared and how well they agree, and where
+the query and the individual have times or places, how far and how long apart they were seen (decide/spacetime).
+A logistic regression (coefficients stored as JSON in the calibration batch, never a pickle) fitted on simulated
+open-set queries of the registry's own labelled photos, out of sample; the decision then uses its probability.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def candidate_features(ranked: list[IndividualScore], index: int) -> dict[str, f
                 "photos": float(np.log1p(len(candidate.images))),
                 "agreement": float(np.mean(rest)) if rest else candidate.score}
     features.update({f"calibrated:{m}": v for m, v in sorted(best_image.calibrated.items())})
+    features.update(candidate.context)  # space-time evidence, where the query and the individual have it
     return features
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -311,7 +311,8 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         chosen = [i for i in chosen if i in features]
         others = registry.identification.global_similarities(described.vectors, chosen, skip=primary)
         local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen],
-                                           budget=registry.settings.local.for_species(row.species).max_keypoints)
+                                           budget=registry.settings.local.for_species(row.species).max_keypoints,
+                                           owners=[individual_of[i] for i in chosen])
         candidates = []
         for position, annotation_id in enumerate(chosen):
             raw = {primary: float(similarity[order[position]]), **{n: s[annotation_id] for n, s in others.items()},
@@ -329,7 +330,8 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
 def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline", protocol: str = "closed",
         exhaustive_limit: int = 0, shortlist: int = 100, calibration_pairs: int | None = None,
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
-        progress_factory: Callable[[str, int], Any] | None = None, train: Any = None) -> dict[str, Any]:
+        progress_factory: Callable[[str, int], Any] | None = None, train: Any = None,
+        engine: str | None = None) -> dict[str, Any]:
     """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
     `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
     registry reembedded (and recalibrated) with it: the queries never train or tune anything."""
@@ -337,9 +339,11 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         return progress_factory(label, total) if progress_factory else None
 
     settings = Settings.for_profile(profile, data_dir=work_dir / "registry")
+    if engine is not None:  # the local matching engine (LocalMatcherSettings.engine); default: the registry's
+        settings.local = replace(settings.local, engine=engine)
     Registry.init(settings)
     report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
-                              "protocol": protocol}
+                              "protocol": protocol, "engine": settings.local.engine}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
         if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities
@@ -369,8 +373,8 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         individuals = registry.catalog.individuals()
         names = {i["id"]: i["name"] for i in individuals}
         known = {(i["species"], i["name"]) for i in individuals}
-        if protocol == "sequential":
-            report.update(_sequential(registry, queries, query_rows, known, bar))
+        if protocol in ("sequential", "discover"):
+            report.update(_sequential(registry, queries, query_rows, known, bar, discover=protocol == "discover"))
             return report
         progress = bar("queries", len(query_rows))
         results, problems = collect(registry, query_rows, known, progress.update if progress else None)
@@ -414,8 +418,10 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
 
 
 def _sequential(registry: Registry, queries: Path, rows: list[PhotoRow], known: set[tuple[str, str]],
-                bar: Callable[[str, int], Any]) -> dict[str, Any]:
-    """The registry's real life: each query identified against everything recorded so far, then recorded."""
+                bar: Callable[[str, int], Any], discover: bool = False) -> dict[str, Any]:
+    """The registry's real life: each query identified against everything recorded so far, then recorded. With
+    `discover`, the season's new animals are then decided together (`registry discover --apply`), and the
+    clustering is measured before and after (ARI over every query photo, and over the unknown animals' alone)."""
     ordered = write_manifest(rows, queries.parent / f".{queries.stem}-ordered.csv")
     progress = bar("sequential", len(rows))
     decided: list[tuple[PhotoRow, Any]] = []
@@ -433,6 +439,23 @@ def _sequential(registry: Registry, queries: Path, rows: list[PhotoRow], known: 
     keys = sorted(truth)
     result["clustering"] = pairwise_clustering([predicted[k] for k in keys], [truth[k] for k in keys])
     result["skipped"] = [str(p) for p in ingest.problems]
+    unknown = [k for k in keys if (species_of[k], truth[k]) not in known] if (
+        species_of := {str(row.image.resolve()): row.species for row, _ in decided}) else []
+    result["clustering_unknown"] = pairwise_clustering([predicted[k] for k in unknown], [truth[k] for k in unknown])
+    if discover:
+        from registry.curation.discovery import DiscoveryService
+
+        began = time.perf_counter()
+        result["discovery"] = DiscoveryService(registry).discover("evaluation-queries", apply=True,
+                                                                  actor="registry evaluate --protocol discover")
+        result["discovery"]["seconds"] = time.perf_counter() - began
+        annotation_of = {str(row.image.resolve()): ident.annotation_id for row, ident in decided}
+        now = registry.catalog.individual_codes_of([a for a in annotation_of.values() if a is not None])
+        after = {k: now.get(annotation_of[k], predicted[k]) for k in keys}  # type: ignore[arg-type]
+        result["clustering_before_discovery"] = result["clustering"]
+        result["clustering"] = pairwise_clustering([after[k] for k in keys], [truth[k] for k in keys])
+        result["clustering_unknown_before_discovery"] = result["clustering_unknown"]
+        result["clustering_unknown"] = pairwise_clustering([after[k] for k in unknown], [truth[k] for k in unknown])
     return result
 
 

@@ -87,11 +87,22 @@ def load_image(path: Path, max_side: int | None = 1024) -> Image.Image:
     return image
 
 
+ANIMAL_BOX = "animal_box"  # Image.info key: the animal's box in a crop, (x0, y0, x1, y1) as fractions
+
+
 def normalise_orientation(image: Image.Image, viewpoint: str | None, rules: dict[str, float]) -> Image.Image:
     """Rotate by the species' rule for this viewpoint (degrees, counter-clockwise), e.g. right: -90, left: 90."""
     if not viewpoint or viewpoint not in rules or not rules[viewpoint]:
         return image
-    return image.rotate(rules[viewpoint], expand=True)
+    angle = rules[viewpoint]
+    rotated = image.rotate(angle, expand=True)
+    box = image.info.get(ANIMAL_BOX)
+    if box is not None and angle % 90 == 0:  # the box turns with the photo (other angles: no box, every keypoint)
+        x0, y0, x1, y1 = box
+        for _ in range(int(angle // 90) % 4):  # 90 degrees counter-clockwise: (x, y) -> (y, 1 - x)
+            x0, y0, x1, y1 = y0, 1 - x1, y1, 1 - x0
+        rotated.info[ANIMAL_BOX] = (x0, y0, x1, y1)
+    return rotated
 
 
 def crop_to_box(image: Image.Image, box: tuple[float, float, float, float] | None,
@@ -108,4 +119,11 @@ def crop_to_box(image: Image.Image, box: tuple[float, float, float, float] | Non
     top = max(0.0, y - margin * h) * image.height
     right = min(1.0, x + w + margin * w) * image.width
     bottom = min(1.0, y + h + margin * h) * image.height
-    return image.crop((round(left), round(top), max(round(left) + 1, round(right)), max(round(top) + 1, round(bottom))))
+    crop = image.crop((round(left), round(top), max(round(left) + 1, round(right)),
+                       max(round(top) + 1, round(bottom))))
+    # where the box itself lies in the crop (fractions): local matching counts only keypoints inside it
+    crop.info[ANIMAL_BOX] = (
+        (x * image.width - round(left)) / crop.width, (y * image.height - round(top)) / crop.height,
+        ((x + w) * image.width - round(left)) / crop.width, ((y + h) * image.height - round(top)) / crop.height)
+    return crop
+

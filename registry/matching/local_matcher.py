@@ -9,7 +9,8 @@ correspondences consistent with one epipolar geometry (MAGSAC, OpenCV) are a sec
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ import torch
 from kornia.feature import ALIKED, LightGlue
 from PIL import Image
 
+from registry.matching.imaging import ANIMAL_BOX
 from registry.matching.timing import StageTimes
 from registry.matching.weights import (
     WeightsSpec,
@@ -66,11 +68,37 @@ class PairMatches:
         return int((self.confidence >= min_confidence).sum())
 
 
+@dataclass
+class Background:
+    """How well each query keypoint matches each *other* individual: per owner (an individual), the best
+    descriptor similarity of every query keypoint to any of its photos. A correspondence with one individual's
+    photo is distinctive when it is closer than the keypoint's best match in every other individual's photos; a
+    keypoint on grass, a fence or the scenery two animals share matches them all alike and does not vote
+    (HotSpotter's one-vs-many normaliser, per pair)."""
+
+    size: int  # query keypoints
+    best_by_owner: dict[Hashable, np.ndarray] = field(default_factory=dict)
+
+    def add(self, owner: Hashable, best: np.ndarray) -> None:
+        known = self.best_by_owner.get(owner)
+        self.best_by_owner[owner] = best if known is None else np.maximum(known, best)
+
+    def other_than(self, owner: Hashable) -> np.ndarray:
+        """Each query keypoint's best similarity among the photos of every individual but `owner` (-1: none)."""
+        others = [best for o, best in self.best_by_owner.items() if o != owner]
+        return np.max(others, axis=0) if others else np.full(self.size, -1.0, dtype=np.float32)
+
+
 class AlikedLightGlue:
     """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights."""
 
     name = "aliked"
     verified_name = "aliked-verified"
+    distinctive_name = "aliked-distinctive"
+    # a correspondence is distinctive when its descriptor distance is below this fraction of the keypoint's best
+    # distance to any other individual: scenery two photos share equally matches both alike and must not be won by
+    # whichever photo matches it a hair better (benchmarks/background_votes.py: 0.95 vs 1.0, 0.9, 0.8)
+    DISTINCT_RATIO = 0.95
 
     def __init__(
         self,
@@ -89,6 +117,8 @@ class AlikedLightGlue:
         ratio: float = 0.9,
         runtime: str = "torch",
         compiled_dir: Path | None = None,
+        distinctive: bool = False,
+        box_only: bool = False,
     ) -> None:
         self.device = torch.device(device)
         # One pair per call on the CPU (measured faster there: benchmarks/offline_matchers.py --pairs), padded
@@ -103,6 +133,12 @@ class AlikedLightGlue:
         # keypoints at their native size, and LightGlue then has almost nothing to match.
         self.upscale = upscale
         self.verify = verify  # also score pairs by MAGSAC-verified correspondences (`verified_name`)
+        # also score pairs by the verified correspondences that are distinctive of the candidate's individual
+        # (`distinctive_name`, see `Background`); needs `verify`
+        self.distinctive = distinctive and verify
+        # an animal's crop keeps a margin around its box (context for the global embedders); with `box_only`, its
+        # keypoints in that margin (the neighbour in a group photo, the ground) are dropped before anything matches
+        self.box_only = box_only
         self.min_confidence = min_confidence
         # "lightglue": pairs scored by LightGlue's confident correspondences; "mnn": by mutual nearest descriptors
         # passing the ratio test (`mutual_nearest_matches`), no learned matcher in the loop
@@ -157,7 +193,8 @@ class AlikedLightGlue:
         """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
         weights = self.weights_sha256.get("aliked-n16", "random")[:12]
         grow = "-up" if self.upscale else ""
-        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}{grow}"
+        box = "-box" if self.box_only else ""
+        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}{grow}{box}"
 
     @property
     def version(self) -> str:
@@ -176,6 +213,8 @@ class AlikedLightGlue:
         out = {self.name: self.version}
         if self.verify:
             out[self.verified_name] = f"{self.version}-magsac-f3"
+        if self.distinctive:
+            out[self.distinctive_name] = f"{self.version}-magsac-f3-distinct{self.DISTINCT_RATIO:g}"
         return out
 
     def _prepare(self, image: Image.Image) -> torch.Tensor:
@@ -202,12 +241,14 @@ class AlikedLightGlue:
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
                     features = self.extractor(batch)
                 for index, feature in zip(chunk, features, strict=True):
-                    out[index] = LocalFeatures(
+                    found = LocalFeatures(
                         keypoints=feature.keypoints.float().cpu().numpy(),
                         descriptors=torch.nn.functional.normalize(feature.descriptors.float(), dim=-1)
                         .cpu().numpy().astype(np.float16),
                         image_size=(int(batch.shape[-1]), int(batch.shape[-2])),
                     )
+                    box = images[index].info.get(ANIMAL_BOX) if self.box_only else None
+                    out[index] = inside(found, box) if box is not None else found
         return out  # type: ignore[return-value]
 
     @staticmethod
@@ -266,13 +307,35 @@ class AlikedLightGlue:
 
     @property
     def score_names(self) -> list[str]:
-        """The raw scores a pair gets: confident correspondences, and (with `verify`) the verified ones."""
-        return [self.name, self.verified_name] if self.verify else [self.name]
+        """The raw scores a pair gets: confident correspondences, (with `verify`) the verified ones, and (with
+        `distinctive`) the verified ones distinctive of the candidate's individual."""
+        return list(self.versions)
+
+    def background(self, query: LocalFeatures, photos: Sequence[LocalFeatures], owners: Sequence[Hashable],
+                   budget: int = 0) -> Background:
+        """The query's `Background` from photos of known owners (the shortlist's photos that are not scored
+        pair by pair, or a calibration query's retrieved neighbours); one matrix multiply per photo."""
+        if budget:
+            query = self.truncated(query, budget)
+            photos = [self.truncated(p, budget) for p in photos]
+        out = Background(len(query))
+        if len(query) == 0:
+            return out
+        query_t = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32))
+        for photo, owner in zip(photos, owners, strict=True):
+            if len(photo):
+                out.add(owner, best_similarities(query_t, photo))
+        return out
 
     def pair_scores(self, query: LocalFeatures, candidates: list[LocalFeatures],
-                    budget: int = 0, timer: StageTimes | None = None) -> list[dict[str, float]]:
-        """Every raw local score of each pair (`score_names`), from one LightGlue pass; with `budget`, of each
-        photo's strongest `budget` keypoints (a species matched with fewer keypoints than photos are described)."""
+                    budget: int = 0, timer: StageTimes | None = None, owners: Sequence[Hashable] | None = None,
+                    background: Background | None = None) -> list[dict[str, float]]:
+        """Every raw local score of each pair (`score_names`), from one matching pass; with `budget`, of each
+        photo's strongest `budget` keypoints (a species matched with fewer keypoints than photos are described).
+
+        The distinctive score needs each candidate's individual (`owners`): the candidates of other individuals,
+        and `background` (photos not scored here, made with the same budget), are what a correspondence must
+        beat. Without owners every candidate is its own individual."""
         timer = timer or StageTimes()
         if budget:
             query = self.truncated(query, budget)
@@ -280,18 +343,64 @@ class AlikedLightGlue:
         with timer.stage("full-pass"):
             found = self.correspondences(query, candidates)
         out = []
+        if self.distinctive:
+            owners = list(owners) if owners is not None else [("candidate", i) for i in range(len(candidates))]
+            everyone = Background(len(query), dict(background.best_by_owner) if background else {})
+            query_t = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32))
+            with timer.stage("distinctiveness"):
+                for candidate, owner in zip(candidates, owners, strict=True):
+                    if len(candidate) and len(query):
+                        everyone.add(owner, best_similarities(query_t, candidate))
         with timer.stage("verification"):
-            for candidate, matches in zip(candidates, found, strict=True):
+            for index, (candidate, matches) in enumerate(zip(candidates, found, strict=True)):
                 scores = {self.name: float(len(matches.query_idx))}
                 if self.verify:
-                    scores[self.verified_name] = verified_inliers(query, candidate, matches, 0.0)
+                    inliers = verified_mask(query, candidate, matches)
+                    scores[self.verified_name] = float(inliers.sum())
+                    if self.distinctive:
+                        other = everyone.other_than(owners[index])[matches.query_idx[inliers]]  # type: ignore[index]
+                        own = match_similarities(query, candidate, matches)[inliers]
+                        scores[self.distinctive_name] = float(
+                            (distance_of(own) < self.DISTINCT_RATIO * distance_of(other)).sum())
                 out.append(scores)
         return out
 
 
+def inside(features: LocalFeatures, box: tuple[float, float, float, float]) -> LocalFeatures:
+    """The keypoints inside a box given as fractions (x0, y0, x1, y1) of the described image, strongest first."""
+    width, height = features.image_size
+    x, y = features.keypoints[:, 0], features.keypoints[:, 1]
+    keep = (x >= box[0] * width) & (x <= box[2] * width) & (y >= box[1] * height) & (y <= box[3] * height)
+    return LocalFeatures(features.keypoints[keep], features.descriptors[keep], features.image_size)
+
+
+def best_similarities(query: torch.Tensor, photo: LocalFeatures) -> np.ndarray:
+    """Each query descriptor's best cosine similarity among one photo's descriptors."""
+    return (query @ torch.from_numpy(np.ascontiguousarray(photo.descriptors, dtype=np.float32)).T).amax(dim=1).numpy()
+
+
+def distance_of(similarity: np.ndarray) -> np.ndarray:
+    """Euclidean distance between unit descriptors from their cosine similarity."""
+    return np.sqrt(np.clip(2.0 - 2.0 * similarity, 0.0, None))
+
+
+def match_similarities(query: LocalFeatures, candidate: LocalFeatures, matches: PairMatches) -> np.ndarray:
+    """Cosine similarity of each correspondence's two descriptors."""
+    return np.einsum("ij,ij->i", query.descriptors[matches.query_idx].astype(np.float32),
+                     candidate.descriptors[matches.candidate_idx].astype(np.float32))
+
+
 def verified_inliers(query: LocalFeatures, candidate: LocalFeatures, matches: PairMatches,
                      min_confidence: float, threshold_px: float = 3.0) -> float:
-    """Confident correspondences consistent with one fundamental matrix (OpenCV's MAGSAC++).
+    """How many confident correspondences one fundamental matrix explains (`verified_mask`)."""
+    keep = matches.confidence >= min_confidence
+    kept = PairMatches(matches.query_idx[keep], matches.candidate_idx[keep], matches.confidence[keep])
+    return float(verified_mask(query, candidate, kept, threshold_px).sum())
+
+
+def verified_mask(query: LocalFeatures, candidate: LocalFeatures, matches: PairMatches,
+                  threshold_px: float = 3.0) -> np.ndarray:
+    """Which correspondences are consistent with one fundamental matrix (OpenCV's MAGSAC++).
 
     A flank or a face is not a rigid plane, so the epipolar constraint (not a homography) is the model: it
     rejects the matches on background, fence posts and other animals that do not move with the animal. The
@@ -299,17 +408,17 @@ def verified_inliers(query: LocalFeatures, candidate: LocalFeatures, matches: Pa
     """
     import cv2
 
-    keep = matches.confidence >= min_confidence
-    if keep.sum() < 8:
-        return 0.0
-    points0 = query.keypoints[matches.query_idx[keep]].astype(np.float64)
-    points1 = candidate.keypoints[matches.candidate_idx[keep]].astype(np.float64)
+    none = np.zeros(len(matches.query_idx), dtype=bool)
+    if len(matches.query_idx) < 8:
+        return none
+    points0 = query.keypoints[matches.query_idx].astype(np.float64)
+    points1 = candidate.keypoints[matches.candidate_idx].astype(np.float64)
     scale = max(*query.image_size, *candidate.image_size) / 512.0
     try:
         _, mask = cv2.findFundamentalMat(points0, points1, cv2.USAC_MAGSAC, threshold_px * scale, 0.999, 2000)
     except cv2.error:  # degenerate configurations (all points on a line, repeated points): nothing verified
-        return 0.0
-    return float(mask.sum()) if mask is not None else 0.0
+        return none
+    return mask.ravel().astype(bool) if mask is not None else none
 
 
 def lnbnn_votes(query_descriptors: np.ndarray, reference_descriptors: np.ndarray, owners: np.ndarray,

@@ -85,7 +85,8 @@ class Pipeline:
             min_confidence=local.min_confidence, weights_dir=settings.weights_dir,
             allow_download=settings.allow_download, random_init_for_tests=random_local,
             pair_batch=local.pair_batch, precision=settings.precision, upscale=local.upscale,
-            verify=local.verify, engine=local.engine, ratio=local.ratio, runtime=settings.local_runtime)
+            verify=local.verify, engine=local.engine, ratio=local.ratio, runtime=settings.local_runtime,
+            distinctive=local.distinctive, box_only=local.box_only)
         self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
 
     def replace_embedder(self, embedder: TorchEmbedder) -> TorchEmbedder:

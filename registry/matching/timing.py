@@ -2,7 +2,9 @@
 
 Stages (in the order they run): decode, describe-global, describe-local, retrieval (the vector index's
 shortlist and the cached features it needs), lnbnn, first-pass, full-pass (the local matcher on the pairs that
-decide), verification (MAGSAC), decision (calibration, fusion, ranking, the open-set rule), recording.
+decide), distinctiveness (each query keypoint's best match in every shortlisted photo: which correspondences
+are the candidate's animal, not the scenery), verification (MAGSAC), decision (calibration, fusion, ranking,
+the open-set rule), recording.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 STAGES = ("decode", "describe-global", "describe-local", "retrieval", "lnbnn", "first-pass", "full-pass",
-          "verification", "decision", "recording")
+          "distinctiveness", "verification", "decision", "recording")
 
 
 class StageTimes:

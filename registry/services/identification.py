@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from sqlalchemy import select
 
+from registry.decide import spacetime
 from registry.decide.scoring import (
     CandidateScore,
     IndividualScore,
@@ -26,6 +27,7 @@ from registry.decide.scoring import (
     decision_margin,
     rank_individuals,
 )
+from registry.decide.spacetime import Seen
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
@@ -205,8 +207,15 @@ class Identifier:
             annotation_ids += [i for i in extra if i in features]
         with timer.stage("retrieval"):
             sims = self.global_similarities(described.vectors, annotation_ids)
+        background = None
+        if matcher.distinctive:  # photos the first pass set aside still show what other animals look like
+            aside = [i for i in shortlist if i in features and i not in set(annotation_ids)]
+            with timer.stage("distinctiveness"):
+                background = matcher.background(described.local, [features[i] for i in aside],
+                                                [shortlist[i] for i in aside], budget=local.max_keypoints)
         local_scores = matcher.pair_scores(described.local, [features[i] for i in annotation_ids],
-                                           budget=local.max_keypoints, timer=timer)
+                                           budget=local.max_keypoints, timer=timer,
+                                           owners=[shortlist[i] for i in annotation_ids], background=background)
         candidates = []
         for annotation_id, scores in zip(annotation_ids, local_scores, strict=True):
             raw = {**{name: by_annotation[annotation_id] for name, by_annotation in sims.items()}, **scores}
@@ -278,12 +287,24 @@ class Identifier:
             self._pool = DescriptorPool(self)
         return self._pool
 
-    def judge(self, candidates: list[CandidateScore], species: str, timer: StageTimes | None = None) -> Outcome:
-        """Score candidates under the policy in force, rank individuals by their best image, open-set rule."""
+    def judge(self, candidates: list[CandidateScore], species: str, timer: StageTimes | None = None,
+              query: Seen | None = None) -> Outcome:
+        """Score candidates under the policy in force, rank individuals by their best image (with the space-time
+        evidence of where and when the query was taken, `query`, for the verifier), open-set rule."""
         with (timer or StageTimes()).stage("decision"):
-            return self._judge(candidates, species)
+            return self._judge(candidates, species, query)
 
-    def _judge(self, candidates: list[CandidateScore], species: str) -> Outcome:
+    def attach_spacetime(self, ranked: list[IndividualScore], query: Seen | None,
+                         hidden: tuple[int, ...] = (), top: int = 10) -> None:
+        """Each of the `top` candidate individuals' space-time evidence against the query (decide/spacetime.py),
+        from its sightings except the `hidden` annotations."""
+        if query is None or (query.when is None and not query.placed) or not ranked:
+            return
+        seen = self.registry.catalog.seen([r.individual_id for r in ranked[:top]], hidden)
+        for candidate in ranked[:top]:
+            candidate.context = spacetime.features(query, seen.get(candidate.individual_id, []))
+
+    def _judge(self, candidates: list[CandidateScore], species: str, query: Seen | None = None) -> Outcome:
         registry = self.registry
         policy_version, scorer = registry.scorer_in_force()
         scorer = scorer.for_species(species)
@@ -297,6 +318,7 @@ class Identifier:
         with registry.catalog.transaction() as session:
             codes = registry.catalog.codes(session, {c.individual_id for c in candidates})
         ranked = rank_individuals(candidates, codes, self.combine_photos(scorer, species))
+        self.attach_spacetime(ranked, query)
         outcome = decide(scorer.rerank(ranked, species), scorer.threshold_for(species))
         outcome.policy_version = policy_version
         outcome.scorer = scorer.name
@@ -318,7 +340,9 @@ class Identifier:
         scorer = scorer.for_species(species)
         for candidate in candidates:
             scorer.score(candidate, species)
-        return scorer.rerank(rank_individuals(candidates, {}, self.combine_photos(scorer, species)), species)
+        ranked = rank_individuals(candidates, {}, self.combine_photos(scorer, species))
+        self.attach_spacetime(ranked, registry.catalog.seen_in(annotation_id), hidden_images)
+        return scorer.rerank(ranked, species)
 
     def combine_photos(self, scorer: Scorer, species: str) -> int:
         """How many of an individual's best photos its score combines (calibrated probabilities only)."""
@@ -326,9 +350,9 @@ class Identifier:
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
               problems: list[str] | None = None, locations: tuple[int, ...] | None = None,
-              timer: StageTimes | None = None) -> Outcome:
+              timer: StageTimes | None = None, query: Seen | None = None) -> Outcome:
         return self.judge(self.candidates(described, species, viewpoint, exclude, problems, locations=locations,
-                                          timer=timer), species, timer)
+                                          timer=timer), species, timer, query)
 
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
                  survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
@@ -354,7 +378,8 @@ class Identifier:
             raise described
         if not record:
             problems: list[str] = []
-            outcome = self.match(described, species, viewpoint, exclude, problems, scope, timer)
+            outcome = self.match(described, species, viewpoint, exclude, problems, scope, timer,
+                                 Seen(captured_at, latitude, longitude))
             return Identification(str(path), species, outcome, problems=problems, box=box,
                                   timings=timer.to_json())
         return self.identify_and_record([(row, sha, described)], survey, scope, timer)
@@ -378,7 +403,8 @@ class Identifier:
         for row, _sha, described in animal:
             pooled += self.candidates(described, species, row.viewpoint or viewpoint, problems=problems,
                                       locations=locations, timer=timer)
-        outcome = self.judge(pooled, species, timer)
+        first = animal[0][0]
+        outcome = self.judge(pooled, species, timer, Seen(first.captured_at, first.latitude, first.longitude))
         catalog = registry.catalog
         recorded: dict[str, Any] = {}
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from registry.decide.calibration import LEARNED_FUSION, Calibrations, IsotonicCalibrator, LearnedFusion
 from registry.decide.policy import DecisionPolicy
 from registry.decide.scoring import decision_margin
+from registry.decide.spacetime import Seen
 from registry.decide.verifier import VERIFIER, PairVerifier
 from registry.matching.imaging import sha256_of_file
 from registry.store.feature_store import feature_key
@@ -485,7 +486,7 @@ class Catalog:
         decisions)."""
         with self.transaction() as session:
             query = (select(Annotation.id, Annotation.species, Annotation.viewpoint, Image.survey_id,
-                            Image.captured_at, Sighting.individual_id)
+                            Image.captured_at, Sighting.individual_id, Image.deployment_id)
                      .join(Image, Image.id == Annotation.image_id)
                      .join(Sighting, Sighting.annotation_id == Annotation.id)
                      .where(Sighting.status == "active", Sighting.method.in_(("reference", "confirmed", "corrected")),
@@ -497,8 +498,50 @@ class Catalog:
             merged = self.merge_links(session)
         # a merged individual's annotations belong to the survivor
         return [{"annotation_id": annotation_id, "species": sp, "viewpoint": viewpoint, "survey_id": survey_id,
-                 "captured_at": captured_at, "individual_id": follow_merges(individual_id, merged.get)}
-                for annotation_id, sp, viewpoint, survey_id, captured_at, individual_id in rows]
+                 "captured_at": captured_at, "individual_id": follow_merges(individual_id, merged.get),
+                 "deployment_id": deployment_id}
+                for annotation_id, sp, viewpoint, survey_id, captured_at, individual_id, deployment_id in rows]
+
+    def seen(self, individual_ids: list[int], exclude_annotations: tuple[int, ...] = ()) -> dict[int, list[Seen]]:
+        """Where and when each individual was sighted (active sightings; a photo without coordinates takes its
+        location's), leaving out some annotations (a simulated query's hidden photos)."""
+        with self.transaction() as session:
+            rows = session.execute(
+                select(Sighting.individual_id, Image.captured_at, Image.latitude, Image.longitude,
+                       Location.latitude, Location.longitude)
+                .join(Annotation, Annotation.id == Sighting.annotation_id)
+                .join(Image, Image.id == Annotation.image_id)
+                .outerjoin(Location, Location.id == Image.location_id)
+                .where(Sighting.individual_id.in_(individual_ids), Sighting.status == "active",
+                       Sighting.annotation_id.not_in(exclude_annotations))).all()
+        out: dict[int, list[Seen]] = {}
+        for individual_id, when, lat, lon, place_lat, place_lon in rows:
+            placed = lat is not None and lon is not None
+            out.setdefault(individual_id, []).append(
+                Seen(when, lat if placed else place_lat, lon if placed else place_lon))
+        return out
+
+    def seen_in(self, annotation_id: int) -> Seen:
+        """Where and when this annotation's photo was taken."""
+        with self.transaction() as session:
+            row = session.execute(
+                select(Image.captured_at, Image.latitude, Image.longitude, Location.latitude, Location.longitude)
+                .join(Annotation, Annotation.image_id == Image.id)
+                .outerjoin(Location, Location.id == Image.location_id)
+                .where(Annotation.id == annotation_id)).first()
+        if row is None:
+            return Seen(None, None, None)
+        when, lat, lon, place_lat, place_lon = row
+        placed = lat is not None and lon is not None
+        return Seen(when, lat if placed else place_lat, lon if placed else place_lon)
+
+    def individual_codes_of(self, annotation_ids: list[int]) -> dict[int, str]:
+        """The individual (its code) each annotation's active sighting belongs to now."""
+        with self.transaction() as session:
+            return dict(session.execute(  # type: ignore[arg-type]
+                select(Sighting.annotation_id, Individual.code)
+                .join(Individual, Individual.id == Sighting.individual_id)
+                .where(Sighting.annotation_id.in_(annotation_ids), Sighting.status == "active")).all())
 
     def save_calibrations(self, fitted: dict[tuple[str, str | None], IsotonicCalibrator],
                           learned: LearnedFusion | None, n_pairs: int, summary: dict[str, Any]) -> int:

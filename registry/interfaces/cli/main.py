@@ -15,6 +15,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
+from registry.curation.discovery import DiscoveryService
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import LAYOUTS, count_items, count_rows
 from registry.interfaces.cli import curation as cli_curation
@@ -110,8 +111,11 @@ def init(ctx: click.Context, profile: str | None, download: bool, photo_root: Pa
 @main.command()
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("--survey", required=True, help="Survey (season) these photos belong to.")
-@click.option("--mode", type=click.Choice(["reference", "identify"]), default="reference", show_default=True,
-              help="reference: the manifest's identities are trusted; identify: each photo is identified.")
+@click.option("--mode", type=click.Choice(["reference", "identify", "discover"]), default="reference",
+              show_default=True,
+              help="reference: the manifest's identities are trusted; identify: each photo is identified; "
+                   "discover: identified, then the season's new animals are decided together (`registry "
+                   "discover --apply`): a new site's photos of one animal become one individual.")
 @click.option("--species", default=None, help="Species for sources without a species column (folders).")
 @click.option("--layout", type=click.Choice(LAYOUTS), default="auto", show_default=True,
               help="csv (registry or AnimalCLEF metadata.csv), identity-folders (one sub-folder per animal), "
@@ -138,9 +142,14 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
     total = count_items(source)
     with open_registry(ctx) as registry, progress_bar(f"ingest {survey}", total) as bar:
         report = Ingestor(registry).ingest(
-            source, survey, mode, species, progress=bar.update, layout=layout, bbox_pixels=bbox_pixels,
-            min_confidence=min_confidence, locations=_names(locations))
+            source, survey, "identify" if mode == "discover" else mode, species, progress=bar.update,
+            layout=layout, bbox_pixels=bbox_pixels, min_confidence=min_confidence, locations=_names(locations))
+        discovered = DiscoveryService(registry).discover(
+            survey, species, apply=True, actor=root_obj(ctx).get("actor") or "registry ingest --mode discover") \
+            if mode == "discover" else None
     data = report.to_json()
+    if discovered is not None:
+        data["discovered"] = discovered
     reports = settings.data_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     stem = f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', survey)}"
@@ -160,9 +169,11 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
                  f"{len(report.problems)} skipped."]
     if report.resumed:
         lines.append(f"  finished {report.resumed} photos left pending by an interrupted run")
-    if mode == "identify":
+    if mode in ("identify", "discover"):
         lines.append(f"  decisions: {data['matched']} matched to known individuals, "
                      f"{data['new_individuals']} new individuals")
+    if discovered is not None:
+        lines.append("  discovered: " + _discovered_line(discovered))
     lines += [f"  skipped {p}" for p in report.problems[:20]]
     if len(report.problems) > 20:
         lines.append(f"  ... and {len(report.problems) - 20} more in {problems_path}")
@@ -311,6 +322,44 @@ def stats(ctx: click.Context) -> None:
     emit(ctx, data, "\n".join(lines))
 
 
+def _discovered_line(report: dict[str, Any]) -> str:
+    parts = []
+    for sp, entry in report["species"].items():
+        cut = entry["cut"]
+        how = (f"cut {cut['cut']:.2f}" + (f" (ARI {cut['ari']:.2f} on {cut['photos']} labelled photos)"
+                                          if "ari" in cut else "")) if cut.get("cut") is not None \
+            else f"not clustered ({cut.get('reason')})"
+        parts.append(f"{sp}: {entry['provisional_individuals']} provisional individuals"
+                     + (f" -> {entry['individuals_after']} animals" if "individuals_after" in entry else "")
+                     + f", {how}")
+    merged = f"; {len(report['applied'])} merges applied (each undoable)" if report["applied"] else ""
+    return "; ".join(parts or ["no provisional individuals in this survey"]) + merged
+
+
+@main.command()
+@click.option("--survey", required=True, help="The survey whose new individuals are decided together.")
+@click.option("--species", default=None, help="Only this species.")
+@click.option("--cut", type=click.FloatRange(0, 1), default=None,
+              help="Cluster where pairs score at least this (default: chosen on the labelled photos by ARI).")
+@click.option("--apply", "apply_", is_flag=True,
+              help="Merge each proposed animal's individuals into one (audited, each merge undoable).")
+@click.pass_context
+def discover(ctx: click.Context, survey: str, species: str | None, cut: float | None, apply_: bool) -> None:
+    """Decide a survey's new animals together: its provisional new individuals (each made by one "new" decision,
+    nobody vouched for them) are scored pair by pair and clustered; each cluster of two or more is one animal.
+    Without --apply, only the proposals are shown."""
+    with open_registry(ctx) as registry:
+        report = DiscoveryService(registry).discover(survey, species, cut, apply_,
+                                                     actor=root_obj(ctx).get("actor") or "registry discover")
+    lines = [f"{survey}: " + _discovered_line(report)]
+    for proposal in report["proposals"]:
+        lines.append(f"  one animal ({proposal['species']}, weakest link {proposal['cohesion']:.2f}): "
+                     + ", ".join(proposal["individuals"]))
+    if report["proposals"] and not apply_:
+        lines.append("  (proposals only: --apply merges them)")
+    emit(ctx, report, "\n".join(lines))
+
+
 @main.command()
 @click.option("--species", default=None, help="Only this species' labelled photos.")
 @click.option("--pairs", type=int, default=None, help="Same-individual pairs (and as many others) per species.")
@@ -326,9 +375,13 @@ def stats(ctx: click.Context) -> None:
 @click.option("--engine", type=click.Choice(["mnn", "lightglue"]), default=None,
               help="Switch the local matching engine (mutual nearest descriptors, ~2 ms a pair, or LightGlue, "
                    "~365 ms a pair on a 2-core CPU) with this calibration; every species is recalibrated.")
+@click.option("--distinctive/--no-distinctive", default=None,
+              help="Switch the distinctive pair score on or off with this calibration: correspondences count only "
+                   "where they match the candidate's animal better than any other shortlisted animal (scenery "
+                   "several animals share never votes). On by default in new registries.")
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
-              self_tune: bool, matching: str | None, engine: str | None) -> None:
+              self_tune: bool, matching: str | None, engine: str | None, distinctive: bool | None) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos, choose tau per species
     on simulated open-set queries (leave-identities-out), and put both in force as a new decision policy."""
     overrides = None
@@ -344,14 +397,12 @@ def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: 
         with progress_bar("calibration pairs", total) as bar:
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
                                          actor=root_obj(ctx).get("actor") or "registry calibrate",
-                                         self_tune=self_tune, matching=overrides, engine=engine)
+                                         self_tune=self_tune, matching=overrides, engine=engine,
+                                         distinctive=distinctive)
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
-          + "".join(f"; {sp}: tau {r['tau']:.2f} (expected score {fmt(r['expected']['score'])} on "
-                    f"{r['known_queries']} known + {r['unknown_queries']} simulated unknown queries)"
-                    if r["tau"] is not None else f"; {sp}: tau not tuned ({r['reason']})"
-                    for sp, r in summary["self_tuned"].items())
+          + "".join(f"; {sp}: {_expected_text(r)}" for sp, r in summary["self_tuned"].items())
           + f"; decision policy version {summary['policy_version']} in force")
 
 
@@ -382,8 +433,10 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--max-identities", type=int, default=None, help="With --split: a seeded subset of identities.")
 @click.option("--species", default=None, help="Species for manifests without a species column.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--protocol", type=click.Choice(["closed", "sequential"]), default="closed", show_default=True,
-              help="closed: queries against the reference only; sequential: each query recorded before the next.")
+@click.option("--protocol", type=click.Choice(["closed", "sequential", "discover"]), default="closed",
+              show_default=True,
+              help="closed: queries against the reference only; sequential: each query recorded before the next; "
+                   "discover: sequential, then the season's new animals decided together (ARI before and after).")
 @click.option("--profile", type=click.Choice(PROFILES), default="offline", show_default=True)
 @click.option("--work-dir", type=click.Path(path_type=Path), default=None,
               help="Keep the evaluation registry here (default: a temporary folder).")
@@ -397,12 +450,14 @@ def tune(ctx: click.Context, queries: Path, tune_alpha: bool) -> None:
 @click.option("--train", "train_epochs", type=int, default=None, metavar="EPOCHS",
               help="First fine-tune the global embedder on the reference photos for EPOCHS epochs (`registry "
                    "train`), reembed and recalibrate; the queries never train.")
+@click.option("--engine", type=click.Choice(["mnn", "lightglue"]), default=None,
+              help="The evaluation registry's local matching engine (default: a new registry's).")
 @click.pass_context
 def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, queries: Path | None, split: bool,
              unknown_fraction: float, max_identities: int | None, species: str | None, seed: int, protocol: str,
              profile: str, work_dir: Path | None, exhaustive_limit: int, shortlist: int, limit: int | None,
              calibration_pairs: int | None, plot: Path | None, json_out: Path | None,
-             train_epochs: int | None) -> None:
+             train_epochs: int | None, engine: str | None) -> None:
     """Accuracy on labelled photos: BAKS, BAUS, their geometric mean, top-1/top-5, per species and overall."""
     import tempfile
 
@@ -427,7 +482,7 @@ def evaluate(ctx: click.Context, manifest: Path | None, reference: Path | None, 
 
             recipe = TrainSettings(epochs=train_epochs)
         report = experiments.run(reference, queries, work, profile, protocol, exhaustive_limit, shortlist,
-                                 calibration_pairs, limit, plot, say, progress_bar, train=recipe)
+                                 calibration_pairs, limit, plot, say, progress_bar, train=recipe, engine=engine)
         report["split"] = split_info
     if json_out:
         json_out.write_text(json.dumps(report, indent=2, default=str) + "\n")
@@ -452,11 +507,16 @@ def _evaluation_text(report: dict[str, Any]) -> str:
         lines.append(line(f"  {species}", block))
     for name, result in report.get("configurations", {}).items():
         lines.append(line(name, result["overall"]))
-    if "clustering" in report:
-        c = report["clustering"]
-        lines.append(f"  clustering: pairwise precision {fmt(c['pairwise_precision'])} recall "
-                     f"{fmt(c['pairwise_recall'])} F1 {fmt(c['pairwise_f1'])}; individuals created "
-                     f"{c['individuals_created']} vs true {c['individuals_true']}")
+    for key, label in (("clustering_before_discovery", "clustering, one photo at a time"),
+                       ("clustering", "clustering" + (", after discovery" if "discovery" in report else "")),
+                       ("clustering_unknown_before_discovery", "unknown animals only, one photo at a time"),
+                       ("clustering_unknown", "unknown animals only"
+                        + (", after discovery" if "discovery" in report else ""))):
+        if key in report:
+            c = report[key]
+            lines.append(f"  {label}: ARI {fmt(c.get('ari'))}, pairwise precision {fmt(c['pairwise_precision'])} "
+                         f"recall {fmt(c['pairwise_recall'])} F1 {fmt(c['pairwise_f1'])}; individuals created "
+                         f"{c['individuals_created']} vs true {c['individuals_true']}")
     if "sweep" in report:
         b = report["sweep"]["best"]["overall"]
         lines.append(f"  sweep: best alpha {b['alpha']:g}, tau {b['tau']:.2f} -> score {fmt(b['score'])}"
@@ -750,7 +810,23 @@ def _policy_text(p: dict[str, Any]) -> str:
     return (f"version {p['version']} ({p['created_at']}, by {p['created_by']}): {p['reason']}\n"
             f"  profile {p['profile']}; fusion {p['fusion']}, alpha {p['alpha']:g}; tau {p['default_threshold']:.2f}"
             f" (per species: {taus}); calibrations: {batches}; before calibration: "
-            f"{p['uncalibrated_threshold']:g} LightGlue matches")
+            f"{p['uncalibrated_threshold']:g} LightGlue matches"
+            + "".join(f"\n  {sp}: {_expected_text(r)}"
+                      for sp, r in sorted(((p.get("expected") or {}).get("self_tuned") or {}).items())))
+
+
+def _expected_text(tuned: dict[str, Any]) -> str:
+    """What self-tuning expects of a species' tau: the score on its simulated queries, with its interval."""
+    if tuned.get("tau") is None:
+        return f"tau not tuned ({tuned.get('reason')})"
+    expected = tuned["expected"]
+    interval = expected.get("score_ci95")
+    shrunk = (f" (fitted {tuned['fitted_tau']:.2f}, shrunk toward {tuned['prior_tau']:.2f} by "
+              f"{tuned['prior_queries']} pseudo-queries)" if "fitted_tau" in tuned else "")
+    return (f"tau {tuned['tau']:.2f}{shrunk}; expected score {fmt(expected['score'])}"
+            + (f" [95 % {interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+            + f" on {tuned['known_queries']} known + {tuned['unknown_queries']} simulated unknown queries"
+            + (f"; occasions {tuned['occasions']}" if "occasions" in tuned else ""))
 
 
 @policy_group.command("show")

@@ -1,0 +1,261 @@
+"""Discover: a season's new animals decided together.
+
+Identification decides one photo at a time, so every photo of an animal the registry has never seen becomes its
+own new individual, and the next photo of that animal must match that one photo. Discovery looks at all of a
+survey's provisional new individuals at once: each pair of them is scored like a query meets a candidate (every
+matcher, calibrated and fused by the policy in force; the best pair of photos speaks for two individuals), and
+average-linkage clustering cuts the graph where the registry's own labelled photos say clusters best agree with
+the truth (adjusted Rand index). Each cluster of two or more is a proposed animal: applied, its individuals are
+merged into the first (audited curation, undoable one merge at a time).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from itertools import combinations
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from sqlalchemy import select
+
+from registry.curation.curator import Curator
+from registry.decide.scoring import CandidateScore
+from registry.matching.local_matcher import Background
+from registry.store.catalog import CatalogError
+from registry.store.tables import Annotation, Image, Individual, Sighting, Survey
+
+if TYPE_CHECKING:
+    from registry.services.port import RegistryPort as Registry
+
+UNKNOWN = "unknown animal"  # the one owner of every photo being discovered: none of them is another's background
+CUT_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+
+
+@dataclass
+class Unit:
+    """What is clustered: one provisional individual (or, when choosing the cut, one labelled individual's photos
+    seen as a stranger) and its annotations."""
+
+    key: str  # an individual's code, or a label
+    species: str
+    annotations: list[int]
+    individual_id: int | None = None  # as the vector index knows it: never another unit's background
+    truth: str | None = None  # the known identity, where there is one (cut selection, evaluation)
+
+
+@dataclass
+class Proposal:
+    """Individuals that discovery says are one animal."""
+
+    species: str
+    individuals: list[str]
+    cohesion: float  # the weakest link's score inside the cluster (average linkage merges above the cut)
+    annotations: list[int] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"species": self.species, "individuals": self.individuals, "cohesion": round(self.cohesion, 4),
+                "annotations": self.annotations}
+
+
+def average_linkage(similarity: np.ndarray, cut: float) -> list[int]:
+    """Cluster labels by average linkage on 1 - similarity (SciPy), merged while the average similarity between
+    two clusters stays at or above `cut`."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    n = len(similarity)
+    if n < 2:
+        return list(range(n))
+    distance = 1.0 - np.clip(similarity, 0.0, 1.0)
+    np.fill_diagonal(distance, 0.0)
+    tree = linkage(squareform(distance, checks=False), method="average")
+    return [int(label) for label in fcluster(tree, t=1.0 - cut + 1e-9, criterion="distance")]
+
+
+class DiscoveryService:
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    # --- what is discovered -------------------------------------------------------------------------------
+    def provisional(self, survey: str, species: str | None = None) -> list[Unit]:
+        """The survey's provisional new individuals: created by a decision ("new"), never merged, every active
+        sighting automatic and in this survey (nobody vouched for them, no other season saw them)."""
+        catalog = self.registry.catalog
+        with catalog.transaction() as session:
+            survey_id = session.scalar(select(Survey.id).where(Survey.name == survey))
+            if survey_id is None:
+                raise CatalogError(f"no survey named {survey!r} in the registry")
+            rows = session.execute(
+                select(Individual.code, Individual.species, Sighting.annotation_id, Sighting.method,
+                       Image.survey_id, Individual.id)
+                .join(Sighting, Sighting.individual_id == Individual.id)
+                .join(Annotation, Annotation.id == Sighting.annotation_id)
+                .join(Image, Image.id == Annotation.image_id)
+                .where(Individual.created_by_decision_id.is_not(None), Individual.merged_into_id.is_(None),
+                       Individual.retired_at.is_(None), Sighting.status == "active",
+                       Annotation.status == "indexed")
+                .where(Individual.id.in_(select(Sighting.individual_id).join(
+                    Annotation, Annotation.id == Sighting.annotation_id).join(
+                    Image, Image.id == Annotation.image_id).where(Image.survey_id == survey_id)))
+                .order_by(Individual.id, Sighting.annotation_id)).all()
+        units: dict[str, Unit] = {}
+        spoiled: set[str] = set()
+        for code, sp, annotation_id, method, image_survey, individual_id in rows:
+            if species is not None and sp != species:
+                continue
+            if method != "automatic" or image_survey != survey_id:
+                spoiled.add(code)
+            units.setdefault(code, Unit(code, sp, [], individual_id=individual_id)).annotations.append(annotation_id)
+        return [u for code, u in units.items() if code not in spoiled]
+
+    # --- scoring ------------------------------------------------------------------------------------------
+    def similarity(self, units: list[Unit], species: str) -> np.ndarray:
+        """Each pair of units' score under the policy in force: the best over their photos' pairs, every matcher
+        calibrated and fused. The known individuals retrieval would shortlist for a photo are its background
+        (scenery shared with known animals does not vote); the photos being discovered are one owner, so two
+        photos of one new animal never cancel each other."""
+        registry = self.registry
+        identifier = registry.identification
+        local = registry.pipeline.local
+        scorer = registry.scorer.for_species(species)
+        hidden = tuple(sorted({u.individual_id for u in units if u.individual_id is not None}))
+        annotation_ids = [a for u in units for a in u.annotations]
+        unit_of = {a: k for k, u in enumerate(units) for a in u.annotations}
+        features = identifier.candidate_features(annotation_ids)
+        vectors = {name: registry.index.vectors(c, annotation_ids) for name, c in registry.collections.items()}
+        budget = registry.settings.local.for_species(species).max_keypoints
+        viewpoints = self._viewpoints(annotation_ids)
+        out = np.zeros((len(units), len(units)))
+        present = [a for a in annotation_ids if a in features and all(a in v for v in vectors.values())]
+        neighbours = self._neighbours(present, vectors[registry.pipeline.primary.name], local.engine)
+        for position, query in enumerate(present):
+            others = [a for a in present[position + 1:] if unit_of[a] != unit_of[query]
+                      and _same_side(viewpoints.get(query), viewpoints.get(a))
+                      and (neighbours is None or a in neighbours[query] or query in neighbours[a])]
+            if not others:
+                continue
+            background = self._background(query, vectors, species, viewpoints.get(query), budget, hidden) \
+                if local.distinctive else None
+            scores = local.pair_scores(features[query], [features[a] for a in others], budget=budget,
+                                       owners=[UNKNOWN] * len(others), background=background)
+            for other, local_scores in zip(others, scores, strict=True):
+                raw = {name: float(np.dot(v[query], v[other])) for name, v in vectors.items()}
+                candidate = CandidateScore(other, 0, {**raw, **local_scores})
+                scorer.score(candidate, species)
+                i, j = unit_of[query], unit_of[other]
+                out[i, j] = out[j, i] = max(out[i, j], candidate.score)
+        return out
+
+    NEIGHBOURS = 12  # photos each photo is matched with when pairs are expensive (LightGlue), by global similarity
+
+    def _neighbours(self, photos: list[int], vectors: dict[int, np.ndarray], engine: str,
+                    ) -> dict[int, set[int]] | None:
+        """Which pairs are worth matching: every pair under the descriptor engine (~2 ms a pair); under LightGlue
+        (~365 ms a pair on a CPU) each photo's `NEIGHBOURS` most similar photos by the primary embedding."""
+        if engine == "mnn" or len(photos) <= self.NEIGHBOURS + 1:
+            return None
+        matrix = np.stack([vectors[a] for a in photos])
+        similarity = matrix @ matrix.T
+        np.fill_diagonal(similarity, -np.inf)
+        nearest = np.argsort(-similarity, axis=1)[:, : self.NEIGHBOURS]
+        return {a: {photos[j] for j in row} for a, row in zip(photos, nearest, strict=True)}
+
+    def _viewpoints(self, annotation_ids: list[int]) -> dict[int, str | None]:
+        with self.registry.catalog.transaction() as session:
+            return dict(session.execute(select(Annotation.id, Annotation.viewpoint)
+                                        .where(Annotation.id.in_(annotation_ids))).all())  # type: ignore[arg-type]
+
+    def _background(self, query: int, vectors: dict[str, dict[int, np.ndarray]], species: str,
+                    viewpoint: str | None, budget: int, hidden: tuple[int, ...]) -> Background | None:
+        """The known individuals retrieval would shortlist for this photo, none of those being discovered."""
+        registry = self.registry
+        primary = registry.pipeline.primary.name
+        hits = registry.index.search_individuals(
+            registry.collections[primary], vectors[primary][query], registry.settings.rerank_individuals,
+            registry.settings.rerank_images_per_individual, species, viewpoint, exclude_annotation_ids=(query,),
+            exclude_individuals=hidden)
+        owners = {h.annotation_id: h.individual_id for h in hits}
+        features = registry.identification.candidate_features(list(owners))
+        shown = [i for i in owners if i in features]
+        query_features = registry.identification.candidate_features([query])[query]
+        return registry.pipeline.local.background(query_features, [features[i] for i in shown],
+                                                  [owners[i] for i in shown], budget=budget)
+
+    # --- the cut ------------------------------------------------------------------------------------------
+    def choose_cut(self, species: str, max_individuals: int = 30, max_photos: int = 3, seed: int = 0,
+                   ) -> dict[str, Any]:
+        """The cut whose clusters agree best with the truth (ARI) on the registry's labelled photos of this
+        species, each photo standing alone as a new animal would (scored with its own individual's other photos
+        as strangers would be, never as the registry knows them)."""
+        from sklearn.metrics import adjusted_rand_score
+
+        items = self.registry.catalog.labelled_annotations(species)
+        by_individual: dict[int, list[dict[str, Any]]] = {}
+        for item in items:
+            by_individual.setdefault(item["individual_id"], []).append(item)
+        rng = np.random.default_rng(seed)
+        chosen = sorted(by_individual)
+        if len(chosen) > max_individuals:
+            chosen = sorted(rng.permutation(chosen)[:max_individuals].tolist())
+        units = []
+        for individual in chosen:
+            photos = by_individual[individual]
+            for k in sorted(rng.permutation(len(photos))[:max_photos].tolist()):
+                units.append(Unit(f"photo-{photos[k]['annotation_id']}", species, [photos[k]["annotation_id"]],
+                                  individual_id=individual, truth=str(individual)))
+        if len({u.truth for u in units}) < 2 or len(units) < 4:
+            return {"cut": None, "reason": f"{len(units)} labelled photos of {len(chosen)} individuals: too few"}
+        similarity = self.similarity(units, species)
+        truth = [u.truth for u in units]
+        scored = [(float(adjusted_rand_score(truth, average_linkage(similarity, cut))), float(cut))
+                  for cut in CUT_GRID]
+        best = max(ari for ari, _ in scored)
+        plateau = [cut for ari, cut in scored if ari >= best - 1e-9]
+        return {"cut": float(np.median(plateau)), "ari": best, "photos": len(units), "individuals": len(chosen),
+                "by_cut": {f"{cut:.2f}": round(ari, 4) for ari, cut in scored}}
+
+    # --- discovering --------------------------------------------------------------------------------------
+    def discover(self, survey: str, species: str | None = None, cut: float | None = None, apply: bool = False,
+                 actor: str = "registry discover") -> dict[str, Any]:
+        """Proposals for one survey (per species); with `apply`, each proposal's individuals merged into its
+        first (the earliest created), one audited merge per absorbed individual."""
+        units = self.provisional(survey, species)
+        report: dict[str, Any] = {"survey": survey, "species": {}, "proposals": [], "applied": []}
+        if units and not self.registry.scorer.probabilities:
+            raise CatalogError("discover clusters calibrated pair scores, and this registry is not calibrated: run "
+                               "`registry calibrate` on labelled photos of the species first")
+        for sp in sorted({u.species for u in units}):
+            mine = [u for u in units if u.species == sp]
+            chosen = {"cut": cut, "reason": "given"} if cut is not None else self.choose_cut(sp)
+            entry: dict[str, Any] = {"provisional_individuals": len(mine), "cut": chosen}
+            report["species"][sp] = entry
+            if chosen.get("cut") is None or len(mine) < 2:
+                continue
+            similarity = self.similarity(mine, sp)
+            labels = average_linkage(similarity, float(chosen["cut"]))
+            groups: dict[int, list[int]] = {}
+            for index, label in enumerate(labels):
+                groups.setdefault(label, []).append(index)
+            for members in groups.values():
+                if len(members) < 2:
+                    continue
+                weakest = min(similarity[i, j] for i, j in combinations(members, 2))
+                report["proposals"].append(Proposal(
+                    sp, [mine[i].key for i in members], float(weakest),
+                    [a for i in members for a in mine[i].annotations]))
+            entry["proposed_animals"] = sum(1 for m in groups.values() if len(m) > 1)
+            entry["individuals_after"] = len(groups)
+        if apply:
+            curator = Curator(self.registry.stores, actor)
+            for proposal in report["proposals"]:
+                keep, *absorbed = proposal.individuals
+                for other in absorbed:
+                    change = curator.merge(keep, other, reason=f"{actor}: survey {survey}, one animal by "
+                                                               f"discovery (weakest link {proposal.cohesion:.2f})")
+                    report["applied"].append({"kept": keep, "absorbed": other, "change": change["change"]})
+        report["proposals"] = [p.to_json() for p in report["proposals"]]
+        return report
+
+
+def _same_side(a: str | None, b: str | None) -> bool:
+    return a is None or b is None or a == b or "both" in (a, b)

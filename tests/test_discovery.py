@@ -1,0 +1,123 @@
+"""Discover: a season's new animals decided together (`registry discover`, `ingest --mode discover`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import rows_of, run_cli, snapshot
+from sklearn.metrics import adjusted_rand_score
+from sqlalchemy import select
+
+from registry.curation.discovery import average_linkage
+from registry.evaluate import synth
+from registry.services.registry import Registry
+from registry.settings import Settings
+from registry.store.catalog import Catalog
+from registry.store.tables import Annotation, Image, Individual, Sighting
+
+
+def test_average_linkage_merges_what_scores_above_the_cut() -> None:
+    similarity = np.full((5, 5), 0.1)
+    similarity[np.ix_([0, 1, 2], [0, 1, 2])] = 0.9
+    similarity[np.ix_([3, 4], [3, 4])] = 0.7
+    similarity[0, 2] = similarity[2, 0] = 0.3  # a weak link inside the first animal: the average carries it
+
+    def groups(cut: float) -> set[frozenset[int]]:
+        labels = average_linkage(similarity, cut)
+        return {frozenset(i for i, label in enumerate(labels) if label == group) for group in set(labels)}
+
+    assert groups(0.5) == {frozenset({0, 1, 2}), frozenset({3, 4})}
+    assert groups(0.8) == {frozenset({0, 1}), frozenset({2}), frozenset({3}), frozenset({4})}  # 2 joins at 0.6
+    assert groups(0.95) == {frozenset({i}) for i in range(5)}
+    assert groups(0.05) == {frozenset(range(5))}
+    assert average_linkage(np.zeros((1, 1)), 0.5) == [0]
+
+
+@pytest.fixture(scope="module")
+def new_animals(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Season 2 brings four animals never seen in season 1, three photos each, hours apart (separate events)."""
+    root = tmp_path_factory.mktemp("discovery")
+    synth.generate(root, individuals=6, seasons=2, seed=11, photos_per_sighting=(3, 3), return_rate=0.5,
+                   new_per_season=0.67)
+    return root
+
+
+def _partition(data: Path, manifest: Path) -> tuple[list[str], list[str]]:
+    """(true identity, individual code in the registry) of each photo of the manifest's animals that season 1 did
+    not have."""
+    rows = rows_of(manifest)
+    catalog = Catalog(Settings.load(data).sqlalchemy_url)
+    with catalog.transaction() as session:
+        recorded = dict(session.execute(
+            select(Image.path, Individual.code).join(Annotation, Annotation.image_id == Image.id)
+            .join(Sighting, Sighting.annotation_id == Annotation.id)
+            .join(Individual, Individual.id == Sighting.individual_id).where(Sighting.status == "active")).all())
+    catalog.close()
+    truth, found = [], []
+    for row in rows:
+        path = str((manifest.parent / row["image"]).resolve())
+        code = next((c for p, c in recorded.items() if Path(p).resolve() == Path(path)), None)
+        if code is not None:
+            truth.append(row["identity"])
+            found.append(code)
+    return truth, found
+
+
+def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoable(
+        tmp_path: Path, new_animals: Path) -> None:
+    """A cautious policy (tau 0.999) calls every season-2 photo a new animal, one photo at a time; discovery
+    then groups the photos of each animal, scored by the calibrated matchers, cut where the labelled season 1
+    says. Known animals' photos are provisional too here (nobody vouched for them): they are grouped, not merged
+    into season 1's individuals."""
+    data = tmp_path / "registry"
+    run_cli(data, "init", "--no-download", "--engine", "mnn")
+    run_cli(data, "ingest", str(new_animals / "season1" / "manifest.csv"), "--survey", "s1")
+    run_cli(data, "calibrate", "--pairs", "30")
+    with Registry(Settings.load(data)) as registry:
+        registry.set_policy(registry.policy.derive("a cautious season", "test", thresholds={"synleopard": 0.999}))
+    season2 = new_animals / "season2" / "manifest.csv"
+    run_cli(data, "ingest", str(season2), "--survey", "s2", "--mode", "identify")
+    truth, before = _partition(data, season2)
+    assert len(set(before)) > len(set(truth))  # one photo at a time, animals were split
+
+    proposed = json.loads(run_cli(data, "--json", "discover", "--survey", "s2").stdout)
+    assert _partition(data, season2)[1] == before  # proposals only: nothing changed
+    cut = proposed["species"]["synleopard"]["cut"]
+    assert cut["cut"] is not None and 0 < cut["cut"] < 1 and cut["photos"] >= 6  # chosen on the labelled photos
+    assert proposed["proposals"] and all(set(p["individuals"]) <= set(before) for p in proposed["proposals"])
+
+    applied = json.loads(run_cli(data, "--json", "discover", "--survey", "s2", "--apply").stdout)
+    _, after = _partition(data, season2)
+    ari_before, ari_after = adjusted_rand_score(truth, before), adjusted_rand_score(truth, after)
+    print(f"ARI of season 2: {ari_before:.3f} one photo at a time, {ari_after:.3f} discovered "
+          f"({len(set(after))} individuals for {len(set(truth))} animals)")
+    assert ari_after >= 0.8 > ari_before
+    assert len(applied["applied"]) == sum(len(p["individuals"]) - 1 for p in applied["proposals"])
+    season1 = {r["identity"] for r in rows_of(new_animals / "season1" / "manifest.csv")}
+    assert len(set(_partition(data, new_animals / "season1" / "manifest.csv")[1])) == len(season1)  # untouched
+    again = json.loads(run_cli(data, "--json", "discover", "--survey", "s2").stdout)
+    assert again["proposals"] == []  # nothing left to group
+
+    last = applied["applied"][-1]  # a discovered merge is a curation like any other: undone, its animal is back
+    run_cli(data, "undo", str(last["change"]))
+    _, undone = _partition(data, season2)
+    assert last["absorbed"] in undone and len(set(undone)) == len(set(after)) + 1
+
+
+def test_discover_refuses_an_unknown_survey_and_an_uncalibrated_registry_and_changes_nothing(
+        tmp_path: Path, new_animals: Path) -> None:
+    data = tmp_path / "registry"
+    run_cli(data, "init", "--no-download", "--profile", "tiny-test")
+    run_cli(data, "ingest", str(new_animals / "season1" / "manifest.csv"), "--survey", "s1")
+    refused = run_cli(data, "discover", "--survey", "no-such-season", expect=None)
+    assert refused.returncode != 0 and "no survey named 'no-such-season'" in refused.stderr
+    quiet = json.loads(run_cli(data, "--json", "discover", "--survey", "s1").stdout)
+    assert quiet["proposals"] == [] and quiet["applied"] == []  # reference animals are never provisional
+    run_cli(data, "ingest", str(new_animals / "season2" / "manifest.csv"), "--survey", "s2", "--mode", "identify")
+    before = snapshot(data)
+    uncalibrated = run_cli(data, "discover", "--survey", "s2", "--apply", expect=None)
+    assert uncalibrated.returncode != 0 and "not calibrated" in uncalibrated.stderr  # raw counts are no probability
+    assert snapshot(data) == before
