@@ -74,6 +74,8 @@ def main() -> None:
                         help="Also fine-tune the embedder on each reference (`registry train`) and report that too.")
     parser.add_argument("--engine", choices=("mnn", "lightglue"), default=None,
                         help="The local matching engine (default: a new registry's).")
+    parser.add_argument("--no-spacetime", dest="spacetime", action="store_false",
+                        help="Leave space-time evidence out of the pair verifier (to measure what it adds).")
     parser.add_argument("--discover", action="store_true",
                         help="Also run the discover protocol (queries recorded one at a time, then the season's new "
                              "animals decided together) and report ARI before and after discovery.")
@@ -106,7 +108,7 @@ def main() -> None:
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
                                          limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
-                                         train=recipe, engine=args.engine)
+                                         train=recipe, engine=args.engine, spacetime=args.spacetime)
                 report["split"] = split
                 report["wall_seconds"] = time.perf_counter() - started
             tag = name + ("-trained" if recipe else "")
@@ -124,7 +126,7 @@ def main() -> None:
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work, protocol="discover",
                                          limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
-                                         engine=args.engine)
+                                         engine=args.engine, spacetime=args.spacetime)
                 report["wall_seconds"] = time.perf_counter() - started
             if args.out_dir:
                 (args.out_dir / f"discover_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")

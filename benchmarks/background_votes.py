@@ -159,42 +159,24 @@ def open_set(best: list[float], known_right: list[bool], unknown: list[bool], id
     return auc, float(np.mean(held_scores)), best_tau
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
-    parser.add_argument("--set", default="nyala", choices=("nyala", "holstein"))
-    parser.add_argument("--queries", type=int, default=60)
-    parser.add_argument("--unknown", type=int, default=40)
-    parser.add_argument("--engine", default="mnn", choices=("mnn", "lightglue"))
-    args = parser.parse_args()
-    reference, known, matcher, (ref_features, known_features), (ref_vectors, known_vectors) = describe_split(
-        args.data, args.set, args.queries)
-    unknown, unknown_features, unknown_vectors = unknown_queries(args.data, args.set, args.unknown, matcher)
-    queries = known + unknown
-    query_features = [unpack(pack(f)) for f in known_features + unknown_features]
-    ref_features = [unpack(pack(f)) for f in ref_features]
-    query_vectors = np.concatenate([known_vectors, unknown_vectors])
-    began = time.perf_counter()
-    rows = []
-    for q, query in enumerate(queries):
-        same = [i for i, r in enumerate(reference)
-                if r.species == query.species and (query.viewpoint is None or r.viewpoint == query.viewpoint)]
-        owners = [reference[i].identity for i in same]
-        features = [ref_features[i] for i in same]
-        pool = (np.concatenate([f.descriptors[:256] for f in features]).astype(np.float32),
-                np.asarray([owners[j] for j, f in enumerate(features) for _ in range(len(f.descriptors[:256]))]))
-        votes = lnbnn_votes(query_features[q].descriptors[:256].astype(np.float32), pool[0],
-                            np.concatenate([[j] * len(f.descriptors[:256]) for j, f in enumerate(features)]))
-        record = {"owners": owners, "global": (ref_vectors[same] @ query_vectors[q]).tolist(),
-                  "lnbnn": [votes.get(j, 0.0) for j in range(len(same))]}
-        reach = mnn_pairs(record)
-        scores = score_query(query_features[q], features, owners, reach, pool, matcher, args.engine)
-        rows.append((query.identity, query.identity not in set(owners), owners, scores))
-        print(f"query {q + 1}/{len(queries)}", file=sys.stderr, end="\r")
-    seconds = (time.perf_counter() - began) / len(queries)
-    n_unknown = sum(1 for r in rows if r[1])
-    print(f"\n{args.set}, engine {args.engine}: {len(rows) - n_unknown} known + {n_unknown} unknown queries, "
-          f"{seconds:.2f} s/query for all strategies")
+def reached(query, features: LocalFeatures, vector: np.ndarray, reference: list, ref_features: list[LocalFeatures],
+            ref_vectors: np.ndarray) -> tuple[list[int], list[str], list[int]]:
+    """(the reference photos of the query's species and flank, their identities, the indices among them that the
+    query path reaches: the global embedding's 30 best individuals and LNBNN's 12, 2 photos each)."""
+    same = [i for i, r in enumerate(reference)
+            if r.species == query.species and (query.viewpoint is None or r.viewpoint == query.viewpoint)]
+    owners = [reference[i].identity for i in same]
+    pool = np.concatenate([ref_features[i].descriptors[:256] for i in same]).astype(np.float32)
+    votes = lnbnn_votes(features.descriptors[:256].astype(np.float32), pool,
+                        np.concatenate([[j] * len(ref_features[i].descriptors[:256]) for j, i in enumerate(same)]))
+    record = {"owners": owners, "global": (ref_vectors[same] @ vector).tolist(),
+              "lnbnn": [votes.get(j, 0.0) for j in range(len(same))]}
+    return same, owners, mnn_pairs(record)
+
+
+def print_table(rows: list[tuple[str, bool, list[str], dict[str, dict[int, float]]]]) -> None:
+    """Per strategy: top-1 of the known queries with its interval, AUC and the open-set scores, from each query's
+    (identity, unknown?, owners of the reference photos, strategy -> photo -> score)."""
     print("| strategy | top-1 | 95 % interval | AUC known-right vs unknown | open-set score (τ 2-fold) | "
           "at best τ |\n|---|---|---|---|---|---|")
     for strategy in rows[0][3]:
@@ -214,6 +196,38 @@ def main() -> None:
         auc, held, at_best = open_set(best, right, unk, identities)
         print(f"| {strategy} | {np.mean(hits):.3f} | {low:.3f}–{high:.3f} | {auc:.3f} | {held:.3f} | {at_best:.3f} |")
 
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
+    parser.add_argument("--set", default="nyala", choices=("nyala", "holstein"))
+    parser.add_argument("--queries", type=int, default=60)
+    parser.add_argument("--unknown", type=int, default=40)
+    parser.add_argument("--engine", default="mnn", choices=("mnn", "lightglue"))
+    args = parser.parse_args()
+    reference, known, matcher, (ref_features, known_features), (ref_vectors, known_vectors) = describe_split(
+        args.data, args.set, args.queries)
+    unknown, unknown_features, unknown_vectors = unknown_queries(args.data, args.set, args.unknown, matcher)
+    queries = known + unknown
+    query_features = [unpack(pack(f)) for f in known_features + unknown_features]
+    ref_features = [unpack(pack(f)) for f in ref_features]
+    query_vectors = np.concatenate([known_vectors, unknown_vectors])
+    began = time.perf_counter()
+    rows = []
+    for q, query in enumerate(queries):
+        same, owners, reach = reached(query, query_features[q], query_vectors[q], reference, ref_features,
+                                      ref_vectors)
+        features = [ref_features[i] for i in same]
+        pool = (np.concatenate([f.descriptors[:256] for f in features]).astype(np.float32),
+                np.asarray([owners[j] for j, f in enumerate(features) for _ in range(len(f.descriptors[:256]))]))
+        scores = score_query(query_features[q], features, owners, reach, pool, matcher, args.engine)
+        rows.append((query.identity, query.identity not in set(owners), owners, scores))
+        print(f"query {q + 1}/{len(queries)}", file=sys.stderr, end="\r")
+    seconds = (time.perf_counter() - began) / len(queries)
+    n_unknown = sum(1 for r in rows if r[1])
+    print(f"\n{args.set}, engine {args.engine}: {len(rows) - n_unknown} known + {n_unknown} unknown queries, "
+          f"{seconds:.2f} s/query for all strategies")
+    print_table(rows)
 
 if __name__ == "__main__":
     main()

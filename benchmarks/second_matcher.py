@@ -24,16 +24,14 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from background_votes import open_set, unknown_queries
+from background_votes import print_table, reached, unknown_queries
 from local_matching import describe_split
-from matching_engines import interval, mnn_pairs
 
 from registry.matching.imaging import load_image
 from registry.matching.local_matcher import (
     AlikedLightGlue,
     Background,
     LocalFeatures,
-    lnbnn_votes,
 )
 from registry.store.feature_store import pack, unpack
 
@@ -108,15 +106,7 @@ def main() -> None:
     matcher = AlikedLightGlue(max_keypoints=1024, engine="mnn", distinctive=True)
     rows = []
     for q, query in enumerate(queries):
-        same = [i for i, r in enumerate(reference)
-                if r.species == query.species and (query.viewpoint is None or r.viewpoint == query.viewpoint)]
-        owners = [reference[i].identity for i in same]
-        pool = np.concatenate([aliked_ref[i].descriptors[:256] for i in same]).astype(np.float32)
-        votes = lnbnn_votes(aliked_query[q].descriptors[:256].astype(np.float32), pool,
-                            np.concatenate([[j] * len(aliked_ref[i].descriptors[:256]) for j, i in enumerate(same)]))
-        record = {"owners": owners, "global": (ref_vectors[same] @ query_vectors[q]).tolist(),
-                  "lnbnn": [votes.get(j, 0.0) for j in range(len(same))]}
-        reach = mnn_pairs(record)
+        same, owners, reach = reached(query, aliked_query[q], query_vectors[q], reference, aliked_ref, ref_vectors)
         a = scores(matcher, aliked_query[q], [aliked_ref[i] for i in same], owners, reach)
         d = scores(matcher, disk_query[q], [disk_ref[i] for i in same], owners, reach)
         per_pair = {}
@@ -132,25 +122,7 @@ def main() -> None:
     n_unknown = sum(1 for r in rows if r[1])
     print(f"\n{args.set}: {len(rows) - n_unknown} known + {n_unknown} unknown queries; DISK {disk_seconds:.2f} s per "
           f"photo on this CPU ({os.cpu_count()} cores), ALIKED's backbone in ONNX Runtime ~0.2-0.3 s")
-    print("| matcher | top-1 | 95 % interval | AUC known-right vs unknown | open-set (τ 2-fold) | at best τ |\n"
-          "|---|---|---|---|---|---|")
-    for strategy in rows[0][3]:
-        hits, best, right, unk, identities = [], [], [], [], []
-        for identity, is_unknown, owners, per_pair in rows:
-            per_individual: dict[str, float] = {}
-            for j, value in per_pair[strategy].items():
-                per_individual[owners[j]] = max(per_individual.get(owners[j], -1.0), value)
-            winner = max(per_individual, key=lambda o: per_individual[o])
-            best.append(per_individual[winner])
-            right.append(winner == identity)
-            unk.append(is_unknown)
-            identities.append(identity)
-            if not is_unknown:
-                hits.append(int(winner == identity))
-        low, high = interval(hits, [r[0] for r in rows if not r[1]])
-        auc, held, at_best = open_set(best, right, unk, identities)
-        print(f"| {strategy} | {np.mean(hits):.3f} | {low:.3f}–{high:.3f} | {auc:.3f} | {held:.3f} | {at_best:.3f} |")
-
+    print_table(rows)
 
 if __name__ == "__main__":
     main()

@@ -71,7 +71,10 @@ class LocalMatcherSettings:
     lnbnn_photos: int = 2
     # An individual's score: its best photo's (1) or the noisy-OR of its best `combine_photos` photos' calibrated
     # scores (only for calibrated scores in [0, 1]; the uncalibrated fallback always takes the best photo).
-    combine_photos: int = 2
+    # Measured on Holstein's 250 open-set queries in one run (docs/accuracy.md, issue 24): the noisy-OR of 2
+    # scored 0.753 (BAUS 0.604: two mediocre photos of a stranger add up to a confident match), the best photo
+    # 0.926 at the same tau; on nyala it was worth +0.016 top-1 (300 queries). So one photo decides.
+    combine_photos: int = 1
     # Per-species overrides of the matching stage (SPECIES_FIELDS): e.g. {"cow": {"lnbnn_individuals": 20}}.
     # Photos are described once at `max_keypoints` and `long_side`, so a species may use fewer keypoints (the
     # strongest ones), never more, and shares the working size.
@@ -173,6 +176,9 @@ class Settings:
     # ... and the tau found is shrunk toward the policy's default tau as if this many simulated queries had chosen
     # it: a small labelled set's tau is mostly the prior, a large one's mostly its own.
     self_tune_prior_queries: int = 30
+    # Space-time evidence for the pair verifier (decide/spacetime.py): distance, time and speed from a candidate's
+    # sightings to the query. Off: the verifier sees photos only (for comparisons, or where places and times lie).
+    spacetime: bool = True
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
     resume_grace_seconds: float = 300.0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from registry.evaluate import experiments
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.manifest import PhotoRow
 from registry.matching.pipeline import Pipeline
+from registry.services.calibrating import bootstrap_score, same_occasion
 from registry.services.registry import Registry
 from registry.settings import Settings
 
@@ -111,6 +113,40 @@ def test_pairwise_clustering_against_a_hand_count() -> None:
     assert metrics["pairwise_precision"] == pytest.approx(1 / 3)
     assert metrics["pairwise_recall"] == pytest.approx(1 / 3)
     assert metrics["individuals_created"] == 2 and metrics["individuals_true"] == 2
+    # ARI by hand: index 1 shared pair, expected 3 * 3 / 6 = 1.5, max (3 + 3) / 2 = 3 -> (1 - 1.5) / (3 - 1.5)
+    assert metrics["ari"] == pytest.approx(-1 / 3)
+    assert pairwise_clustering(["a", "a", "b"], ["x", "x", "y"])["ari"] == pytest.approx(1.0)
+
+
+def test_an_occasion_is_one_day_of_one_survey_or_one_deployment() -> None:
+    morning, evening = datetime(2024, 5, 1, 7), datetime(2024, 5, 1, 19)
+    photo = {"captured_at": morning, "survey_id": 1, "deployment_id": None}
+    assert same_occasion(photo, {"captured_at": evening, "survey_id": 1, "deployment_id": None})
+    assert not same_occasion(photo, {"captured_at": evening + timedelta(days=1), "survey_id": 1,
+                                     "deployment_id": None})
+    assert not same_occasion(photo, {"captured_at": evening, "survey_id": 2, "deployment_id": None})
+    at_camera = {"captured_at": morning, "survey_id": 1, "deployment_id": 4}
+    assert not same_occasion(at_camera, {"captured_at": evening, "survey_id": 1, "deployment_id": 5})
+    assert same_occasion(at_camera, {"captured_at": evening, "survey_id": 2, "deployment_id": 4})
+    assert not same_occasion({"captured_at": None, "survey_id": 1}, {"captured_at": None, "survey_id": 1})
+
+
+def test_the_expected_score_interval_widens_with_fewer_identities() -> None:
+    rng = np.random.default_rng(0)
+
+    def tops(identities: int) -> list[tuple[bool, str, int | None, float]]:
+        out = []
+        for k in range(identities):
+            known = k % 3 != 0
+            right = known and rng.random() < 0.8
+            out += [(known, str(k), k if right else -1, float(rng.uniform(0.5, 1.0) if right else rng.uniform(0, 0.6)))
+                    for _ in range(3)]
+        return out
+
+    narrow, wide = bootstrap_score(tops(120), "x", 0.5), bootstrap_score(tops(12), "x", 0.5)
+    assert narrow is not None and wide is not None
+    assert wide[1] - wide[0] > narrow[1] - narrow[0] > 0
+    assert bootstrap_score(tops(1), "x", 0.5) is None  # one animal: nothing to resample
 
 
 def test_calibration_pairs_only_pair_photos_of_one_side(
@@ -166,7 +202,15 @@ def test_calibration_pairs_from_a_real_registry(population: Path, offline_pipeli
         answer = registry.identify(query, "synleopard")
         best = answer.outcome.ranked[0].images[0]
         assert set(best.calibrated) == {"efficientnet-lite0", "aliked", "aliked-verified", "aliked-distinctive"}
-        tau = summary["self_tuned"]["synleopard"]["tau"]  # chosen on simulated open-set queries
+        tuned = summary["self_tuned"]["synleopard"]
+        tau = tuned["tau"]  # chosen on simulated open-set queries, then shrunk toward the default by pseudo-queries
+        queries = tuned["known_queries"] + tuned["unknown_queries"]
+        assert tau == pytest.approx(round((queries * tuned["fitted_tau"] + tuned["prior_queries"] * tuned["prior_tau"])
+                                          / (queries + tuned["prior_queries"]), 2))
+        low, high = tuned["expected"]["score_ci95"]
+        assert 0.0 <= low <= tuned["expected"]["score"] <= high <= 1.0
+        # the synthetic season shows each animal on one day only: occasions cannot be held out, and it says so
+        assert tuned["occasions"].startswith("too few")
         assert 0.0 <= best.score <= 1.0
         assert answer.outcome.threshold == tau == registry.policy.threshold_for("synleopard")
         assert best.score == pytest.approx((best.calibrated["efficientnet-lite0"] + best.calibrated["aliked"]) / 2)

@@ -11,7 +11,7 @@ from helpers import rows_of, run_cli, snapshot
 from sklearn.metrics import adjusted_rand_score
 from sqlalchemy import select
 
-from registry.curation.discovery import average_linkage
+from registry.curation.discovery import average_linkage, cluster, mutual_neighbours
 from registry.evaluate import synth
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -34,6 +34,20 @@ def test_average_linkage_merges_what_scores_above_the_cut() -> None:
     assert groups(0.95) == {frozenset({i}) for i in range(5)}
     assert groups(0.05) == {frozenset(range(5))}
     assert average_linkage(np.zeros((1, 1)), 0.5) == [0]
+
+
+def test_mutual_neighbours_keep_only_pairs_that_rank_each_other_first() -> None:
+    """Three strangers from one camera score 0.6 with everyone (the scenery); each animal's two photos 0.9 with
+    each other. Averages over every pair chain them all at a cut of 0.55; mutual first neighbours do not."""
+    similarity = np.full((6, 6), 0.6)
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        similarity[a, b] = similarity[b, a] = 0.9
+    np.fill_diagonal(similarity, 1.0)
+    kept = mutual_neighbours(similarity, 1)
+    assert {(i, j) for i, j in zip(*np.nonzero(kept), strict=True) if i < j} == {(0, 1), (2, 3), (4, 5)}
+    assert len(set(cluster(similarity, "average", 0.55))) == 1
+    assert len(set(cluster(similarity, "mutual-1", 0.55))) == 3
+    assert len(set(cluster(similarity, "mutual-2", 0.55))) <= 3
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +90,8 @@ def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoa
     run_cli(data, "init", "--no-download", "--engine", "mnn")
     run_cli(data, "ingest", str(new_animals / "season1" / "manifest.csv"), "--survey", "s1")
     run_cli(data, "calibrate", "--pairs", "30")
+    policy = run_cli(data, "policy", "show").stdout  # what self-tuning expects of tau, with its interval
+    assert "synleopard: tau" in policy and "expected score" in policy and "[95 %" in policy
     with Registry(Settings.load(data)) as registry:
         registry.set_policy(registry.policy.derive("a cautious season", "test", thresholds={"synleopard": 0.999}))
     season2 = new_animals / "season2" / "manifest.csv"
@@ -116,7 +132,10 @@ def test_discover_refuses_an_unknown_survey_and_an_uncalibrated_registry_and_cha
     assert refused.returncode != 0 and "no survey named 'no-such-season'" in refused.stderr
     quiet = json.loads(run_cli(data, "--json", "discover", "--survey", "s1").stdout)
     assert quiet["proposals"] == [] and quiet["applied"] == []  # reference animals are never provisional
-    run_cli(data, "ingest", str(new_animals / "season2" / "manifest.csv"), "--survey", "s2", "--mode", "identify")
+    ingested = json.loads(run_cli(data, "--json", "ingest", str(new_animals / "season2" / "manifest.csv"),
+                                  "--survey", "s2", "--mode", "discover").stdout)
+    assert ingested["added"] == len(rows_of(new_animals / "season2" / "manifest.csv"))  # the season is recorded
+    assert "not calibrated" in ingested["not_discovered"]  # and discovery says why it did not run
     before = snapshot(data)
     uncalibrated = run_cli(data, "discover", "--survey", "s2", "--apply", expect=None)
     assert uncalibrated.returncode != 0 and "not calibrated" in uncalibrated.stderr  # raw counts are no probability

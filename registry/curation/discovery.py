@@ -2,15 +2,17 @@
 
 Identification decides one photo at a time, so every photo of an animal the registry has never seen becomes its
 own new individual, and the next photo of that animal must match that one photo. Discovery looks at all of a
-survey's provisional new individuals at once: each pair of them is scored like a query meets a candidate (every
-matcher, calibrated and fused by the policy in force; the best pair of photos speaks for two individuals), and
-average-linkage clustering cuts the graph where the registry's own labelled photos say clusters best agree with
-the truth (adjusted Rand index). Each cluster of two or more is a proposed animal: applied, its individuals are
-merged into the first (audited curation, undoable one merge at a time).
+survey's provisional new individuals at once: each pair of their photos is scored like a query meets a candidate
+(every matcher, calibrated and fused by the policy in force), the photos are clustered by average linkage (on
+every pair, or only between mutual nearest neighbours) with the method and cut under which the registry's own
+labelled photos cluster closest to the truth (adjusted Rand index), and each individual follows the cluster most
+of its photos fell in. Individuals that share a cluster are a proposed animal: applied, they are merged into the
+first (audited curation, undoable one merge at a time).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
@@ -49,12 +51,37 @@ class Proposal:
 
     species: str
     individuals: list[str]
-    cohesion: float  # the weakest link's score inside the cluster (average linkage merges above the cut)
+    cohesion: float  # the weakest pair of photos' score inside the cluster (average linkage merges above the cut)
     annotations: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"species": self.species, "individuals": self.individuals, "cohesion": round(self.cohesion, 4),
                 "annotations": self.annotations}
+
+
+METHODS = ("average", "mutual-1", "mutual-2", "mutual-3")
+
+
+def mutual_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
+    """The similarity kept only between units that are each among the other's `k` most similar: a ranking is
+    what the matchers get right (the right animal first), their absolute scores between two strangers from one
+    camera much less (AnimalCLEF's cows), and averages over such pairs chain animals together."""
+    n = len(similarity)
+    if n < 2:
+        return similarity.copy()
+    masked = similarity.copy()
+    np.fill_diagonal(masked, -np.inf)
+    nearest = np.argsort(-masked, axis=1)[:, : min(k, n - 1)]
+    close = np.zeros((n, n), dtype=bool)
+    close[np.repeat(np.arange(n), nearest.shape[1]), nearest.ravel()] = True
+    return np.where(close & close.T, similarity, 0.0)
+
+
+def cluster(similarity: np.ndarray, method: str, cut: float) -> list[int]:
+    """Cluster labels: average linkage on the similarity (`average`) or on its mutual-`k` neighbours only."""
+    if method == "average":
+        return average_linkage(similarity, cut)
+    return average_linkage(mutual_neighbours(similarity, int(method.split("-")[1])), cut)
 
 
 def average_linkage(similarity: np.ndarray, cut: float) -> list[int]:
@@ -207,16 +234,19 @@ class DiscoveryService:
             return {"cut": None, "reason": f"{len(units)} labelled photos of {len(chosen)} individuals: too few"}
         similarity = self.similarity(units, species)
         truth = [u.truth for u in units]
-        scored = [(float(adjusted_rand_score(truth, average_linkage(similarity, cut))), float(cut))
-                  for cut in CUT_GRID]
-        best = max(ari for ari, _ in scored)
-        plateau = [cut for ari, cut in scored if ari >= best - 1e-9]
-        return {"cut": float(np.median(plateau)), "ari": best, "photos": len(units), "individuals": len(chosen),
-                "by_cut": {f"{cut:.2f}": round(ari, 4) for ari, cut in scored}}
+        by_method = {method: [(float(adjusted_rand_score(truth, cluster(similarity, method, cut))), float(cut))
+                              for cut in CUT_GRID] for method in METHODS}
+        best = max(ari for scored in by_method.values() for ari, _ in scored)
+        method = next(m for m in METHODS if max(ari for ari, _ in by_method[m]) >= best - 1e-9)  # simplest first
+        plateau = [cut for ari, cut in by_method[method] if ari >= best - 1e-9]
+        return {"cut": float(plateau[len(plateau) // 2]), "method": method, "ari": best, "photos": len(units),
+                "individuals": len(chosen),
+                "by_method": {m: {f"{cut:.2f}": round(ari, 4) for ari, cut in scored}
+                              for m, scored in by_method.items()}}
 
     # --- discovering --------------------------------------------------------------------------------------
     def discover(self, survey: str, species: str | None = None, cut: float | None = None, apply: bool = False,
-                 actor: str = "registry discover") -> dict[str, Any]:
+                 actor: str = "registry discover", method: str | None = None) -> dict[str, Any]:
         """Proposals for one survey (per species); with `apply`, each proposal's individuals merged into its
         first (the earliest created), one audited merge per absorbed individual."""
         units = self.provisional(survey, species)
@@ -226,22 +256,30 @@ class DiscoveryService:
                                "`registry calibrate` on labelled photos of the species first")
         for sp in sorted({u.species for u in units}):
             mine = [u for u in units if u.species == sp]
-            chosen = {"cut": cut, "reason": "given"} if cut is not None else self.choose_cut(sp)
+            chosen = {"cut": cut, "method": method or "average", "reason": "given"} if cut is not None \
+                else self.choose_cut(sp)
             entry: dict[str, Any] = {"provisional_individuals": len(mine), "cut": chosen}
             report["species"][sp] = entry
             if chosen.get("cut") is None or len(mine) < 2:
                 continue
-            similarity = self.similarity(mine, sp)
-            labels = average_linkage(similarity, float(chosen["cut"]))
+            # photos are clustered, and each individual follows the cluster most of its photos fell in: the same
+            # photos give the same clusters however they were merged before, so discovering again proposes nothing
+            photos = [Unit(f"photo-{a}", sp, [a], individual_id=u.individual_id) for u in mine for a in u.annotations]
+            similarity = self.similarity(photos, sp)
+            labels = cluster(similarity, str(chosen["method"]), float(chosen["cut"]))
+            label_of = dict(zip((p.annotations[0] for p in photos), labels, strict=True))
             groups: dict[int, list[int]] = {}
-            for index, label in enumerate(labels):
-                groups.setdefault(label, []).append(index)
+            for index, unit in enumerate(mine):
+                votes = Counter(label_of[a] for a in unit.annotations)
+                groups.setdefault(min(votes, key=lambda label: (-votes[label], label)), []).append(index)
+            position = {p.annotations[0]: k for k, p in enumerate(photos)}
             for members in groups.values():
                 if len(members) < 2:
                     continue
-                weakest = min(similarity[i, j] for i, j in combinations(members, 2))
+                shown = [position[a] for i in members for a in mine[i].annotations]
+                linked = [similarity[i, j] for i, j in combinations(shown, 2) if labels[i] == labels[j]]
                 report["proposals"].append(Proposal(
-                    sp, [mine[i].key for i in members], float(weakest),
+                    sp, [mine[i].key for i in members], float(min(linked)) if linked else 0.0,
                     [a for i in members for a in mine[i].annotations]))
             entry["proposed_animals"] = sum(1 for m in groups.values() if len(m) > 1)
             entry["individuals_after"] = len(groups)

@@ -331,7 +331,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         exhaustive_limit: int = 0, shortlist: int = 100, calibration_pairs: int | None = None,
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
         progress_factory: Callable[[str, int], Any] | None = None, train: Any = None,
-        engine: str | None = None) -> dict[str, Any]:
+        engine: str | None = None, spacetime: bool = True) -> dict[str, Any]:
     """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
     `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
     registry reembedded (and recalibrated) with it: the queries never train or tune anything."""
@@ -341,9 +341,11 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
     settings = Settings.for_profile(profile, data_dir=work_dir / "registry")
     if engine is not None:  # the local matching engine (LocalMatcherSettings.engine); default: the registry's
         settings.local = replace(settings.local, engine=engine)
+    settings.spacetime = spacetime
     Registry.init(settings)
     report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
-                              "protocol": protocol, "engine": settings.local.engine}
+                              "protocol": protocol, "engine": settings.local.engine,
+                              "spacetime": spacetime}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
         if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities

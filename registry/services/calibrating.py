@@ -309,8 +309,9 @@ class CalibrationService:
                     hidden_individuals: tuple[int, ...] = ()
                 else:
                     hidden_images, hidden_individuals = [query["annotation_id"]], (individual,)
+                unseen = tuple(j["annotation_id"] for j in items if occasions and same_occasion(query, j))
                 ranked = registry.identification.rank_stored(query["annotation_id"], sp, query["viewpoint"], scorer,
-                                                              tuple(hidden_images), hidden_individuals)
+                                                              tuple(hidden_images), hidden_individuals, unseen)
                 top = ranked[0] if ranked else None
                 tops.append((is_known, str(individual), top.individual_id if top else None,
                              top.score if top else -np.inf))
@@ -326,7 +327,7 @@ class CalibrationService:
             ties = np.flatnonzero(values >= values.max() - 1e-12)  # a plateau: its middle is the most robust
             fitted = float(TAU_GRID[int(ties[len(ties) // 2])])
             prior, weight = registry.policy.default_threshold, settings.self_tune_prior_queries
-            tau = float(np.round((len(tops) * fitted + weight * prior) / (len(tops) + weight), 2))
+            tau = self._shrunk(fitted, len(tops))
             block = {k: v for k, v in at(tau).items() if k in ("baks", "baus", "score", "queries")}
             block["score_ci95"] = bootstrap_score(tops, sp, tau, seed)
             out[sp] = {"tau": tau, "fitted_tau": fitted, "prior_tau": prior, "prior_queries": weight,
@@ -336,6 +337,20 @@ class CalibrationService:
                        "occasions": "held out" if occasions else "too few photos of a second occasion: not held out",
                        "simulated": simulated}
         return out
+
+    @staticmethod
+    def _bar(tuned: dict[str, Any]) -> float:
+        """What a verifier must beat on a species' simulated queries: the top of the fusion's 95 % interval (its
+        score where there is no interval)."""
+        expected = tuned.get("expected", {})
+        interval = expected.get("score_ci95")
+        return float(interval[1]) if interval else float(expected.get("score") or 0.0)
+
+    def _shrunk(self, fitted: float, queries: int) -> float:
+        """A tau chosen on `queries` simulated queries, shrunk toward the policy's default tau as if
+        `self_tune_prior_queries` queries had chosen that."""
+        prior, weight = self.registry.policy.default_threshold, self.registry.settings.self_tune_prior_queries
+        return float(np.round((queries * fitted + weight * prior) / (queries + weight), 2))
 
     def fit_verifier(self, tuned: dict[str, dict[str, Any]], base: str, seed: int = 0,
                      ) -> tuple[PairVerifier | None, dict[str, dict[str, Any]]]:
@@ -378,9 +393,12 @@ class CalibrationService:
 
             values = np.array([s if (s := at(float(tau))["score"]) is not None else -1.0 for tau in TAU_GRID])
             ties = np.flatnonzero(values >= values.max() - 1e-12)
-            tau = float(TAU_GRID[int(ties[len(ties) // 2])])
-            out[sp] = {"tau": tau, "expected": {k: v for k, v in at(tau).items()
-                                                if k in ("baks", "baus", "score", "queries")}}
+            fitted = float(TAU_GRID[int(ties[len(ties) // 2])])
+            tau = self._shrunk(fitted, len(mine))
+            expected = {k: v for k, v in at(tau).items() if k in ("baks", "baus", "score", "queries")}
+            expected["score_ci95"] = bootstrap_score([(truth is not None, str(truth), top, score)
+                                                      for _sp, truth, top, score in mine], sp, tau, seed)
+            out[sp] = {"tau": tau, "fitted_tau": fitted, "expected": expected}
         return PairVerifier.fit(rows, labels, base), out
 
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
@@ -479,10 +497,13 @@ class CalibrationService:
             tuned = self.self_tune_thresholds(scorer, species, seed)
             thresholds.update({sp: r["tau"] for sp, r in tuned.items() if r["tau"] is not None})
             verifier, verified = self.fit_verifier(tuned, fusion_kind, seed)
-            # the verifier decides only where it measured better than the fusion alone, out of sample
+            # the verifier decides only where it measured better than the fusion alone, out of sample, by more than
+            # the simulation's noise: above the fusion's whole 95 % interval. Measured on Holstein (250 real
+            # queries): a verifier 0.10 better on the simulated queries, inside that interval, scored 0.45 on the
+            # real ones where the fusion scored 0.70-0.79 (docs/accuracy.md)
             better = verifier is not None and all(
-                (verified.get(sp, {}).get("expected", {}).get("score") or 0.0)
-                > (r.get("expected", {}).get("score") or 0.0) for sp, r in tuned.items() if r["tau"] is not None)
+                (verified.get(sp, {}).get("expected", {}).get("score") or 0.0) > self._bar(r)
+                for sp, r in tuned.items() if r["tau"] is not None)
             for sp, r in tuned.items():
                 r.pop("simulated", None)
                 if sp in verified:

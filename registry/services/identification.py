@@ -298,7 +298,8 @@ class Identifier:
                          hidden: tuple[int, ...] = (), top: int = 10) -> None:
         """Each of the `top` candidate individuals' space-time evidence against the query (decide/spacetime.py),
         from its sightings except the `hidden` annotations."""
-        if query is None or (query.when is None and not query.placed) or not ranked:
+        if not self.registry.settings.spacetime or query is None or (query.when is None and not query.placed) \
+                or not ranked:
             return
         seen = self.registry.catalog.seen([r.individual_id for r in ranked[:top]], hidden)
         for candidate in ranked[:top]:
@@ -326,9 +327,12 @@ class Identifier:
         return outcome
 
     def rank_stored(self, annotation_id: int, species: str, viewpoint: str | None, scorer: Scorer,
-                    hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = ()) -> list[IndividualScore]:
+                    hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = (),
+                    unseen: tuple[int, ...] = ()) -> list[IndividualScore]:
         """Candidate individuals for a photo already in the registry, from its stored vectors and cached features
-        (nothing is described again), with some images and individuals hidden: a simulated query."""
+        (nothing is described again), with some images and individuals hidden: a simulated query. `unseen`:
+        sightings the space-time evidence leaves out besides the hidden ones (a simulation that hides the query's
+        occasion from its own animal must hide it from every animal, or the evidence would tell them apart)."""
         registry = self.registry
         vectors = {name: registry.index.vectors(collection, [annotation_id]).get(annotation_id)
                    for name, collection in registry.collections.items()}
@@ -341,7 +345,7 @@ class Identifier:
         for candidate in candidates:
             scorer.score(candidate, species)
         ranked = rank_individuals(candidates, {}, self.combine_photos(scorer, species))
-        self.attach_spacetime(ranked, registry.catalog.seen_in(annotation_id), hidden_images)
+        self.attach_spacetime(ranked, registry.catalog.seen_in(annotation_id), (*hidden_images, *unseen))
         return scorer.rerank(ranked, species)
 
     def combine_photos(self, scorer: Scorer, species: str) -> int:

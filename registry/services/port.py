@@ -32,8 +32,8 @@ class Identifying(Protocol):
                            ) -> dict[int, LocalFeatures]: ...
 
     def rank_stored(self, annotation_id: int, species: str, viewpoint: str | None, scorer: Scorer,
-                    hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = ()
-                    ) -> list[IndividualScore]: ...
+                    hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = (),
+                    unseen: tuple[int, ...] = ()) -> list[IndividualScore]: ...
 
 
 class Recording(Protocol):

@@ -15,7 +15,7 @@ from typing import Any
 import click
 from tqdm import tqdm
 
-from registry.curation.discovery import DiscoveryService
+from registry.curation.discovery import METHODS, DiscoveryService
 from registry.ingest.ingestion import Ingestor
 from registry.ingest.sources import LAYOUTS, count_items, count_rows
 from registry.interfaces.cli import curation as cli_curation
@@ -33,6 +33,7 @@ from registry.interfaces.cli.common import (
 from registry.matching import weights_catalog
 from registry.services.registry import Registry
 from registry.settings import PROFILES, Settings
+from registry.store.catalog import CatalogError
 from registry.store.stores import vector_index_summary
 
 
@@ -144,12 +145,18 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
         report = Ingestor(registry).ingest(
             source, survey, "identify" if mode == "discover" else mode, species, progress=bar.update,
             layout=layout, bbox_pixels=bbox_pixels, min_confidence=min_confidence, locations=_names(locations))
-        discovered = DiscoveryService(registry).discover(
-            survey, species, apply=True, actor=root_obj(ctx).get("actor") or "registry ingest --mode discover") \
-            if mode == "discover" else None
+        discovered, not_discovered = None, None
+        if mode == "discover":  # the season is recorded whatever discovery says; a refusal is reported, not raised
+            try:
+                discovered = DiscoveryService(registry).discover(
+                    survey, species, apply=True, actor=root_obj(ctx).get("actor") or "registry ingest --mode discover")
+            except CatalogError as exc:
+                not_discovered = str(exc)
     data = report.to_json()
     if discovered is not None:
         data["discovered"] = discovered
+    if not_discovered is not None:
+        data["not_discovered"] = not_discovered
     reports = settings.data_dir / "reports"
     reports.mkdir(parents=True, exist_ok=True)
     stem = f"ingest-{datetime.now():%Y%m%d-%H%M%S}-{re.sub(r'[^A-Za-z0-9_.-]', '_', survey)}"
@@ -174,6 +181,8 @@ def ingest(ctx: click.Context, source: Path, survey: str, mode: str, species: st
                      f"{data['new_individuals']} new individuals")
     if discovered is not None:
         lines.append("  discovered: " + _discovered_line(discovered))
+    if not_discovered is not None:
+        lines.append(f"  discovery not run: {not_discovered}")
     lines += [f"  skipped {p}" for p in report.problems[:20]]
     if len(report.problems) > 20:
         lines.append(f"  ... and {len(report.problems) - 20} more in {problems_path}")
@@ -326,7 +335,8 @@ def _discovered_line(report: dict[str, Any]) -> str:
     parts = []
     for sp, entry in report["species"].items():
         cut = entry["cut"]
-        how = (f"cut {cut['cut']:.2f}" + (f" (ARI {cut['ari']:.2f} on {cut['photos']} labelled photos)"
+        how = (f"{cut.get('method', 'average')} linkage, cut {cut['cut']:.2f}"
+               + (f" (ARI {cut['ari']:.2f} on {cut['photos']} labelled photos)"
                                           if "ari" in cut else "")) if cut.get("cut") is not None \
             else f"not clustered ({cut.get('reason')})"
         parts.append(f"{sp}: {entry['provisional_individuals']} provisional individuals"
@@ -341,16 +351,21 @@ def _discovered_line(report: dict[str, Any]) -> str:
 @click.option("--species", default=None, help="Only this species.")
 @click.option("--cut", type=click.FloatRange(0, 1), default=None,
               help="Cluster where pairs score at least this (default: chosen on the labelled photos by ARI).")
+@click.option("--method", type=click.Choice(METHODS), default=None,
+              help="average: average linkage over every pair; mutual-K: only between units each among the other's K "
+                   "most similar (default: chosen with the cut; with --cut, average).")
 @click.option("--apply", "apply_", is_flag=True,
               help="Merge each proposed animal's individuals into one (audited, each merge undoable).")
 @click.pass_context
-def discover(ctx: click.Context, survey: str, species: str | None, cut: float | None, apply_: bool) -> None:
+def discover(ctx: click.Context, survey: str, species: str | None, cut: float | None, method: str | None,
+             apply_: bool) -> None:
     """Decide a survey's new animals together: its provisional new individuals (each made by one "new" decision,
     nobody vouched for them) are scored pair by pair and clustered; each cluster of two or more is one animal.
     Without --apply, only the proposals are shown."""
     with open_registry(ctx) as registry:
         report = DiscoveryService(registry).discover(survey, species, cut, apply_,
-                                                     actor=root_obj(ctx).get("actor") or "registry discover")
+                                                     actor=root_obj(ctx).get("actor") or "registry discover",
+                                                     method=method)
     lines = [f"{survey}: " + _discovered_line(report)]
     for proposal in report["proposals"]:
         lines.append(f"  one animal ({proposal['species']}, weakest link {proposal['cohesion']:.2f}): "
