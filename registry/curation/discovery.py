@@ -22,7 +22,7 @@ from sqlalchemy import select
 
 from registry.curation.curator import Curator
 from registry.decide.scoring import CandidateScore
-from registry.matching.local_matcher import Background
+from registry.services.calibrating import same_side
 from registry.store.catalog import CatalogError
 from registry.store.tables import Annotation, Image, Individual, Sighting, Survey
 
@@ -157,12 +157,13 @@ class DiscoveryService:
         neighbours = self._neighbours(present, vectors[registry.pipeline.primary.name], local.engine)
         for position, query in enumerate(present):
             others = [a for a in present[position + 1:] if unit_of[a] != unit_of[query]
-                      and _same_side(viewpoints.get(query), viewpoints.get(a))
+                      and same_side({"viewpoint": viewpoints.get(query)}, {"viewpoint": viewpoints.get(a)})
                       and (neighbours is None or a in neighbours[query] or query in neighbours[a])]
             if not others:
                 continue
-            background = self._background(query, vectors, species, viewpoints.get(query), budget, hidden) \
-                if local.distinctive else None
+            background = identifier.background_of(  # known animals only: none of those being discovered
+                features[query], vectors[registry.pipeline.primary.name][query], species, viewpoints.get(query),
+                budget, (query,), hidden) if local.distinctive else None
             scores = local.pair_scores(features[query], [features[a] for a in others], budget=budget,
                                        owners=[UNKNOWN] * len(others), background=background)
             for other, local_scores in zip(others, scores, strict=True):
@@ -191,22 +192,6 @@ class DiscoveryService:
         with self.registry.catalog.transaction() as session:
             return dict(session.execute(select(Annotation.id, Annotation.viewpoint)
                                         .where(Annotation.id.in_(annotation_ids))).all())  # type: ignore[arg-type]
-
-    def _background(self, query: int, vectors: dict[str, dict[int, np.ndarray]], species: str,
-                    viewpoint: str | None, budget: int, hidden: tuple[int, ...]) -> Background | None:
-        """The known individuals retrieval would shortlist for this photo, none of those being discovered."""
-        registry = self.registry
-        primary = registry.pipeline.primary.name
-        hits = registry.index.search_individuals(
-            registry.collections[primary], vectors[primary][query], registry.settings.rerank_individuals,
-            registry.settings.rerank_images_per_individual, species, viewpoint, exclude_annotation_ids=(query,),
-            exclude_individuals=hidden)
-        owners = {h.annotation_id: h.individual_id for h in hits}
-        features = registry.identification.candidate_features(list(owners))
-        shown = [i for i in owners if i in features]
-        query_features = registry.identification.candidate_features([query])[query]
-        return registry.pipeline.local.background(query_features, [features[i] for i in shown],
-                                                  [owners[i] for i in shown], budget=budget)
 
     # --- the cut ------------------------------------------------------------------------------------------
     def choose_cut(self, species: str, max_individuals: int = 30, max_photos: int = 3, seed: int = 0,
@@ -294,6 +279,3 @@ class DiscoveryService:
         report["proposals"] = [p.to_json() for p in report["proposals"]]
         return report
 
-
-def _same_side(a: str | None, b: str | None) -> bool:
-    return a is None or b is None or a == b or "both" in (a, b)

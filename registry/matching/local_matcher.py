@@ -63,6 +63,9 @@ class PairMatches:
     query_idx: np.ndarray  # indices into the query's keypoints
     candidate_idx: np.ndarray
     confidence: np.ndarray
+    # each query keypoint's best descriptor similarity in the candidate, where the engine computed it anyway (mnn):
+    # the distinctive score reuses it instead of multiplying the descriptors again
+    query_best: np.ndarray | None = None
 
     def count(self, min_confidence: float) -> int:
         return int((self.confidence >= min_confidence).sum())
@@ -348,9 +351,10 @@ class AlikedLightGlue:
             everyone = Background(len(query), dict(background.best_by_owner) if background else {})
             query_t = torch.from_numpy(np.ascontiguousarray(query.descriptors, dtype=np.float32))
             with timer.stage("distinctiveness"):
-                for candidate, owner in zip(candidates, owners, strict=True):
+                for candidate, owner, matches in zip(candidates, owners, found, strict=True):
                     if len(candidate) and len(query):
-                        everyone.add(owner, best_similarities(query_t, candidate))
+                        everyone.add(owner, matches.query_best if matches.query_best is not None
+                                     else best_similarities(query_t, candidate))
         with timer.stage("verification"):
             for index, (candidate, matches) in enumerate(zip(candidates, found, strict=True)):
                 scores = {self.name: float(len(matches.query_idx))}
@@ -479,5 +483,6 @@ def mutual_nearest_matches(query: LocalFeatures, candidates: list[LocalFeatures]
         ratio_ok = torch.sqrt(torch.clamp(2.0 - 2.0 * best, min=0.0)) < ratio * torch.sqrt(
             torch.clamp(2.0 - 2.0 * second, min=0.0))
         query_idx = torch.nonzero(mutual & ratio_ok, as_tuple=True)[0]
-        results[index] = PairMatches(query_idx.numpy(), nearest[query_idx, 0].numpy(), best[query_idx].numpy())
+        results[index] = PairMatches(query_idx.numpy(), nearest[query_idx, 0].numpy(), best[query_idx].numpy(),
+                                     query_best=best.numpy())
     return results

@@ -225,20 +225,12 @@ class CalibrationService:
     def _background(self, query_id: int, vectors: dict[str, dict[int, np.ndarray]], query: LocalFeatures,
                     owner_of: dict[int, dict[str, Any]], budget: int) -> Background | None:
         """The other animals a calibration query meets: retrieval's shortlist for it without its own individual."""
-        registry = self.registry
         item = owner_of.get(query_id)
-        primary = registry.pipeline.primary.name
-        if item is None or query_id not in vectors[primary]:
+        vector = vectors[self.registry.pipeline.primary.name].get(query_id)
+        if item is None or vector is None:
             return None
-        hits = registry.index.search_individuals(
-            registry.collections[primary], vectors[primary][query_id], registry.settings.rerank_individuals,
-            registry.settings.rerank_images_per_individual, item["species"], item["viewpoint"],
-            exclude_annotation_ids=(query_id,), exclude_individuals=(item["individual_id"],))
-        owners = {h.annotation_id: h.individual_id for h in hits}
-        features = registry.identification.candidate_features(list(owners))
-        shown = [i for i in owners if i in features]
-        return registry.pipeline.local.background(query, [features[i] for i in shown], [owners[i] for i in shown],
-                                                  budget=budget)
+        return self.registry.identification.background_of(query, vector, item["species"], item["viewpoint"], budget,
+                                                          (query_id,), (item["individual_id"],))
 
     def self_tune_thresholds(self, scorer: CalibratedFusionScorer, species: str | None, seed: int = 0,
                              progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:

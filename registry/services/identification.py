@@ -29,7 +29,7 @@ from registry.decide.scoring import (
 )
 from registry.decide.spacetime import Seen
 from registry.matching.imaging import ImageError, sha256_of_file
-from registry.matching.local_matcher import LocalFeatures, lnbnn_votes
+from registry.matching.local_matcher import Background, LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
 from registry.matching.timing import StageTimes
 from registry.services.recording import PhotoRow
@@ -136,6 +136,23 @@ class Identifier:
                 registry.features.put(key, features)
             out[annotation.id] = features
         return out
+
+    def background_of(self, query: LocalFeatures, vector: np.ndarray, species: str, viewpoint: str | None,
+                      budget: int, exclude_annotations: tuple[int, ...] = (),
+                      exclude_individuals: tuple[int, ...] = ()) -> Background:
+        """The other animals a photo meets when it is not a live query (a calibration pair, a photo being
+        discovered): the individuals retrieval would shortlist for it, as the distinctive score's background."""
+        registry = self.registry
+        primary = registry.pipeline.primary.name
+        hits = registry.index.search_individuals(
+            registry.collections[primary], vector, registry.settings.rerank_individuals,
+            registry.settings.rerank_images_per_individual, species, viewpoint,
+            exclude_annotation_ids=exclude_annotations, exclude_individuals=exclude_individuals)
+        owners = {h.annotation_id: h.individual_id for h in hits}
+        features = self.candidate_features(list(owners))
+        shown = [i for i in owners if i in features]
+        return registry.pipeline.local.background(query, [features[i] for i in shown], [owners[i] for i in shown],
+                                                  budget=budget)
 
     def location_ids(self, names: list[str] | None) -> tuple[int, ...] | None:
         """The ids of these locations (identification scoped to them); an unknown name is an error naming it."""

@@ -31,6 +31,10 @@ class Identifying(Protocol):
     def candidate_features(self, annotation_ids: list[int], problems: list[str] | None = None,
                            ) -> dict[int, LocalFeatures]: ...
 
+    def background_of(self, query: LocalFeatures, vector: Any, species: str, viewpoint: str | None,
+                      budget: int, exclude_annotations: tuple[int, ...] = (),
+                      exclude_individuals: tuple[int, ...] = ()) -> Any: ...
+
     def rank_stored(self, annotation_id: int, species: str, viewpoint: str | None, scorer: Scorer,
                     hidden_images: tuple[int, ...], hidden_individuals: tuple[int, ...] = (),
                     unseen: tuple[int, ...] = ()) -> list[IndividualScore]: ...
