@@ -64,7 +64,7 @@ def describe_disk(model: torch.nn.Module, paths: list[Path], cache: Path, budget
         image = image.resize((max(16, round(image.width * scale) // 16 * 16),
                               max(16, round(image.height * scale) // 16 * 16)))
         tensor = torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
-        found = model(tensor[None], n=budget, window_correction=True, pad_if_not_divisible=True)[0]
+        found = model(tensor[None], n=budget, pad_if_not_divisible=True)[0]
         out.append(LocalFeatures(found.keypoints.numpy().astype(np.float32),
                                  torch.nn.functional.normalize(found.descriptors, dim=-1).numpy().astype(np.float16),
                                  (image.width, image.height)))

@@ -26,6 +26,7 @@ from PIL import Image
 from registry.ingest.ingestion import Ingestor
 from registry.interfaces import tokens
 from registry.interfaces.api import create_app
+from registry.interfaces.web import sessions
 from registry.matching.pipeline import Pipeline
 from registry.services.registry import Registry
 from registry.settings import Settings
@@ -319,3 +320,56 @@ def test_reads_do_not_wait_behind_a_long_write(api: TestClient) -> None:
         assert time.monotonic() - started < 30
     finally:
         service.lock.release()
+
+
+TOO_BIG = "9" * 20  # > 2**63 - 1: no row can have this id
+
+
+def test_ids_beyond_64_bits_are_not_found_and_browsers_get_pages(api: TestClient) -> None:
+    """An id no database can hold is a 404 on every route that takes one (it used to reach SQL: a 500); a
+    person in a browser gets the error as a page with a way back, an API client as JSON."""
+    for method, path in (("get", f"/annotations/{TOO_BIG}/history"), ("get", f"/jobs/{TOO_BIG}"),
+                         ("post", f"/decisions/{TOO_BIG}/confirm"), ("post", f"/decisions/{TOO_BIG}/reject"),
+                         ("post", f"/changes/{TOO_BIG}/undo")):
+        answer = getattr(api, method)(path)
+        assert answer.status_code == 404, (path, answer.status_code, answer.text)
+        assert answer.headers["content-type"].startswith("application/json")
+    signed_in = TestClient(api.app)
+    key = sessions.sign_in(api.app.state.service.reads, api.headers["Authorization"].removeprefix("Bearer "))
+    signed_in.cookies.set(sessions.COOKIE, key)
+    for path in (f"/ui/decisions/{TOO_BIG}", f"/ui/thumbs/{TOO_BIG}/160.jpg", f"/ui/decisions/{TOO_BIG}/sheet.png",
+                 f"/ui/pairs/{TOO_BIG}/1.json", f"/ui/thumbs/1/{TOO_BIG}.jpg", "/ui/decisions/123456789",
+                 "/ui/individuals/NOPE-0001"):
+        answer = signed_in.get(path, headers={"Accept": "text/html"})
+        assert answer.status_code == 404, (path, answer.status_code)
+        assert answer.headers["content-type"].startswith("text/html") and "<h1>Not found</h1>" in answer.text
+        assert 'href="/ui/queue"' in answer.text and "Traceback" not in answer.text
+    refused = signed_in.get("/ui/queue", params={"margin": "nan"})
+    assert refused.status_code == 400 and "margin must be a number from 0 to 10" in refused.text
+    for bad in ({"margin": "-1"}, {"margin": "1e308"}, {"survey": "s" * 5000}, {"outcome": "maybe"}):
+        answer = signed_in.get("/ui/queue", params=bad)
+        assert answer.status_code == 400 and 'role="alert"' in answer.text, bad
+
+
+def test_attributes_have_bounded_lengths(api: TestClient) -> None:
+    """A 200 KB nickname is refused with the reason, through the API and through the workspace's form (the
+    curator's own bound), and nothing recorded changes."""
+    code = api.get("/individuals").json()[0]["code"]
+    before = api.get(f"/individuals/{code}/history").json()["attributes"]
+    huge = api.post(f"/individuals/{code}/attributes", json={"nickname": "x" * 200_000})
+    assert huge.status_code == 422 and "nickname" in huge.text
+    browser = TestClient(api.app)
+    key = sessions.sign_in(api.app.state.service.reads, api.headers["Authorization"].removeprefix("Bearer "))
+    browser.cookies.set(sessions.COOKIE, key)
+    csrf = sessions.browser(api.app.state.service.reads, key).csrf
+    posted = browser.post(f"/ui/individuals/{code}/attributes", data={"csrf": csrf, "nickname": "x" * 200_000},
+                          follow_redirects=True)
+    assert posted.status_code == 200 and "the nickname is 200000 characters long; at most 200" in posted.text
+    many = browser.post(f"/ui/individuals/{code}/attributes",
+                        data={"csrf": csrf, "alternate_ids": ",".join(f"id-{i}" for i in range(51))},
+                        follow_redirects=True)
+    assert "at most 50 alternate ids" in many.text
+    assert api.get(f"/individuals/{code}/history").json()["attributes"] == before
+    assert browser.post(f"/ui/individuals/{code}/attributes", data={"csrf": csrf, "nickname": "y" * 200},
+                        follow_redirects=True).status_code == 200
+    assert api.get(f"/individuals/{code}/history").json()["attributes"]["nickname"] == "y" * 200

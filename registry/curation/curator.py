@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import os
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -18,9 +19,21 @@ from sqlalchemy.orm import Session
 from registry.store import crashpoints
 from registry.store.catalog import Catalog, CatalogError
 from registry.store.stores import Stores
-from registry.store.tables import LIFE_STAGES, SEXES, Annotation, Change, Decision, Individual, Sighting
+from registry.store.tables import (
+    LIFE_STAGES,
+    SEXES,
+    Annotation,
+    Change,
+    Decision,
+    DistinctPair,
+    Individual,
+    Sighting,
+)
 
 ATTRIBUTES = ("sex", "life_stage", "nickname", "alternate_ids", "notes")
+# the longest text each attribute may hold: a nickname fits its column (and a page), notes a long paragraph
+MAX_LENGTH = {"nickname": 200, "notes": 10_000, "alternate_id": 200}
+MAX_ALTERNATE_IDS = 50
 
 
 class CurationError(CatalogError):
@@ -40,6 +53,20 @@ def _same_sighting(state: dict[str, Any], recorded: dict[str, Any]) -> bool:
     """Whether a sighting is as a change left it (changes recorded before annotations name the photo instead)."""
     keys = ("id", "individual_id", "method", "status")
     return all(state[k] == recorded[k] for k in keys)
+
+
+def _touched(change: Change) -> tuple[set[int], set[int]]:
+    """The sighting ids and individual ids a change's before and after records name."""
+    sightings: set[int] = set()
+    individuals: set[int] = set()
+    for record in (change.before or {}, change.after or {}):
+        for sighting in record.get("sightings", []):
+            sightings.add(sighting["id"])
+            if sighting.get("individual_id") is not None:
+                individuals.add(sighting["individual_id"])
+        for name in ("individuals", "attributes"):
+            individuals.update(row["id"] for row in record.get(name, []) if row.get("id") is not None)
+    return sightings, individuals
 
 
 def _individual_state(i: Individual) -> dict[str, Any]:
@@ -198,6 +225,20 @@ class Curator:
         return {**self._result(change, annotation_ids), "retired": retired}
 
     # --- individuals --------------------------------------------------------------------------------------
+    def declare_distinct(self, first: str, second: str, reason: str | None = None) -> dict[str, Any]:
+        """Record that two individuals are different animals: the duplicates check never proposes them again.
+        A row of its own (who, when, why); touches no sighting and nothing in the vector index."""
+        with self.catalog.transaction() as session:
+            a, b = self.catalog.resolve(session, first), self.catalog.resolve(session, second)
+            if a.id == b.id:
+                raise CurationError(f"{first} and {second} are the same individual ({a.code})")
+            low, high = sorted((a.id, b.id))
+            known = session.scalar(select(DistinctPair).where(DistinctPair.first_id == low,
+                                                              DistinctPair.second_id == high))
+            if known is None:
+                session.add(DistinctPair(first_id=low, second_id=high, actor=self.actor, reason=reason))
+        return {"distinct": sorted((a.code, b.code)), "already": known is not None}
+
     def merge(self, keep: str, absorb: str, reason: str | None = None) -> dict[str, Any]:
         """`absorb`'s sightings move to `keep`; `absorb` stays, merged into `keep`, and resolves to it."""
         with self.catalog.transaction() as session:
@@ -282,10 +323,16 @@ class Curator:
             ids = values["alternate_ids"]
             if not isinstance(ids, list) or not all(isinstance(i, str) and i.strip() for i in ids):
                 raise CurationError("alternate ids must be a list of non-empty texts")
+            if len(ids) > MAX_ALTERNATE_IDS or any(len(i.strip()) > MAX_LENGTH["alternate_id"] for i in ids):
+                raise CurationError(f"at most {MAX_ALTERNATE_IDS} alternate ids of at most "
+                                    f"{MAX_LENGTH['alternate_id']} characters each")
             values["alternate_ids"] = sorted({i.strip() for i in ids}) or None
         for name in ("nickname", "notes"):
             if name in values:
                 values[name] = str(values[name]).strip() or None
+                if values[name] is not None and len(values[name]) > MAX_LENGTH[name]:
+                    raise CurationError(f"the {name.replace('_', ' ')} is {len(values[name])} characters long; "
+                                        f"at most {MAX_LENGTH[name]}")
         with self.catalog.transaction() as session:
             target = self.catalog.resolve(session, individual)
             before = _attribute_state(target)
@@ -384,9 +431,38 @@ class Curator:
         return self.changes_in(self.catalog, limit)
 
     @staticmethod
-    def changes_in(catalog: Catalog, limit: int = 50) -> list[dict[str, Any]]:
-        """The audit trail, newest first (a read: no vector index needed)."""
+    def changes_in(catalog: Catalog, limit: int = 50, kind: str | None = None, actor: str | None = None,
+                   individual: str | None = None, since: datetime | None = None,
+                   until: datetime | None = None) -> list[dict[str, Any]]:
+        """The audit trail, newest first (a read: no vector index needed), optionally of one kind, by one person,
+        touching one individual (by its code) or within [since, until); each change names the decisions and
+        individuals it touched, for links."""
+        query = select(Change).order_by(Change.id.desc())
+        if kind:
+            query = query.where(Change.kind == kind)
+        if actor:
+            query = query.where(Change.actor == actor)
+        if since is not None:
+            query = query.where(Change.created_at >= since)
+        if until is not None:
+            query = query.where(Change.created_at < until)
         with catalog.transaction() as session:
-            rows = session.scalars(select(Change).order_by(Change.id.desc()).limit(limit))
+            wanted = None
+            if individual:
+                wanted = session.scalar(select(Individual.id).where(Individual.code == individual))
+                if wanted is None:
+                    return []
+            rows = list(session.scalars(query.limit(limit if wanted is None else limit * 20)))
+            touched = {c.id: _touched(c) for c in rows}
+            if wanted is not None:
+                rows = [c for c in rows if wanted in touched[c.id][1]][:limit]
+            sighting_ids = {s for c in rows for s in touched[c.id][0]}
+            individual_ids = {i for c in rows for i in touched[c.id][1]}
+            decisions = dict(session.execute(select(Sighting.id, Sighting.decision_id)
+                                             .where(Sighting.id.in_(sighting_ids))).all()) if sighting_ids else {}
+            codes = dict(session.execute(select(Individual.id, Individual.code)
+                                         .where(Individual.id.in_(individual_ids))).all()) if individual_ids else {}
             return [{"id": c.id, "kind": c.kind, "actor": c.actor, "when": c.created_at.isoformat(timespec="seconds"),
-                     "summary": c.summary, "reason": c.reason, "undone_by": c.undone_by_id} for c in rows]
+                     "summary": c.summary, "reason": c.reason, "undone_by": c.undone_by_id,
+                     "decisions": sorted({decisions[s] for s in touched[c.id][0] if decisions.get(s)}),
+                     "individuals": sorted({codes[i] for i in touched[c.id][1] if i in codes})} for c in rows]

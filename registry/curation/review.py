@@ -24,7 +24,9 @@ def _pending(filters: dict[str, Any]) -> Any:
     query = (select(Decision, Annotation, Image)
              .join(Annotation, Annotation.id == Decision.annotation_id)
              .join(Image, Image.id == Annotation.image_id)
-             .where(unreviewed, Decision.margin <= filters.get("margin", 0.15)))
+             .where(unreviewed))
+    if filters.get("margin") is not None:  # None: every unreviewed decision, most uncertain first
+        query = query.where(Decision.margin <= filters["margin"])
     if filters.get("species"):
         query = query.where(Annotation.species == filters["species"])
     if filters.get("outcome"):
@@ -36,11 +38,12 @@ def _pending(filters: dict[str, Any]) -> Any:
     return query
 
 
-def queue(catalog: Catalog, species: str | None = None, limit: int = 20, margin: float = 0.15,
+def queue(catalog: Catalog, species: str | None = None, limit: int = 20, margin: float | None = 0.15,
           survey: str | None = None, location: str | None = None, outcome: str | None = None,
           ) -> list[dict[str, Any]]:
     """Automatic decisions still unreviewed whose margin (stored at decision time) is at most `margin`, most
-    uncertain first; optionally only one species, survey, location or outcome (`match` or `new`)."""
+    uncertain first (`margin` None: all of them); optionally only one species, survey, location or outcome
+    (`match` or `new`)."""
     filters = {"species": species, "margin": margin, "survey": survey, "location": location, "outcome": outcome}
     with catalog.transaction() as session:
         rows = session.execute(_pending(filters).order_by(Decision.margin, Decision.id).limit(limit)).all()
@@ -72,6 +75,17 @@ def count(catalog: Catalog, **filters: Any) -> int:
         return int(session.scalar(select(func.count()).select_from(_pending(filters).subquery())) or 0)
 
 
+def counts(catalog: Catalog, **filters: Any) -> list[dict[str, Any]]:
+    """How many decisions are left per species and survey under these filters (one grouped query)."""
+    pending = _pending(filters).subquery()
+    with catalog.transaction() as session:
+        rows = session.execute(
+            select(pending.c.species, Survey.name, func.count())
+            .select_from(pending).outerjoin(Survey, Survey.id == pending.c.survey_id)
+            .group_by(pending.c.species, Survey.name).order_by(func.count().desc())).all()
+    return [{"species": species, "survey": survey, "left": int(n)} for species, survey, n in rows]
+
+
 def neighbours(catalog: Catalog, decision_id: int, **filters: Any) -> dict[str, Any]:
     """The decisions before and after this one in the queue's order, its position and the queue's length: a few
     indexed queries, whatever the queue's size."""
@@ -91,6 +105,49 @@ def neighbours(catalog: Catalog, decision_id: int, **filters: Any) -> dict[str, 
         position = int(session.scalar(select(func.count()).select_from(_pending(filters).where(before).subquery())))
         return {"previous": previous[0].id if previous else None, "next": following[0].id if following else None,
                 "position": position if in_queue else None, "total": total}
+
+
+LOCAL, VERIFIED, DISTINCTIVE = "aliked", "aliked-verified", "aliked-distinctive"
+
+
+def _same_animal(p: float | None) -> str:
+    return f" → {p:.0%} likely the same animal" if p is not None else ""
+
+
+def evidence_in_words(raw: dict[str, float], calibrated: dict[str, float], hidden: set[str]) -> list[str]:
+    """Each matcher's evidence for one compared photo as a reviewer reads it ("47 matching points (31 verified)
+    → 83 % likely the same animal"), leaving out matchers in `hidden` (their calibrated score is the same for
+    every photo compared: it tells nothing apart)."""
+    words = []
+    if LOCAL in raw and LOCAL not in hidden:
+        parts = []
+        if VERIFIED in raw:
+            parts.append(f"{round(raw[VERIFIED])} verified")
+        if DISTINCTIVE in raw:
+            parts.append(f"{round(raw[DISTINCTIVE])} found on no other candidate")
+        best = next((calibrated[n] for n in (DISTINCTIVE, VERIFIED, LOCAL) if n in calibrated and n not in hidden),
+                    None)
+        points = round(raw[LOCAL])
+        words.append(f"{points} matching point{'' if points == 1 else 's'}"
+                     + (f" ({', '.join(parts)})" if parts else "") + _same_animal(best))
+    for name, value in raw.items():
+        if name in (LOCAL, VERIFIED, DISTINCTIVE) or name in hidden:
+            continue
+        words.append(f"looks alike to {name}: similarity {value:.2f}" + _same_animal(calibrated.get(name)))
+    return words
+
+
+def _constant_scores(candidates: list[dict[str, Any]]) -> set[str]:
+    """Matchers whose calibrated score is identical on every compared photo (an uncalibrated embedding, a flat
+    calibrator): a column that tells nothing apart is not shown."""
+    seen: dict[str, set[float]] = {}
+    compared = 0
+    for candidate in candidates:
+        for compared_photo in candidate["images"]:
+            compared += 1
+            for name, value in compared_photo["calibrated"].items():
+                seen.setdefault(name, set()).add(round(float(value), 4))
+    return {name for name, values in seen.items() if compared > 1 and len(values) == 1}
 
 
 def decision_detail(catalog: Catalog, decision_id: int) -> dict[str, Any] | None:
@@ -122,7 +179,12 @@ def decision_detail(catalog: Catalog, decision_id: int) -> dict[str, Any] | None
                 "images": [{"annotation_id": i.get("annotation_id", i.get("image_id")), "raw": i.get("raw", {}),
                             "calibrated": i.get("calibrated", {}), "score": i.get("score")}
                            for i in c.get("images", [])]})
+        hidden = _constant_scores(candidates)
+        for candidate in candidates:
+            for compared in candidate["images"]:
+                compared["evidence"] = evidence_in_words(compared["raw"], compared["calibrated"], hidden)
         return {
+            "hidden_scores": sorted(hidden),
             "decision": decision.id, "outcome": decision.outcome, "score": decision.score,
             "threshold": decision.threshold, "policy_version": decision.policy_id,
             "scorer": versions.get("scorer", ""), "profile": decision.profile,

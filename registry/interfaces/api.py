@@ -122,14 +122,16 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
         app.add_exception_handler(error, handler)
 
     # --- the web workspace, its assets and the API docs, all served from installed packages ----------------
-    import swagger_ui_bundle
+    from importlib.resources import files
+
     from fastapi.openapi.docs import get_swagger_ui_html
     from fastapi.responses import RedirectResponse
     from fastapi.staticfiles import StaticFiles
 
     from registry.interfaces.web import routes as web
 
-    app.mount("/static/swagger", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger")
+    # Swagger UI 5 (swagger-ui-py ships it): it reads OpenAPI 3.1, which FastAPI publishes
+    app.mount("/static/swagger", StaticFiles(directory=str(files("swagger_ui") / "static")), name="swagger")
     app.mount("/static", StaticFiles(directory=str(web.HERE / "static")), name="static")
 
     @app.get("/docs", include_in_schema=False)
@@ -139,6 +141,26 @@ def create_app(settings: Settings, registry: Registry | None = None) -> FastAPI:
                                    swagger_js_url="/static/swagger/swagger-ui-bundle.js",
                                    swagger_css_url="/static/swagger/swagger-ui.css",
                                    swagger_favicon_url="/static/swagger/favicon-32x32.png")
+
+    from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    from registry.interfaces.web.pages import error_page, wants_page
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """JSON for API clients; a page with a way back for a person in a browser."""
+        if wants_page(request):
+            return error_page(request, exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def unreadable(request: Request, exc: RequestValidationError) -> Response:
+        if wants_page(request):
+            fields = ", ".join(str(e.get("loc", ["?"])[-1]) for e in exc.errors())
+            return error_page(request, 400, f"these values cannot be used: {fields}")
+        return await request_validation_exception_handler(request, exc)
 
     @app.exception_handler(web.SignInRequired)
     async def sign_in_first(_request: Request, exc: web.SignInRequired) -> Response:

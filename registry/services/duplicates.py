@@ -1,7 +1,7 @@
 """Possible duplicates: pairs of individuals that may be one animal (two codes given to it in different seasons,
 or a missed match). Each individual's photos are matched, as simulated queries, against every *other*
 individual of its species (its own hidden); a pair whose best cross-match passes τ, or comes within `margin` of
-it, is listed for a person to compare and merge."""
+it, is listed for a person to compare and merge, unless a person declared the two different animals."""
 
 from __future__ import annotations
 
@@ -24,11 +24,17 @@ def find_duplicates(registry: Registry, species: str | None = None, margin: floa
     for annotation_id, state in sorted(states.items()):
         photos.setdefault(state["individual_id"], []).append(annotation_id)
     best: dict[tuple[int, int], dict[str, Any]] = {}
+    # "not the same animal", said by a person: those partners are hidden like the individual itself
+    partners: dict[int, set[int]] = {}
+    for a, b in registry.catalog.distinct_pairs():
+        partners.setdefault(a, set()).add(b)
+        partners.setdefault(b, set()).add(a)
     for individual, annotation_ids in photos.items():
         for annotation_id in annotation_ids[:photos_per_individual]:
             state = states[annotation_id]
             ranked = registry.identification.rank_stored(annotation_id, state["species"], state["viewpoint"],
-                                                         scorer, (annotation_id,), (individual,))
+                                                         scorer, (annotation_id,),
+                                                         (individual, *sorted(partners.get(individual, ()))))
             if ranked:
                 top = ranked[0]
                 threshold = scorer.threshold_for(state["species"])

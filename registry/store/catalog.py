@@ -36,6 +36,7 @@ from registry.store.tables import (
     Decision,
     DecisionPolicyRow,
     Deployment,
+    DistinctPair,
     Event,
     Image,
     Individual,
@@ -452,6 +453,18 @@ class Catalog:
             return individual
         final = follow_merges(individual.id, lambda i: session.get(Individual, i).merged_into_id)  # type: ignore[union-attr]
         return session.get(Individual, final)  # type: ignore[return-value]
+
+    def distinct_pairs(self) -> set[tuple[int, int]]:
+        """Pairs of individual ids (lower first) a person declared different animals."""
+        with self.transaction() as session:
+            return {(a, b) for a, b in session.execute(select(DistinctPair.first_id, DistinctPair.second_id))}
+
+    def distinct_codes(self) -> list[tuple[str, str]]:
+        """`distinct_pairs` by individual code."""
+        pairs = self.distinct_pairs()
+        with self.transaction() as session:
+            codes = self.codes(session, {i for pair in pairs for i in pair})
+        return [(codes[a], codes[b]) for a, b in sorted(pairs)]
 
     def codes(self, session: Session, individual_ids: set[int]) -> dict[int, str]:
         if not individual_ids:

@@ -359,6 +359,24 @@ class ApiToken(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime)
 
 
+class DistinctPair(Base):
+    """Two individuals a person declared different animals ("not the same animal" on a possible duplicate):
+    the duplicates check never proposes the pair again. Stored with the lower id first."""
+
+    __tablename__ = "distinct_pairs"
+    __table_args__ = (
+        UniqueConstraint("first_id", "second_id", name="uq_distinct_pairs"),
+        CheckConstraint("first_id < second_id", name="ck_distinct_pairs_order"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    first_id: Mapped[int] = mapped_column(ForeignKey("individuals.id"), index=True)
+    second_id: Mapped[int] = mapped_column(ForeignKey("individuals.id"), index=True)
+    actor: Mapped[str] = mapped_column(String(200))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
 class WebSession(Base):
     """A browser signed in to the workspace with a token: only the cookie key's SHA-256 is stored, with the
     session's CSRF secret; the session ends with its token."""

@@ -46,19 +46,19 @@ class AttributesRequest(BaseModel):
     reason: str | None = None
 
 
-@router.post("/decisions/{decision_id}/confirm")
+@router.post("/decisions/{decision_id:rowid}/confirm")
 def confirm(decision_id: int, user: Reviewer, service: ServiceDep,
             body: ReasonRequest | None = None) -> dict[str, Any]:
     return service.run(lambda r: Curator(r.stores, user.name).confirm(decision_id, body.reason if body else None))
 
 
-@router.post("/decisions/{decision_id}/reassign")
+@router.post("/decisions/{decision_id:rowid}/reassign")
 def reassign(decision_id: int, user: Reviewer, service: ServiceDep, body: ReassignRequest) -> dict[str, Any]:
     return service.run(lambda r: Curator(r.stores, user.name).reassign(decision_id, body.individual, body.new,
                                                                       body.reason))
 
 
-@router.post("/decisions/{decision_id}/reject")
+@router.post("/decisions/{decision_id:rowid}/reject")
 def reject(decision_id: int, user: Reviewer, service: ServiceDep,
            body: ReasonRequest | None = None) -> dict[str, Any]:
     return service.run(lambda r: Curator(r.stores, user.name).reject(decision_id, body.reason if body else None))
@@ -80,7 +80,7 @@ def edit_attributes(code: str, user: Reviewer, service: ServiceDep, body: Attrib
     return service.run(lambda r: Curator(r.stores, user.name).edit(code, body.reason, **values))
 
 
-@router.post("/changes/{change_id}/undo")
+@router.post("/changes/{change_id:rowid}/undo")
 def undo(change_id: int, user: Admin, service: ServiceDep, body: ReasonRequest | None = None) -> dict[str, Any]:
     return service.run(lambda r: Curator(r.stores, user.name).undo(change_id, body.reason if body else None))
 

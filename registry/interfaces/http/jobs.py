@@ -48,7 +48,7 @@ def ingest(user: Admin, service: ServiceDep, body: IngestRequest) -> dict[str, A
     return {"job": job_id, "status": "queued", "poll": f"/jobs/{job_id}"}
 
 
-@router.get("/jobs/{job_id}")
+@router.get("/jobs/{job_id:rowid}")
 def job_status(job_id: int, _: Reader, service: ServiceDep, paths: PathsDep) -> dict[str, Any]:
     with service.reads.transaction() as session:
         job = session.get(Job, job_id)

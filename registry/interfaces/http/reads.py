@@ -53,7 +53,7 @@ def image_history(sha256: str, _: Reader, service: ServiceDep, paths: PathsDep) 
     return paths.redact(service.reads.history(service.reads.individual_of_image(sha256)))
 
 
-@router.get("/annotations/{annotation_id}/history")
+@router.get("/annotations/{annotation_id:rowid}/history")
 def annotation_history(annotation_id: int, _: Reader, service: ServiceDep, paths: PathsDep) -> dict[str, Any]:
     """The history of the individual one annotation (one animal in one photo) is a sighting of."""
     return paths.redact(service.reads.history(service.reads.individual_of_image(str(annotation_id))))

@@ -1,26 +1,133 @@
-"""Possible duplicates (the report `registry duplicates` writes) and the audit trail."""
+"""Possible duplicates (a check the server runs as a background job, or `registry duplicates`; pairs declared
+different animals are never proposed again) and the audit trail with its filters."""
 
 import json
+import logging
+import threading
+from datetime import datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlalchemy import select
 
 from registry.curation.curator import Curator
-from registry.interfaces.web.pages import Person, ServiceDep, page
+from registry.interfaces.service import Service
+from registry.interfaces.web.pages import UI, Person, ServiceDep, allowed, curate, page, service_of
+from registry.store.tables import Job, utcnow
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
 DUPLICATES_REPORT = "duplicates.json"  # under <data dir>/reports, written by `registry duplicates`
 
 
+def _latest_check(service: Service) -> dict[str, Any] | None:
+    with service.reads.transaction() as session:
+        job = session.scalar(select(Job).where(Job.kind == "duplicates").order_by(Job.id.desc()).limit(1))
+        return None if job is None else {"id": job.id, "status": job.status, "done": job.done, "total": job.total,
+                                          "error": job.error}
+
+
 @router.get("/duplicates", response_class=HTMLResponse)
-def duplicates_page(request: Request, who: Person, service: ServiceDep) -> HTMLResponse:
+def duplicates_page(request: Request, who: Person, service: ServiceDep, error: str | None = None,
+                    done: str | None = None) -> HTMLResponse:
     report_path = service.settings.data_dir / "reports" / DUPLICATES_REPORT
     report = json.loads(report_path.read_text()) if report_path.is_file() else None
-    return page(request, "duplicates.html", who, report=report)
+    if report is not None:  # pairs declared different since the report was written are gone from it
+        dismissed = {tuple(sorted(p)) for p in service.reads.distinct_codes()}
+        report["pairs"] = [p for p in report["pairs"] if tuple(sorted((p["individual"], p["other"]))) not in dismissed]
+    check = _latest_check(service)
+    return page(request, "duplicates.html", who, report=report, check=check,
+                running=check is not None and check["status"] in ("queued", "running"),
+                error=error[:2000] if error else None, done=done[:200] if done else None)
+
+
+@router.post("/duplicates/check")
+async def start_check(request: Request) -> Response:
+    """Start the duplicates check as a background job on the server (one at a time); the page shows its
+    progress. It runs under the registry's writer lock, like an ingest."""
+    service = service_of(request)
+    form = dict(await request.form())
+    who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
+    check = _latest_check(service)
+    if check is not None and check["status"] in ("queued", "running"):
+        return RedirectResponse(f"{UI}/duplicates", status_code=303)
+    with service.reads.transaction() as session:
+        job = Job(kind="duplicates", status="queued", report={"by": who.name})
+        session.add(job)
+        session.flush()
+        job_id = job.id
+    threading.Thread(target=_check, args=(service, job_id), daemon=True).start()
+    return RedirectResponse(f"{UI}/duplicates", status_code=303)
+
+
+def _check(service: Service, job_id: int) -> None:
+    from registry.services.duplicates import find_duplicates
+
+    def update(**fields: Any) -> None:
+        with service.reads.transaction() as session:
+            job = session.get(Job, job_id)
+            for key, value in fields.items():
+                setattr(job, key, value)
+
+    done = [0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        update(done=done[0])
+
+    try:
+        update(status="running", total=len(service.reads.individuals()))
+        report = service.run(lambda r: find_duplicates(r, progress=progress), timeout=3600)
+        out = service.settings.data_dir / "reports" / DUPLICATES_REPORT
+        out.parent.mkdir(parents=True, exist_ok=True)
+        temporary = out.with_name(f"{out.name}.{job_id}.tmp")
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
+        temporary.replace(out)
+        update(status="done", report={"pairs": len(report["pairs"])}, finished_at=utcnow())
+    except Exception as exc:  # recorded on the job for the page; the traceback goes to the server log
+        log.exception("duplicates check %s failed", job_id)
+        update(status="failed", error=str(exc)[:2000], finished_at=utcnow())
+
+
+@router.post("/duplicates/distinct")
+async def not_the_same(request: Request) -> Response:
+    """"Not the same animal": the pair is never proposed again."""
+    form = dict(await request.form())
+    who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
+    first, second = str(form.get("a") or "")[:200], str(form.get("b") or "")[:200]
+    _, error = curate(service_of(request), who,
+                      lambda c: c.declare_distinct(first, second, "not the same animal (workspace)"))
+    message = {"error": error} if error else {"done": f"{first} and {second} are different animals"}
+    return RedirectResponse(f"{UI}/duplicates?" + urlencode(message), status_code=303)
+
+
+KINDS = ("confirm", "reassign", "reject", "merge", "split", "edit", "undo")
 
 
 @router.get("/activity", response_class=HTMLResponse)
 def activity_page(request: Request, who: Person, service: ServiceDep, undone: int | None = None,
-                  error: str | None = None) -> HTMLResponse:
-    return page(request, "activity.html", who, changes=Curator.changes_in(service.reads, 200), undone=undone,
-                error=error)
+                  error: str | None = None, kind: str = "", person: str = "", individual: str = "",
+                  since: str = "", until: str = "") -> HTMLResponse:
+    """The audit trail, filtered by kind, person, individual and date (until: that day included)."""
+    filters = {"kind": kind, "person": person, "individual": individual, "since": since, "until": until}
+    problem, start, end = None, None, None
+    if kind and kind not in KINDS:
+        problem = f"kind must be one of {', '.join(KINDS)}"
+    elif len(person) > 200 or len(individual) > 200:
+        problem = "a person or an individual is named in at most 200 characters"
+    else:
+        try:
+            start = datetime.strptime(since, "%Y-%m-%d") if since else None
+            end = datetime.strptime(until, "%Y-%m-%d") + timedelta(days=1) if until else None
+        except ValueError:
+            problem = "give dates as YYYY-MM-DD"
+    changes = [] if problem else Curator.changes_in(service.reads, 200, kind=kind or None, actor=person or None,
+                                                     individual=individual or None, since=start, until=end)
+    response = page(request, "activity.html", who, changes=changes, undone=undone, kinds=KINDS, filters=filters,
+                    error=problem or (error[:2000] if error else None))
+    if problem:
+        response.status_code = 400
+    return response

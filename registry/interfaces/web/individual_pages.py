@@ -32,10 +32,32 @@ def individual_page(request: Request, code: str, who: Person, service: ServiceDe
         history = service.reads.history(code)
     except CatalogError as exc:
         raise HTTPException(404, str(exc)) from exc
-    points = [(s["latitude"], s["longitude"], (s["captured_at"] or "")[:10]) for s in history["sightings"]
-              if s["latitude"] is not None and s["longitude"] is not None]
-    return page(request, "individual.html", who, h=history, map=sighting_map(points, service.settings.web_tile_url),
-                error=error, undone=undone, done=done, tile_url=service.settings.web_tile_url)
+    points = [(s["latitude"], s["longitude"], " ".join(filter(None, [s["location"], (s["captured_at"] or "")[:10]])))
+              for s in history["sightings"] if s["latitude"] is not None and s["longitude"] is not None]
+    stations: dict[str, dict[str, Any]] = {}  # each named place once, labelled on the map
+    placed = sighting_map(points, service.settings.web_tile_url)
+    for sighting, point in zip([s for s in history["sightings"] if s["latitude"] is not None
+                                and s["longitude"] is not None], placed["points"], strict=True):
+        if sighting["location"] and sighting["location"] not in stations:
+            stations[sighting["location"]] = {"name": sighting["location"], "x": point["x"], "y": point["y"]}
+    attributes = [(ATTRIBUTE_WORDS.get(name, name.replace("_", " ").capitalize()), _in_words(value))
+                  for name, value in history["attributes"].items()]
+    return page(request, "individual.html", who, h=history, map=placed, stations=list(stations.values())[:12],
+                attributes=attributes, error=error[:2000] if error else None, undone=undone, done=done,
+                tile_url=service.settings.web_tile_url)
+
+
+ATTRIBUTE_WORDS = {"sex": "Sex", "life_stage": "Life stage", "nickname": "Nickname",
+                   "alternate_ids": "Ids elsewhere", "notes": "Notes"}
+
+
+def _in_words(value: Any) -> str:
+    """An attribute as a person reads it: lists joined, nothing as a dash."""
+    if value is None or value == [] or value == "":
+        return "—"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    return str(value)
 
 
 @router.post("/individuals/{code}/attributes")
@@ -52,12 +74,15 @@ async def edit_attributes(request: Request, code: str) -> Response:
 
 
 @router.get("/compare", response_class=HTMLResponse)
-def compare_page(request: Request, who: Person, service: ServiceDep, a: str, b: str) -> HTMLResponse:
+def compare_page(request: Request, who: Person, service: ServiceDep, a: str, b: str,
+                 error: str | None = None) -> HTMLResponse:
+    if len(a) > 200 or len(b) > 200:
+        raise HTTPException(404, "no individual has a code that long")
     try:
         first, second = service.reads.history(a), service.reads.history(b)
     except CatalogError as exc:
         raise HTTPException(404, str(exc)) from exc
-    return page(request, "compare.html", who, a=first, b=second)
+    return page(request, "compare.html", who, a=first, b=second, error=error[:2000] if error else None)
 
 
 @router.post("/individuals/merge")

@@ -13,7 +13,7 @@ def _mercator(latitude: float, longitude: float, zoom: int) -> tuple[float, floa
 
 
 def sighting_map(points: list[tuple[float, float, str]], tile_url: str | None = None, width: int = 360,
-         height: int = 240) -> dict[str, Any]:
+                 height: int = 240) -> dict[str, Any]:
     """Sightings placed in a `width` x `height` view (Web Mercator, the deepest zoom that fits them): circles
     only, which needs no network, or over the tiles of `tile_url` (`.../{z}/{x}/{y}.png`) when one is
     configured."""
@@ -31,6 +31,13 @@ def sighting_map(points: list[tuple[float, float, str]], tile_url: str | None = 
     top = (max(y for _, y in xy) + min(y for _, y in xy)) / 2 - height / 2
     placed = [{"x": round(x - left, 1), "y": round(y - top, 1), "label": label}
               for (x, y), (_, _, label) in zip(xy, points, strict=True)]
+    # a scale bar of a round length, about a quarter of the map wide, true at the sightings' mean latitude
+    metres_per_pixel = 156543.03392 * math.cos(math.radians(sum(p[0] for p in points) / len(points))) / 2 ** zoom
+    target = metres_per_pixel * width / 4
+    nice = max(step * 10 ** power for power in range(0, 8) for step in (1, 2, 5) if step * 10 ** power <= target) \
+        if target >= 1 else 1
+    scale = {"pixels": round(nice / metres_per_pixel, 1),
+             "label": f"{nice / 1000:g} km" if nice >= 1000 else f"{nice:g} m"}
     tiles = []
     if tile_url:
         last = 2 ** zoom - 1
@@ -39,4 +46,4 @@ def sighting_map(points: list[tuple[float, float, str]], tile_url: str | None = 
                 tiles.append({"href": tile_url.replace("{z}", str(zoom)).replace("{x}", str(tx))
                               .replace("{y}", str(ty)), "x": round(tx * 256 - left, 1),
                               "y": round(ty * 256 - top, 1)})
-    return {"points": placed, "tiles": tiles, "zoom": zoom}
+    return {"points": placed, "tiles": tiles, "zoom": zoom, "scale": scale}

@@ -43,7 +43,8 @@ def thumbnails_of(request: Request) -> Thumbnails:
     state = request.app.state
     if getattr(state, "thumbnails", None) is None:
         service = service_of(request)
-        state.thumbnails = Thumbnails(service.settings.data_dir / "thumbnails", service.reads)
+        state.thumbnails = Thumbnails(service.settings.data_dir / "thumbnails", service.reads,
+                                      service.settings.orientation_rules)
     return state.thumbnails
 
 
@@ -95,3 +96,23 @@ def query_string(filters: dict[str, Any]) -> str:
 def local_target(target: str, default: str) -> str:
     """A redirect target from a form: a path on this server, never another site."""
     return target if target.startswith("/") and not target.startswith("//") else default
+
+
+TITLES = {400: "That request cannot be read", 403: "Not allowed", 404: "Not found", 405: "Not allowed here",
+          409: "Refused", 413: "Too large", 422: "That request cannot be read"}
+
+
+def wants_page(request: Request) -> bool:
+    """A person in a browser (a workspace path, or a browser asking for HTML) gets errors as pages, not JSON."""
+    return request.url.path.startswith(UI) or (
+        "text/html" in request.headers.get("accept", "") and not request.headers.get("authorization"))
+
+
+def error_page(request: Request, status: int, message: str) -> HTMLResponse:
+    """An error as a page with a way back; signed out in another tab, the way back is signing in again."""
+    who = sessions.browser(service_of(request).reads, request.cookies.get(COOKIE))
+    response = page(request, "error.html", who, status=status, message=message,
+                    title=TITLES.get(status, "Something went wrong"),
+                    back=str(request.url.path) + (f"?{request.url.query}" if request.url.query else ""))
+    response.status_code = status
+    return response
