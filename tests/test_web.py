@@ -214,9 +214,9 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
     assert _sighting_state(catalog, third) == ("corrected", second_candidate)
     # the activity, filtered to reassignments, links the decision and the individual that change touched
     page.goto(f"{base}/ui/activity?kind=reassign")
-    kinds = {c["kind"] for c in catalog_changes(catalog)}
-    assert {"confirm", "reassign"} <= kinds
-    assert page.locator("tr[data-change]").count() == sum(1 for c in catalog_changes(catalog) if c["kind"] == "reassign")
+    changes = catalog_changes(catalog)
+    assert {"confirm", "reassign"} <= {c["kind"] for c in changes}
+    assert page.locator("tr[data-change]").count() == sum(1 for c in changes if c["kind"] == "reassign")
     assert page.locator(f"a[href='/ui/decisions/{third}']").count() >= 1
     assert page.locator(f"a[href='/ui/individuals/{second_candidate}']").count() >= 1
 
