@@ -254,7 +254,8 @@ def test_every_route_enforces_its_scope(api: TestClient, population: Path) -> No
     walked = 0
     for path, methods in document["paths"].items():
         url = path.replace("{decision_id}", "999999").replace("{change_id}", "999999").replace(
-            "{code}", "NOPE-0001").replace("{sha256}", "0" * 64).replace("{job_id}", "999999")
+            "{code}", "NOPE-0001").replace("{sha256}", "0" * 64).replace("{job_id}", "999999").replace(
+            "{annotation_id}", "999999")
         for method in methods:
             walked += 1
             def call(token: str | None, method: str = method, url: str = url) -> int:

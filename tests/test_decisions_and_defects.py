@@ -379,3 +379,22 @@ def test_calibrate_chooses_tau_on_simulated_open_set_queries(tmp_path: Path, pop
     untuned = registry.calibrate(self_tune=False)
     assert untuned["self_tuned"] == {} and registry.policy.thresholds == {}
     registry.close()
+
+
+def test_evidence_is_said_in_words_and_a_score_that_tells_nothing_apart_is_left_out() -> None:
+    """The match page's evidence: matching points as counts a reviewer reads, the calibrated probability as a
+    percentage; a matcher whose calibrated score is the same for every compared photo is not shown."""
+    from registry.curation.review import constant_scores, evidence_in_words
+
+    raw = {"aliked": 47.0, "aliked-verified": 31.0, "aliked-distinctive": 20.0, "efficientnet-lite0": 0.71}
+    calibrated = {"aliked": 0.4, "aliked-verified": 0.6, "aliked-distinctive": 0.83, "efficientnet-lite0": 0.5}
+    words = evidence_in_words(raw, calibrated, set())
+    assert words[0] == "47 matching points (31 verified, 20 found on no other candidate) → 83% likely the same animal"
+    assert words[1] == "looks alike to efficientnet-lite0: similarity 0.71 → 50% likely the same animal"
+    candidates = [{"images": [{"calibrated": {"efficientnet-lite0": 0.5, "aliked": 0.9}}]},
+                  {"images": [{"calibrated": {"efficientnet-lite0": 0.5, "aliked": 0.1}}]}]
+    hidden = constant_scores(candidates)
+    assert hidden == {"efficientnet-lite0"}
+    assert [w for w in evidence_in_words(raw, calibrated, hidden) if "efficientnet" in w] == []
+    assert constant_scores(candidates[:1]) == set()  # one photo: nothing to compare, nothing hidden
+    assert evidence_in_words({"aliked": 1.0}, {}, set()) == ["1 matching point"]

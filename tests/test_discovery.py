@@ -80,13 +80,11 @@ def _partition(data: Path, manifest: Path) -> tuple[list[str], list[str]]:
     return truth, found
 
 
-def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoable(
-        tmp_path: Path, new_animals: Path) -> None:
-    """A cautious policy (tau 0.999) calls every season-2 photo a new animal, one photo at a time; discovery
-    then groups the photos of each animal, scored by the calibrated matchers, cut where the labelled season 1
-    says. Known animals' photos are provisional too here (nobody vouched for them): they are grouped, not merged
-    into season 1's individuals."""
-    data = tmp_path / "registry"
+@pytest.fixture(scope="module")
+def cautious_season(tmp_path_factory: pytest.TempPathFactory, new_animals: Path) -> Path:
+    """Season 1 labelled and calibrated; a cautious policy (tau 0.999) then called every season-2 photo a new
+    animal, one photo at a time. Tests work on copies."""
+    data = tmp_path_factory.mktemp("cautious") / "registry"
     run_cli(data, "init", "--no-download", "--engine", "mnn")
     run_cli(data, "ingest", str(new_animals / "season1" / "manifest.csv"), "--survey", "s1")
     run_cli(data, "calibrate", "--pairs", "30")
@@ -94,8 +92,28 @@ def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoa
     assert "synleopard: tau" in policy and "expected score" in policy and "[95 %" in policy
     with Registry(Settings.load(data)) as registry:
         registry.set_policy(registry.policy.derive("a cautious season", "test", thresholds={"synleopard": 0.999}))
+    run_cli(data, "ingest", str(new_animals / "season2" / "manifest.csv"), "--survey", "s2", "--mode", "identify")
+    return data
+
+
+def _copy(registry: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    data = tmp_path / "registry"
+    shutil.copytree(registry, data)
+    settings = json.loads((data / "settings.json").read_text())
+    if str(registry) in json.dumps(settings):  # paths inside the registry follow the copy
+        (data / "settings.json").write_text(json.dumps(settings).replace(str(registry), str(data)))
+    return data
+
+
+def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoable(
+        tmp_path: Path, new_animals: Path, cautious_season: Path) -> None:
+    """Discovery groups the photos of each animal a cautious policy split, scored by the calibrated matchers, cut
+    where the labelled season 1 says. Known animals' photos are provisional too here (nobody vouched for them):
+    they are grouped, not merged into season 1's individuals."""
+    data = _copy(cautious_season, tmp_path)
     season2 = new_animals / "season2" / "manifest.csv"
-    run_cli(data, "ingest", str(season2), "--survey", "s2", "--mode", "identify")
     truth, before = _partition(data, season2)
     assert len(set(before)) > len(set(truth))  # one photo at a time, animals were split
 
@@ -121,6 +139,63 @@ def test_discover_decides_a_seasons_new_animals_together_and_each_merge_is_undoa
     run_cli(data, "undo", str(last["change"]))
     _, undone = _partition(data, season2)
     assert last["absorbed"] in undone and len(set(undone)) == len(set(after)) + 1
+
+
+def test_the_workspace_reviews_discovered_animals_as_groups(tmp_path: Path, new_animals: Path,
+                                                           cautious_season: Path) -> None:
+    """Discovery runs on the server as a job; a proposal is accepted with one photo split off (that individual
+    stays as it was), another merged into a known animal; each merge is an audited change."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from registry.curation.curator import Curator
+    from registry.interfaces import tokens
+    from registry.interfaces.api import create_app
+    from registry.interfaces.web import background, sessions
+
+    data = _copy(cautious_season, tmp_path)
+    settings = Settings.load(data)
+    with TestClient(create_app(settings)) as client:
+        service = client.app.state.service
+        key = sessions.sign_in(service.reads, tokens.create(service.reads, "curator", "admin"))
+        client.cookies.set(sessions.COOKIE, key)
+        csrf = sessions.browser(service.reads, key).csrf
+        page = client.get("/ui/discover", params={"survey": "s2"})
+        assert page.status_code == 200 and "Find new animals in s2" in page.text
+        assert client.get("/ui/discover", params={"survey": "nope"}).status_code == 404
+        started = client.post("/ui/discover/run", data={"csrf": csrf, "survey": "s2"}, follow_redirects=False)
+        assert started.status_code == 303
+        for _ in range(600):
+            job = background.latest(service, "discover")
+            if job["status"] in ("done", "failed"):
+                break
+            time.sleep(0.5)
+        assert job["status"] == "done", job
+        report = json.loads((data / "reports" / "discover-s2.json").read_text())
+        proposals = [p for p in report["proposals"] if len(p["individuals"]) >= 3]
+        assert proposals, "a season of animals photographed three times has proposals of three"
+        page = client.get("/ui/discover", params={"survey": "s2"})
+        assert all(f'value="{code}"' in page.text for p in report["proposals"] for code in p["individuals"])
+
+        first = proposals[0]["individuals"]
+        kept, split_off = first[:-1], first[-1]
+        accepted = client.post("/ui/discover/accept", data={"csrf": csrf, "survey": "s2", "individual": kept})
+        assert accepted.status_code == 200 and f"{len(kept) - 1} merged into {kept[0]}" in accepted.text
+        now = {code: service.reads.history(code)["individual"] for code in first}
+        assert {now[c] for c in kept} == {kept[0]} and now[split_off] == split_off
+        known = service.reads.individuals()[0]["code"]
+        others = [p for p in report["proposals"] if p["individuals"] != first]
+        if others:
+            second = others[0]["individuals"]
+            merged = client.post("/ui/discover/accept",
+                                 data={"csrf": csrf, "survey": "s2", "individual": second, "into": known})
+            assert f"{len(second)} merged into {known}" in merged.text
+            assert {service.reads.history(c)["individual"] for c in second} == {known}
+        refused = client.post("/ui/discover/accept", data={"csrf": csrf, "survey": "s2", "individual": [kept[0]]})
+        assert "tick at least two photos" in refused.text
+        merges = [c for c in Curator.changes_in(service.reads, 100) if c["kind"] == "merge"]
+        assert len(merges) == len(kept) - 1 + (len(others[0]["individuals"]) if others else 0)
 
 
 def test_discover_refuses_an_unknown_survey_and_an_uncalibrated_registry_and_changes_nothing(

@@ -228,6 +228,28 @@ def test_reviewing_in_the_browser(browser: object, workspace: dict) -> None:
     page.wait_for_url(DONE)  # the page the action led to, loaded (its scripts too)
     assert catalog.history(proposed)["attributes"]["nickname"] == "Spotty"
     _screenshot(page, "individual-page")
+    page.keyboard.press("u")  # the edit is undone in place, on the same page
+    page.wait_for_url(re.compile(rf"/ui/individuals/{proposed}\?undone=\d+"))
+    assert catalog.history(proposed)["attributes"]["nickname"] is None
+    page.get_by_label("Nickname").fill("Spotty")
+    page.get_by_role("button", name="Save attributes").click()
+    page.wait_for_url(DONE)
+
+    # compare: the reviewer chooses which individual is kept; a merge refused (another tab merged first) says why
+    other = next(i["code"] for i in catalog.individuals() if i["code"] != proposed)
+    page.goto(f"{base}/ui/compare?a={proposed}&b={other}")
+    assert page.get_by_role("button", name=f"Keep {other}, merge {proposed} into it").is_visible()
+    elsewhere = context.new_page()
+    elsewhere.goto(f"{base}/ui/compare?a={proposed}&b={other}")
+    elsewhere.get_by_role("button", name=f"Keep {proposed}, merge {other} into it").click()
+    elsewhere.wait_for_url(re.compile(rf"/ui/individuals/{proposed}\?done=\d+"))
+    assert catalog.history(other)["individual"] == proposed
+    page.get_by_role("button", name=f"Keep {proposed}, merge {other} into it").click()  # the stale page
+    assert "The merge was refused: " in page.get_by_role("alert").inner_text()
+    page.goto(f"{base}/ui/individuals/{proposed}")
+    page.get_by_role("listitem").filter(has_text=f"merged {other}").get_by_role("button", name="Undo").click()
+    page.wait_for_url(re.compile(r"undone=\d+"))
+    assert catalog.history(other)["individual"] == other
 
     # a post without the session's CSRF secret is refused, whoever sends it
     forged = context.request.post(f"{base}/ui/decisions/{third}/reject", form={"margin": MARGIN})
@@ -275,7 +297,8 @@ def test_signed_out_and_bad_tokens_see_only_the_sign_in_page(browser: object, wo
     page.get_by_role("button", name="Sign in").click()
     assert page.get_by_role("alert").inner_text().startswith("That token is not valid")
     assert context.request.get(base + "/ui/thumbs/1/160.jpg", max_redirects=0).status == 303
-    assert context.request.post(base + "/ui/decisions/1/confirm", form={"csrf": "x"}).status == 403
+    refused = context.request.post(base + "/ui/decisions/1/confirm", form={"csrf": "x"})
+    assert refused.status == 403 and "Sign in again" in refused.text()  # signed out in another tab: a page
     context.close()
 
 

@@ -53,10 +53,11 @@ class Proposal:
     individuals: list[str]
     cohesion: float  # the weakest pair of photos' score inside the cluster (average linkage merges above the cut)
     annotations: list[int] = field(default_factory=list)
+    photos: dict[str, list[int]] = field(default_factory=dict)  # each individual's annotations
 
     def to_json(self) -> dict[str, Any]:
         return {"species": self.species, "individuals": self.individuals, "cohesion": round(self.cohesion, 4),
-                "annotations": self.annotations}
+                "annotations": self.annotations, "photos": self.photos}
 
 
 METHODS = ("average", "mutual-1", "mutual-2", "mutual-3")
@@ -265,7 +266,8 @@ class DiscoveryService:
                 linked = [similarity[i, j] for i, j in combinations(shown, 2) if labels[i] == labels[j]]
                 report["proposals"].append(Proposal(
                     sp, [mine[i].key for i in members], float(min(linked)) if linked else 0.0,
-                    [a for i in members for a in mine[i].annotations]))
+                    [a for i in members for a in mine[i].annotations],
+                    {mine[i].key: list(mine[i].annotations) for i in members}))
             entry["proposed_animals"] = sum(1 for m in groups.values() if len(m) > 1)
             entry["individuals_after"] = len(groups)
         if apply:

@@ -137,7 +137,7 @@ def evidence_in_words(raw: dict[str, float], calibrated: dict[str, float], hidde
     return words
 
 
-def _constant_scores(candidates: list[dict[str, Any]]) -> set[str]:
+def constant_scores(candidates: list[dict[str, Any]]) -> set[str]:
     """Matchers whose calibrated score is identical on every compared photo (an uncalibrated embedding, a flat
     calibrator): a column that tells nothing apart is not shown."""
     seen: dict[str, set[float]] = {}
@@ -179,7 +179,7 @@ def decision_detail(catalog: Catalog, decision_id: int) -> dict[str, Any] | None
                 "images": [{"annotation_id": i.get("annotation_id", i.get("image_id")), "raw": i.get("raw", {}),
                             "calibrated": i.get("calibrated", {}), "score": i.get("score")}
                            for i in c.get("images", [])]})
-        hidden = _constant_scores(candidates)
+        hidden = constant_scores(candidates)
         for candidate in candidates:
             for compared in candidate["images"]:
                 compared["evidence"] = evidence_in_words(compared["raw"], compared["calibrated"], hidden)

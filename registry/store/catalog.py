@@ -131,6 +131,11 @@ class Catalog:
             yield session
 
     # --- surveys ---------------------------------------------------------------------------------------
+    def survey_names(self) -> list[str]:
+        """Every survey's name, newest first."""
+        with self.transaction() as session:
+            return list(session.scalars(select(Survey.name).order_by(Survey.id.desc())))
+
     def survey(self, session: Session, name: str, create: bool = True) -> Survey | None:
         survey = session.scalar(select(Survey).where(Survey.name == name))
         if survey is None and create:

@@ -2,32 +2,19 @@
 different animals are never proposed again) and the audit trail with its filters."""
 
 import json
-import logging
-import threading
 from datetime import datetime, timedelta
-from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from sqlalchemy import select
 
 from registry.curation.curator import Curator
-from registry.interfaces.service import Service
+from registry.interfaces.web import background
 from registry.interfaces.web.pages import UI, Person, ServiceDep, allowed, curate, page, service_of
-from registry.store.tables import Job, utcnow
-
-log = logging.getLogger(__name__)
+from registry.services.duplicates import find_duplicates
 
 router = APIRouter()
 DUPLICATES_REPORT = "duplicates.json"  # under <data dir>/reports, written by `registry duplicates`
-
-
-def _latest_check(service: Service) -> dict[str, Any] | None:
-    with service.reads.transaction() as session:
-        job = session.scalar(select(Job).where(Job.kind == "duplicates").order_by(Job.id.desc()).limit(1))
-        return None if job is None else {"id": job.id, "status": job.status, "done": job.done, "total": job.total,
-                                          "error": job.error}
 
 
 @router.get("/duplicates", response_class=HTMLResponse)
@@ -38,9 +25,8 @@ def duplicates_page(request: Request, who: Person, service: ServiceDep, error: s
     if report is not None:  # pairs declared different since the report was written are gone from it
         dismissed = {tuple(sorted(p)) for p in service.reads.distinct_codes()}
         report["pairs"] = [p for p in report["pairs"] if tuple(sorted((p["individual"], p["other"]))) not in dismissed]
-    check = _latest_check(service)
-    return page(request, "duplicates.html", who, report=report, check=check,
-                running=check is not None and check["status"] in ("queued", "running"),
+    check = background.latest(service, "duplicates")
+    return page(request, "duplicates.html", who, report=report, check=check, running=background.running(check),
                 error=error[:2000] if error else None, done=done[:200] if done else None)
 
 
@@ -51,45 +37,11 @@ async def start_check(request: Request) -> Response:
     service = service_of(request)
     form = dict(await request.form())
     who = allowed(request, form.get("csrf"), "review")  # type: ignore[arg-type]
-    check = _latest_check(service)
-    if check is not None and check["status"] in ("queued", "running"):
-        return RedirectResponse(f"{UI}/duplicates", status_code=303)
-    with service.reads.transaction() as session:
-        job = Job(kind="duplicates", status="queued", report={"by": who.name})
-        session.add(job)
-        session.flush()
-        job_id = job.id
-    threading.Thread(target=_check, args=(service, job_id), daemon=True).start()
+    background.start(service, "duplicates", who.name, len(service.reads.individuals()),
+                     service.settings.data_dir / "reports" / DUPLICATES_REPORT,
+                     lambda registry, progress: find_duplicates(registry, progress=progress),
+                     lambda report: {"pairs": len(report["pairs"])})
     return RedirectResponse(f"{UI}/duplicates", status_code=303)
-
-
-def _check(service: Service, job_id: int) -> None:
-    from registry.services.duplicates import find_duplicates
-
-    def update(**fields: Any) -> None:
-        with service.reads.transaction() as session:
-            job = session.get(Job, job_id)
-            for key, value in fields.items():
-                setattr(job, key, value)
-
-    done = [0]
-
-    def progress(n: int) -> None:
-        done[0] += n
-        update(done=done[0])
-
-    try:
-        update(status="running", total=len(service.reads.individuals()))
-        report = service.run(lambda r: find_duplicates(r, progress=progress), timeout=3600)
-        out = service.settings.data_dir / "reports" / DUPLICATES_REPORT
-        out.parent.mkdir(parents=True, exist_ok=True)
-        temporary = out.with_name(f"{out.name}.{job_id}.tmp")
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
-        temporary.replace(out)
-        update(status="done", report={"pairs": len(report["pairs"])}, finished_at=utcnow())
-    except Exception as exc:  # recorded on the job for the page; the traceback goes to the server log
-        log.exception("duplicates check %s failed", job_id)
-        update(status="failed", error=str(exc)[:2000], finished_at=utcnow())
 
 
 @router.post("/duplicates/distinct")
