@@ -26,6 +26,7 @@ class Service:
         self.registry = registry or Registry(settings)
         self.reads = Catalog(settings.sqlalchemy_url, settings.photo_root)
         self.lock = threading.Lock()
+        self.closing = threading.Event()  # set when the server stops: long background work ends early
         self.uploads = settings.data_dir / "uploads"
         self.uploads.mkdir(parents=True, exist_ok=True)
         root = settings.api_import_root
@@ -41,6 +42,9 @@ class Service:
             self.lock.release()
 
     def close(self) -> None:
+        """Stop: background work (a page's job) is asked to stop at its next progress step, then the registry
+        closes once the lock is free."""
+        self.closing.set()
         with self.lock:
             self.registry.close()
             self.reads.close()

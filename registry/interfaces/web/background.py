@@ -17,6 +17,10 @@ from registry.store.tables import Job, utcnow
 log = logging.getLogger(__name__)
 
 
+class JobStopped(Exception):
+    """The server is stopping: a running job gives up at its next progress step (recorded as failed)."""
+
+
 def latest(service: Service, kind: str) -> dict[str, Any] | None:
     """The newest job of this kind: its status and progress."""
     with service.reads.transaction() as session:
@@ -51,6 +55,8 @@ def start(service: Service, kind: str, by: str, total: int, out: Path,
         done = [0]
 
         def progress(n: int) -> None:
+            if service.closing.is_set():
+                raise JobStopped("the server stopped before the job ended; start it again")
             done[0] += n
             update(done=done[0])
 
@@ -63,6 +69,8 @@ def start(service: Service, kind: str, by: str, total: int, out: Path,
             temporary.replace(out)
             update(status="done", done=max(done[0], total), report={"by": by, **summary(report)},
                    finished_at=utcnow())
+        except JobStopped as exc:
+            update(status="failed", error=str(exc), finished_at=utcnow())
         except Exception as exc:  # recorded on the job for the page; the traceback goes to the server log
             log.exception("%s job %s failed", kind, job_id)
             update(status="failed", error=str(exc)[:2000], finished_at=utcnow())

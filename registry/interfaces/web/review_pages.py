@@ -63,8 +63,8 @@ def _filters(species: str | None, survey: str | None, location: str | None, outc
 
 
 def _queue(service: Service, filters: dict[str, Any], limit: int = 200) -> list[dict[str, Any]]:
-    f = filters
-    return review.queue(service.reads, f["species"], limit, f["margin"], f["survey"], f["location"], f["outcome"])
+    return review.queue(service.reads, filters["species"], limit, filters["margin"], filters["survey"],
+                        filters["location"], filters["outcome"])
 
 
 @router.get("/queue", response_class=HTMLResponse)

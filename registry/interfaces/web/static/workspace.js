@@ -174,7 +174,7 @@
     });
     box.addEventListener("pointerdown", function (event) {
       pointers[event.pointerId] = [event.clientX, event.clientY];
-      box.setPointerCapture(event.pointerId);
+      if (event.pointerType === "mouse") { box.setPointerCapture(event.pointerId); }  // touch captures itself
       var ids = Object.keys(pointers);
       if (ids.length === 1) { last = [event.clientX, event.clientY]; start = last; box.classList.add("dragging"); }
       if (ids.length === 2) {
@@ -203,13 +203,17 @@
     function end(event) {
       if (!pointers[event.pointerId]) { return; }
       delete pointers[event.pointerId];
+      if (box.hasPointerCapture(event.pointerId)) { box.releasePointerCapture(event.pointerId); }
       if (Object.keys(pointers).length < 2) { pinch = null; }
       if (Object.keys(pointers).length === 0) {
         box.classList.remove("dragging");
         // a horizontal swipe on an unzoomed photo switches candidate
         if (start && view.scale === 1 && event.pointerType !== "mouse") {
           var dx = event.clientX - start[0], dy = event.clientY - start[1];
-          if (Math.abs(dx) > 60 && Math.abs(dx) > 2 * Math.abs(dy)) { step(dx < 0 ? 1 : -1); }
+          if (Math.abs(dx) > 60 && Math.abs(dx) > 2 * Math.abs(dy)) {
+            var direction = dx < 0 ? 1 : -1;
+            window.setTimeout(function () { step(direction); }, 0);  // after the gesture has ended
+          }
         }
         last = null; start = null;
       }
@@ -250,7 +254,11 @@
       loadPairs();
     }
     caption(thumb);
-    card.scrollIntoView({ block: "nearest", inline: "nearest" });
+    // bring the card into the strip's view, scrolling only the strip (never the page under the reviewer)
+    var strip = card.parentElement;
+    if (card.offsetLeft < strip.scrollLeft || card.offsetLeft + card.offsetWidth > strip.scrollLeft + strip.clientWidth) {
+      strip.scrollLeft = card.offsetLeft - strip.offsetLeft;
+    }
   }
 
   function step(delta) {
