@@ -192,6 +192,30 @@ def test_curation_invariants_hold_after_any_sequence_of_operations() -> None:
     runner.runTest()
 
 
+@pytest.mark.usefixtures("curated_base")
+def test_undoing_a_split_whose_new_individual_absorbed_another_moves_what_it_holds() -> None:
+    """The sequence Hypothesis found (2026-12-04): a split makes an individual, a later merge keeps it and
+    absorbs another, then the split is undone. The split's individual is retired into the one its photo went back
+    to; the photos it held through the merge go with it (they had stayed, active, on a merged individual)."""
+    machine = CurationMachine()
+    try:
+        machine.start()
+        machine.reassign_new(k=0)
+        machine.holds()
+        machine.split(k=1, mask=1)
+        machine.holds()
+        machine.reject(k=0)
+        machine.holds()
+        machine.merge(a=26, b=0)
+        machine.holds()
+        machine.undo(k=2)
+        machine.holds()
+        machine.undo(k=0)  # and the undo itself can be undone, back to where the merge left things
+        machine.holds()
+    finally:
+        machine.teardown()
+
+
 # --- faults in curation -----------------------------------------------------------------------------------------
 OPERATIONS = ("confirm", "reassign", "reassign-new", "reject", "merge", "split", "undo")
 

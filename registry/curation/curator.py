@@ -407,10 +407,17 @@ class Curator:
                 back_to = {s["individual_id"] for s in change.before.get("sightings", [])}
                 if created is not None and len(back_to) == 1 and created_id not in back_to:
                     undo_before["individuals"].append(_individual_state(created))
-                    created.merged_into_id = back_to.pop()
+                    target = back_to.pop()
+                    created.merged_into_id = target
                     retired.append(_individual_state(created))
-                    followers += session.scalars(select(Sighting.annotation_id)
-                                                 .where(Sighting.individual_id == created_id))
+                    # what it holds now (photos matched to it, an individual merged into it) moves with it, as a
+                    # merge moves them: a merged individual keeps no active sighting
+                    for held in session.scalars(select(Sighting).where(Sighting.individual_id == created_id)):
+                        if held.id not in current_sightings:
+                            undo_before["sightings"].append(_sighting_state(held))
+                            current_sightings[held.id] = held
+                        held.individual_id = target
+                        followers.append(held.annotation_id)
             touched = ({s["individual_id"] for s in change.before.get("sightings", [])}
                        | {s["individual_id"] for s in change.after.get("sightings", [])}
                        | {i["id"] for i in undo_before["individuals"]}
