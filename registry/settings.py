@@ -203,7 +203,9 @@ class Settings:
     api_public_reads: bool = False  # read endpoints without a token
     api_max_upload_mb: float = 25.0
     api_import_root: str | None = None  # server folder that manifests given to POST /ingest must live in
-    review_margin: float = 0.15  # decisions whose smallest margin is at most this wait in the review queue
+    # unused since the workspace's queue shows every unreviewed decision (a margin filter narrows it); kept so
+    # settings files that name it still load
+    review_margin: float = 0.15
     web_tile_url: str | None = None  # a map tile server for the workspace's maps (none: coordinates only)
     # Not stored: whether the profile was chosen (stored settings, `init --profile`) rather than defaulted, so
     # a machine without a settings file takes the profile of the catalog's decision policy.

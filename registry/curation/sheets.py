@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
-from registry.matching.local_matcher import LocalFeatures, verified_mask
+from registry.matching.local_matcher import verified_mask
 from registry.services.registry import Registry
 from registry.store.tables import Decision
 
@@ -30,26 +30,18 @@ def _colour(confidence: float) -> tuple[int, int, int]:
     return int(255 * (1 - c)), int(200 * c + 40), 60
 
 
-def _features_of(registry: Registry, info: dict[str, Any]) -> LocalFeatures:
-    """The annotation's stored local features; described again (and not stored: a read) when the store lacks
-    them."""
-    found = registry.features.get(info["feature_key"])
-    if found is not None:
-        return found
-    image = registry.pipeline.load(Path(info["path"]), info["species"], info["viewpoint"], info["box"])
-    return registry.pipeline.local.extract([image])[0]
-
-
 def correspondences(registry: Registry, query_id: int, candidate_id: int) -> dict[str, Any]:
     """The correspondences the local score counted between two annotations, for the browser to draw. Each pair
     is (query x, query y, candidate x, candidate y, confidence, verified 0/1: consistent with one epipolar
     geometry); coordinates are fractions of the photo as the matcher saw it (the animal's crop, turned by the
     species' orientation rule), the frame the workspace shows photos in."""
-    states = registry.catalog.annotation_states([query_id, candidate_id])
-    missing = [a for a in (query_id, candidate_id) if a not in states]
+    problems: list[str] = []
+    # cached features, described again only where the cache lost them (as identification reads candidates)
+    found = registry.identification.candidate_features([query_id, candidate_id], problems)
+    missing = [a for a in (query_id, candidate_id) if a not in found]
     if missing:
-        raise ValueError(f"no annotation {missing[0]}")
-    query, candidate = _features_of(registry, states[query_id]), _features_of(registry, states[candidate_id])
+        raise ValueError(problems[0] if problems else f"no annotation {missing[0]}")
+    query, candidate = found[query_id], found[candidate_id]
     matches = registry.pipeline.local.correspondences(query, [candidate])[0]
     verified = verified_mask(query, candidate, matches)
     qw, qh = query.image_size

@@ -15,6 +15,7 @@ from registry.curation.curator import CurationError, Curator
 from registry.curation.discovery import DiscoveryService
 from registry.interfaces.web import background
 from registry.interfaces.web.pages import UI, Person, ServiceDep, allowed, curate, page, service_of
+from registry.store.catalog import CatalogError
 
 router = APIRouter()
 KIND = "discover"
@@ -28,11 +29,12 @@ def _report_path(service: Any, survey: str) -> Any:
 def _current(service: Any, codes: list[str]) -> dict[str, str]:
     """Each code's individual now (following merges): a proposal whose codes all lead to one animal is done."""
     out = {}
-    for code in codes:
-        try:
-            out[code] = service.reads.history(code)["individual"]
-        except Exception:  # a code that no longer resolves: shown as it was
-            out[code] = code
+    with service.reads.transaction() as session:
+        for code in codes:
+            try:
+                out[code] = service.reads.resolve(session, code).code
+            except CatalogError:  # a code that no longer resolves: shown as it was
+                out[code] = code
     return out
 
 
