@@ -21,7 +21,7 @@ PROFILES = ("paper", "offline", "tiny-test")
 # cache, calibrations and decisions stay valid.
 LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_individuals": 0, "lnbnn_individuals": 0,
                 "verify": False, "lnbnn_photos": 1, "combine_photos": 1, "engine": "lightglue",
-                "distinctive": False, "box_only": False}
+                "distinctive": False, "box_only": False, "static_scenery": False}
 LOCAL_ENGINES = ("mnn", "lightglue")
 
 
@@ -62,6 +62,10 @@ class LocalMatcherSettings:
     # margin (context for the global embedders); only its keypoints inside the box itself are matched, so the
     # neighbour in a group photo or the ground around it never votes.
     box_only: bool = True
+    # A fixed camera's scenery never votes: keypoints of a deployment's whole photos that recur at the same place
+    # in its photos of other animals are dropped before matching (matching/scenery.py). Off until measured better
+    # (benchmarks/camera_trap_levers.py; docs/accuracy.md).
+    static_scenery: bool = False
     # Photos of each individual matched at the full budget: LNBNN's individuals bring their `lnbnn_photos`
     # best-voted photos, those of the first pass their best-voted others besides the one that qualified them, so
     # an individual is judged on several photos (see `combine_photos`), not on one. Replayed on every pair's

@@ -101,7 +101,7 @@ def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tupl
         began = time.perf_counter()
         own = _own_images(registry, chunk)
         described = identification.describe([r.image for r in chunk], [r.species for r in chunk],
-                                             [r.viewpoint for r in chunk])
+                                             [r.viewpoint for r in chunk], [r.box for r in chunk])
         describe_each = (time.perf_counter() - began) / len(chunk)
         for row, item in zip(chunk, described, strict=True):
             if isinstance(item, ImageError):
@@ -109,7 +109,8 @@ def collect(registry: Registry, rows: list[PhotoRow], known_identities: set[tupl
                 continue
             began = time.perf_counter()
             exclude = own.get(row.image, ())  # a query never matches its own photo
-            candidates = identification.candidates(item, row.species, row.viewpoint, exclude)
+            candidates = identification.candidates(item, row.species, row.viewpoint, exclude,
+                                                   deployment=row.deployment, whole_photo=row.box is None)
             outcome = identification.judge(candidates, row.species)  # also fills calibrated scores
             results.append(QueryResult(row, (row.species, row.identity) in known_identities, candidates,
                                        describe_each + time.perf_counter() - began,
@@ -331,21 +332,25 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         exhaustive_limit: int = 0, shortlist: int = 100, calibration_pairs: int | None = None,
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
         progress_factory: Callable[[str, int], Any] | None = None, train: Any = None,
-        engine: str | None = None, spacetime: bool = True) -> dict[str, Any]:
+        engine: str | None = None, spacetime: bool = True, local: dict[str, Any] | None = None,
+        ) -> dict[str, Any]:
     """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
     `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
-    registry reembedded (and recalibrated) with it: the queries never train or tune anything."""
+    registry reembedded (and recalibrated) with it: the queries never train or tune anything. `local`: matching
+    settings to change (LocalMatcherSettings fields), for experiments that compare one setting on and off."""
     def bar(label: str, total: int) -> Any:
         return progress_factory(label, total) if progress_factory else None
 
     settings = Settings.for_profile(profile, data_dir=work_dir / "registry")
     if engine is not None:  # the local matching engine (LocalMatcherSettings.engine); default: the registry's
         settings.local = replace(settings.local, engine=engine)
+    if local:
+        settings.local = replace(settings.local, **local)
     settings.spacetime = spacetime
     Registry.init(settings)
     report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
                               "protocol": protocol, "engine": settings.local.engine,
-                              "spacetime": spacetime}
+                              "spacetime": spacetime, "local": local or {}}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
         if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities

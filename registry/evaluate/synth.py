@@ -109,8 +109,10 @@ def _background(rng: np.random.Generator) -> Image.Image:
     return image.filter(ImageFilter.GaussianBlur(float(rng.uniform(0.5, 2.0))))
 
 
-def photograph(texture: Image.Image, rng: np.random.Generator, difficulty: float = 1.0) -> Image.Image:
-    """One photograph of an individual: pose, lighting, blur, noise, clutter and occlusion drawn from rng."""
+def photograph(texture: Image.Image, rng: np.random.Generator, difficulty: float = 1.0,
+               scenery: Image.Image | None = None) -> Image.Image:
+    """One photograph of an individual: pose, lighting, blur, noise, clutter and occlusion drawn from rng;
+    in front of `scenery` (a fixed camera's view) when given, else of clutter drawn for this photo alone."""
     w, h = PHOTO_SIZE
     tw, th = texture.size
     scale = rng.uniform(0.62, 0.85) * w / tw
@@ -128,7 +130,7 @@ def photograph(texture: Image.Image, rng: np.random.Generator, difficulty: float
     src = [(0.0, 0.0), (float(tw), 0.0), (float(tw), float(th)), (0.0, float(th))]
     warped = texture.transform((w, h), Image.Transform.PERSPECTIVE, _perspective_coeffs(dst, src),
                                resample=Image.Resampling.BILINEAR)
-    photo = _background(rng)
+    photo = _background(rng) if scenery is None else scenery.copy()
     photo.paste(warped, (0, 0), warped)
 
     draw = ImageDraw.Draw(photo)
@@ -158,6 +160,7 @@ def generate(
     progress: Callable[[int], None] | None = None,
     camera_traps: bool = False,
     group_rate: float = 0.25,
+    fixed_scenery: bool = False,
 ) -> list[SynthRecord]:
     """Write seasons `season1/ … seasonK/` with images and a `manifest.csv` each; return every record.
 
@@ -172,6 +175,8 @@ def generate(
     Camtrap DP package `camtrap-dp/` (deployments, media, one media-level observation per animal with its box,
     `eventID` per burst; no identities: true identities stay in the manifests) and MegaDetector batch output
     `megadetector.json` for the same photos (a detection per animal, and now and then a faint false one).
+    `fixed_scenery` (camera traps): each station's camera sees the same scenery in every photo (lighting, noise
+    and blur still change), as a fixed camera does; otherwise every photo has clutter of its own.
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -190,6 +195,9 @@ def generate(
 
     present = [new_identity() for _ in range(individuals)]
     home: dict[str, int] = {}
+    # a fixed camera's view per station: one background per place an animal can stand in a frame (up to 3)
+    views = [[_background(np.random.default_rng((seed, station, slot))) for slot in range(3)]
+             for station in range(len(STATIONS))] if fixed_scenery else None
     for season in range(1, seasons + 1):
         if season > 1:
             known = sorted(coats)
@@ -231,7 +239,8 @@ def generate(
                 for k in range(n_photos):
                     when = visit + timedelta(seconds=3 * k)
                     name = f"images/{'+'.join(group)}_s{season}_{k}.jpg"
-                    frame, boxes = _frame([textures[i] for i in group], rng)
+                    frame, boxes = _frame([textures[i] for i in group], rng,
+                                          views[station] if views is not None else None)
                     frame.save(season_dir / name, quality=90)
                     _, lat, lon = STATIONS[station]
                     detections[name] = []
@@ -263,17 +272,17 @@ def generate(
 CAMERA_TRAP_COLUMNS = ["location", "deployment", "sequence", "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
 
 
-def _frame(animals: list[Image.Image], rng: np.random.Generator,
+def _frame(animals: list[Image.Image], rng: np.random.Generator, views: list[Image.Image] | None = None,
            ) -> tuple[Image.Image, list[tuple[float, float, float, float]]]:
     """One camera-trap frame of these animals side by side (each photographed as usual, in its own part of
-    the frame), and each animal's normalised box."""
+    the frame, in front of that part's fixed `views` when given), and each animal's normalised box."""
     if len(animals) == 1:
-        return photograph(animals[0], rng), [(0.08, 0.08, 0.84, 0.84)]
+        return photograph(animals[0], rng, scenery=views[0] if views else None), [(0.08, 0.08, 0.84, 0.84)]
     w, h = PHOTO_SIZE
     frame = Image.new("RGB", (w * len(animals), h))
     boxes = []
     for k, texture in enumerate(animals):
-        frame.paste(photograph(texture, rng), (k * w, 0))
+        frame.paste(photograph(texture, rng, scenery=views[k] if views else None), (k * w, 0))
         boxes.append(((k + 0.06) / len(animals), 0.06, 0.88 / len(animals), 0.88))
     return frame, boxes
 

@@ -122,6 +122,7 @@ class AlikedLightGlue:
         compiled_dir: Path | None = None,
         distinctive: bool = False,
         box_only: bool = False,
+        static_scenery: bool = False,
     ) -> None:
         self.device = torch.device(device)
         # One pair per call on the CPU (measured faster there: benchmarks/offline_matchers.py --pairs), padded
@@ -142,6 +143,9 @@ class AlikedLightGlue:
         # an animal's crop keeps a margin around its box (context for the global embedders); with `box_only`, its
         # keypoints in that margin (the neighbour in a group photo, the ground) are dropped before anything matches
         self.box_only = box_only
+        # a fixed camera's scenery is masked before matching (the registry does it: it knows the deployments);
+        # recorded here because it changes every pair score of a whole photo
+        self.static_scenery = static_scenery
         self.min_confidence = min_confidence
         # "lightglue": pairs scored by LightGlue's confident correspondences; "mnn": by mutual nearest descriptors
         # passing the ratio test (`mutual_nearest_matches`), no learned matcher in the loop
@@ -204,11 +208,12 @@ class AlikedLightGlue:
         """Changes whenever a pair's raw score could differ: the features, the LightGlue weights, the confidence
         that counts a correspondence, and batched vs pair-by-pair matching (batches skip LightGlue's point
         pruning). Calibrations are tied to it, so they never apply to scores of another version."""
+        scenery = "-scenery" if self.static_scenery else ""
         if self.engine == "mnn":
-            return f"{self.extractor_version}-mnn-r{self.ratio:g}"
+            return f"{self.extractor_version}-mnn-r{self.ratio:g}{scenery}"
         matcher = self.weights_sha256.get("aliked-lightglue", "random")[:12]
         mode = "pairs" if self.pair_batch == 1 else f"batch{self.pair_batch}"
-        return f"{self.extractor_version}-lightglue-{matcher}-c{self.min_confidence:g}-{mode}"
+        return f"{self.extractor_version}-lightglue-{matcher}-c{self.min_confidence:g}-{mode}{scenery}"
 
     @property
     def versions(self) -> dict[str, str]:

@@ -29,6 +29,15 @@ log = logging.getLogger(__name__)
 DIVISOR = 32  # ALIKED pads images to a multiple of 32 pixels
 
 
+def default_threads() -> int:
+    """OMP_NUM_THREADS when set (as PyTorch reads it: processes sharing a machine split its cores), else every core."""
+    configured = os.environ.get("OMP_NUM_THREADS", "")
+    if configured.isdigit() and int(configured) > 0:
+        return int(configured)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not macOS
+    return max(1, cores or 1)
+
+
 def default_cache_dir() -> Path:
     """Where exported graphs are kept: shared by every registry on the machine (the file names carry the weights'
     digest and the image size, so one never serves other weights); `REGISTRY_ONNX_CACHE` overrides."""
@@ -86,8 +95,7 @@ class OnnxBackbone:
         self.weights_tag = digest.hexdigest()[:12]
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.options = onnxruntime.SessionOptions()
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # not macOS
-        self.options.intra_op_num_threads = threads or max(1, cores or 1)
+        self.options.intra_op_num_threads = threads or default_threads()
         self.options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # PyTorch runs next
         self.fallback = fallback

@@ -86,7 +86,7 @@ class Pipeline:
             allow_download=settings.allow_download, random_init_for_tests=random_local,
             pair_batch=local.pair_batch, precision=settings.precision, upscale=local.upscale,
             verify=local.verify, engine=local.engine, ratio=local.ratio, runtime=settings.local_runtime,
-            distinctive=local.distinctive, box_only=local.box_only)
+            distinctive=local.distinctive, box_only=local.box_only, static_scenery=local.static_scenery)
         self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
 
     def replace_embedder(self, embedder: TorchEmbedder) -> TorchEmbedder:

@@ -397,7 +397,8 @@ class CalibrationService:
                   learned: bool = True, progress: Callable[[int], None] | None = None,
                   actor: str = "registry", self_tune: bool = True, policy_changes: dict[str, Any] | None = None,
                   reason: str = "", matching: dict[str, dict[str, int]] | None = None,
-                  engine: str | None = None, distinctive: bool | None = None) -> dict[str, Any]:
+                  engine: str | None = None, distinctive: bool | None = None,
+                  static_scenery: bool | None = None) -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
         the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
         queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
@@ -406,10 +407,11 @@ class CalibrationService:
         `matching`: per-species matching-stage overrides (LocalMatcherSettings.species; {} clears a species')
         that go into force with this calibration, since raw scores fitted under other settings would not fit.
         `engine`: the local matching engine ("mnn" or "lightglue", LocalMatcherSettings.engine) to switch every
-        species to, likewise with this calibration; `distinctive`: the distinctive pair score on or off, likewise."""
+        species to, likewise with this calibration; `distinctive`: the distinctive pair score on or off, likewise;
+        `static_scenery`: a fixed camera's scenery masked before matching (matching/scenery.py), likewise."""
         registry = self.registry
         previous = registry.settings.local
-        if species is not None and (engine is not None or distinctive is not None):
+        if species is not None and (engine is not None or distinctive is not None or static_scenery is not None):
             raise CalibrationError("the matching engine and its scores are the registry's, not a species': "
                                    "calibrate every species to change them (drop --species)")
         if species is not None and matching is not None and set(matching) - {species}:
@@ -422,6 +424,8 @@ class CalibrationService:
                 wanted = replace(wanted, engine=engine)
             if distinctive is not None:
                 wanted = replace(wanted, distinctive=distinctive)
+            if static_scenery is not None:
+                wanted = replace(wanted, static_scenery=static_scenery)
             if matching is not None:
                 merged = {**previous.species, **matching}
                 wanted = replace(wanted, species={sp: o for sp, o in merged.items() if o})
@@ -442,6 +446,8 @@ class CalibrationService:
         matcher = registry.pipeline.local
         registry.settings.local = local
         matcher.engine, matcher.distinctive = local.engine, local.distinctive and matcher.verify
+        matcher.static_scenery = local.static_scenery
+        registry.identification.forget_matching_state()
 
     def _calibrate(self, per_class: int | None, species: str | None, seed: int, learned: bool,
                    progress: Callable[[int], None] | None, actor: str, self_tune: bool,

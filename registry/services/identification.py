@@ -31,13 +31,14 @@ from registry.decide.spacetime import Seen
 from registry.matching.imaging import ImageError, sha256_of_file
 from registry.matching.local_matcher import Background, LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
+from registry.matching.scenery import Scenery, find_scenery
 from registry.matching.timing import StageTimes
 from registry.services.recording import PhotoRow
 from registry.settings import LocalMatcherSettings
 from registry.store import crashpoints
 from registry.store.catalog import CatalogError
 from registry.store.feature_store import feature_key
-from registry.store.tables import Annotation, Image, Location
+from registry.store.tables import WHOLE_IMAGE, Annotation, Deployment, Image, Location, Sighting
 from registry.store.times import to_utc
 from registry.store.vector_index import CandidateFilter
 
@@ -88,9 +89,19 @@ class Identification:
 class Identifier:
     """Describe, retrieve, score and decide for one open registry."""
 
+    # a deployment's scenery is found from at most this many of its photos, spread over its animals
+    SCENERY_PHOTOS = 40
+
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self._pool: DescriptorPool | None = None
+        self._scenery: dict[str, tuple[int, Scenery]] = {}  # deployment -> (its whole photos then, scenery)
+
+    def forget_matching_state(self) -> None:
+        """Drop what was kept from features under the matching settings in force (the descriptor pool, the
+        cameras' scenery): calibrate calls it when it switches them."""
+        self._pool = None
+        self._scenery.clear()
 
     # --- describing photos -------------------------------------------------------------------------------
     def describe(self, paths: list[Path], species: list[str], viewpoints: list[str | None],
@@ -107,17 +118,21 @@ class Identifier:
         return [im if isinstance(im, ImageError) else next(described) for im in loaded]
 
     def candidate_features(self, annotation_ids: list[int], problems: list[str] | None = None,
-                           ) -> dict[int, LocalFeatures]:
+                           scenery: bool = True) -> dict[int, LocalFeatures]:
         """Cached local features of candidate annotations, recomputed from the photo only if the cache lost them.
-        A candidate whose photo is missing too is left out and reported in `problems`."""
+        A candidate whose photo is missing too is left out and reported in `problems`. With the static-scenery
+        setting on, a whole photo from a deployment comes without its keypoints on that camera's scenery
+        (`scenery_of`); `scenery=False` gives the features as described."""
         registry = self.registry
         with registry.catalog.transaction() as session:
-            rows = session.execute(select(Annotation, Image.sha256, Image.path)
+            rows = session.execute(select(Annotation, Image.sha256, Image.path, Deployment.code)
                                    .join(Image, Image.id == Annotation.image_id)
+                                   .outerjoin(Deployment, Deployment.id == Image.deployment_id)
                                    .where(Annotation.id.in_(annotation_ids))).all()
+        masking = scenery and registry.settings.local.static_scenery
         out = {}
-        cached = registry.features.get_many([feature_key(sha, a.region) for a, sha, _ in rows])
-        for annotation, sha, stored in rows:
+        cached = registry.features.get_many([feature_key(sha, a.region) for a, sha, _, _ in rows])
+        for annotation, sha, stored, deployment in rows:
             key = feature_key(sha, annotation.region)
             features = cached.get(key)
             if features is None:
@@ -134,8 +149,59 @@ class Identifier:
                     continue
                 features = registry.pipeline.local.extract([image])[0]
                 registry.features.put(key, features)
+            if masking and deployment is not None and annotation.region == WHOLE_IMAGE:
+                features = self.scenery_of(deployment).mask(features)
             out[annotation.id] = features
         return out
+
+    def deployments_of(self, annotation_ids: list[int]) -> set[str]:
+        """The cameras (deployment codes) whole photos among these annotations were taken by."""
+        if not annotation_ids:
+            return set()
+        with self.registry.catalog.transaction() as session:
+            return set(session.scalars(
+                select(Deployment.code).join(Image, Image.deployment_id == Deployment.id)
+                .join(Annotation, Annotation.image_id == Image.id)
+                .where(Annotation.id.in_(annotation_ids), Annotation.region == WHOLE_IMAGE).distinct()))
+
+    def without_scenery(self, features: LocalFeatures, deployments: set[str]) -> LocalFeatures:
+        """A whole photo without its keypoints on any of these cameras' scenery."""
+        for code in sorted(deployments):
+            features = self.scenery_of(code).mask(features)
+        return features
+
+    def scenery_of(self, deployment: str) -> Scenery:
+        """The static scenery of one deployment (matching/scenery.py), found from up to `SCENERY_PHOTOS` of its
+        whole photos, spread over the animals in them (their individuals where recorded, else their events).
+        Kept in memory; found again once the deployment has a quarter more photos, until it has enough."""
+        with self.registry.catalog.transaction() as session:
+            rows = session.execute(
+                select(Annotation.id, Annotation.event_id, Sighting.individual_id)
+                .join(Image, Image.id == Annotation.image_id)
+                .join(Deployment, Deployment.id == Image.deployment_id)
+                .outerjoin(Sighting, (Sighting.annotation_id == Annotation.id) & (Sighting.status == "active"))
+                .where(Deployment.code == deployment, Annotation.region == WHOLE_IMAGE)
+                .order_by(Annotation.id)).all()
+        known = self._scenery.get(deployment)
+        if known is not None and (known[0] >= self.SCENERY_PHOTOS or len(rows) < 1.25 * known[0]):
+            return known[1]
+        owner_of = {annotation_id: ("individual", individual) if individual is not None
+                    else ("event", event) if event is not None else ("photo", annotation_id)
+                    for annotation_id, event, individual in rows}
+        by_owner: dict[Any, list[int]] = {}
+        for annotation_id, owner in owner_of.items():
+            by_owner.setdefault(owner, []).append(annotation_id)
+        chosen: list[int] = []  # round robin over the animals, so one frequent visitor does not fill the sample
+        queues = [list(ids) for ids in by_owner.values()]
+        while len(chosen) < self.SCENERY_PHOTOS and any(queues):
+            for queue in queues:
+                if queue and len(chosen) < self.SCENERY_PHOTOS:
+                    chosen.append(queue.pop(0))
+        features = self.candidate_features(chosen, scenery=False)
+        shown = [i for i in chosen if i in features]
+        found = find_scenery([features[i] for i in shown], [owner_of[i] for i in shown])
+        self._scenery[deployment] = (len(rows), found)
+        return found
 
     def background_of(self, query: LocalFeatures, vector: np.ndarray, species: str, viewpoint: str | None,
                       budget: int, exclude_annotations: tuple[int, ...] = (),
@@ -181,11 +247,13 @@ class Identifier:
                    exclude: tuple[int, ...] = (), problems: list[str] | None = None,
                    exclude_individuals: tuple[int, ...] = (),
                    locations: tuple[int, ...] | None = None, timer: StageTimes | None = None,
-                   ) -> list[CandidateScore]:
+                   deployment: str | None = None, whole_photo: bool = True) -> list[CandidateScore]:
         """The best individuals by the primary embedding (grouped query), each shortlisted photo scored by every
         matcher (raw scores; calibration and fusion are the scorer's job). `exclude`: annotations never to
         return (the query's own when it is already in the registry); `locations`: only references photographed
-        there."""
+        there. With the static-scenery setting, a whole-photo query (`whole_photo`) loses its keypoints on the
+        scenery of its own camera (`deployment`) and of every shortlisted photo's camera, as the shortlisted
+        photos lose theirs: a pair is scored the same whether or not the query's camera is known yet."""
         registry = self.registry
         settings, pipeline = registry.settings, registry.pipeline
         timer = timer or StageTimes()
@@ -198,6 +266,9 @@ class Identifier:
                 exclude_individuals=exclude_individuals, location_ids=locations)
             shortlist = {h.annotation_id: int(h.individual_id) for h in hits}  # type: ignore[arg-type]
             features = self.candidate_features(list(shortlist), problems)
+            if settings.local.static_scenery and whole_photo:
+                cameras = self.deployments_of(list(shortlist)) | ({deployment} if deployment else set())
+                described = Described(described.vectors, self.without_scenery(described.local, cameras))
         annotation_ids = [i for i in shortlist if i in features]
         matcher = pipeline.local
         # a cheaper first pass only pays where pairs are expensive (LightGlue); descriptor matching scores every
@@ -356,8 +427,11 @@ class Identifier:
         features = self.candidate_features([annotation_id]).get(annotation_id)
         if features is None or any(v is None for v in vectors.values()):
             return []
+        with registry.catalog.transaction() as session:
+            whole = session.scalar(select(Annotation.region).where(Annotation.id == annotation_id)) == WHOLE_IMAGE
         candidates = self.candidates(Described(vectors, features), species, viewpoint,  # type: ignore[arg-type]
-                                     exclude=hidden_images, exclude_individuals=hidden_individuals)
+                                     exclude=hidden_images, exclude_individuals=hidden_individuals,
+                                     whole_photo=whole)
         scorer = scorer.for_species(species)
         for candidate in candidates:
             scorer.score(candidate, species)
@@ -371,9 +445,9 @@ class Identifier:
 
     def match(self, described: Described, species: str, viewpoint: str | None, exclude: tuple[int, ...] = (),
               problems: list[str] | None = None, locations: tuple[int, ...] | None = None,
-              timer: StageTimes | None = None, query: Seen | None = None) -> Outcome:
+              timer: StageTimes | None = None, query: Seen | None = None, whole_photo: bool = True) -> Outcome:
         return self.judge(self.candidates(described, species, viewpoint, exclude, problems, locations=locations,
-                                          timer=timer), species, timer, query)
+                                          timer=timer, whole_photo=whole_photo), species, timer, query)
 
     def identify(self, path: Path, species: str, viewpoint: str | None = None, record: bool = False,
                  survey: str | None = None, captured_at: Any = None, latitude: float | None = None,
@@ -400,7 +474,7 @@ class Identifier:
         if not record:
             problems: list[str] = []
             outcome = self.match(described, species, viewpoint, exclude, problems, scope, timer,
-                                 Seen(captured_at, latitude, longitude))
+                                 Seen(captured_at, latitude, longitude), whole_photo=box is None)
             return Identification(str(path), species, outcome, problems=problems, box=box,
                                   timings=timer.to_json())
         return self.identify_and_record([(row, sha, described)], survey, scope, timer)
@@ -423,7 +497,8 @@ class Identifier:
         pooled: list[CandidateScore] = []
         for row, _sha, described in animal:
             pooled += self.candidates(described, species, row.viewpoint or viewpoint, problems=problems,
-                                      locations=locations, timer=timer)
+                                      locations=locations, timer=timer, deployment=row.deployment,
+                                      whole_photo=row.box is None)
         first = animal[0][0]
         outcome = self.judge(pooled, species, timer, Seen(first.captured_at, first.latitude, first.longitude))
         catalog = registry.catalog

@@ -269,9 +269,11 @@ class Registry:
     def calibrate(self, per_class: int | None = None, species: str | None = None, seed: int = 0,
                   learned: bool = True, progress: Any = None, actor: str = "registry",
                   self_tune: bool = True, matching: dict[str, dict[str, int]] | None = None,
-                  engine: str | None = None, distinctive: bool | None = None) -> dict[str, Any]:
+                  engine: str | None = None, distinctive: bool | None = None,
+                  static_scenery: bool | None = None) -> dict[str, Any]:
         return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune,
-                                          matching=matching, engine=engine, distinctive=distinctive)
+                                          matching=matching, engine=engine, distinctive=distinctive,
+                                          static_scenery=static_scenery)
 
     @property
     def embedder_versions(self) -> Any:

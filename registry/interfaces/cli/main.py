@@ -394,9 +394,14 @@ def discover(ctx: click.Context, survey: str, species: str | None, cut: float | 
               help="Switch the distinctive pair score on or off with this calibration: correspondences count only "
                    "where they match the candidate's animal better than any other shortlisted animal (scenery "
                    "several animals share never votes). On by default in new registries.")
+@click.option("--static-scenery/--no-static-scenery", default=None,
+              help="Switch the fixed-camera scenery mask on or off with this calibration: keypoints of a "
+                   "deployment's whole photos that recur at the same place in its photos of other animals are "
+                   "dropped before matching. Off by default.")
 @click.pass_context
 def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: int, learned: bool,
-              self_tune: bool, matching: str | None, engine: str | None, distinctive: bool | None) -> None:
+              self_tune: bool, matching: str | None, engine: str | None, distinctive: bool | None,
+              static_scenery: bool | None) -> None:
     """Fit each matcher's score calibration (isotonic) on the registry's labelled photos, choose tau per species
     on simulated open-set queries (leave-identities-out), and put both in force as a new decision policy."""
     overrides = None
@@ -413,7 +418,7 @@ def calibrate(ctx: click.Context, species: str | None, pairs: int | None, seed: 
             summary = registry.calibrate(pairs, species, seed, learned, progress=bar.update,
                                          actor=root_obj(ctx).get("actor") or "registry calibrate",
                                          self_tune=self_tune, matching=overrides, engine=engine,
-                                         distinctive=distinctive)
+                                         distinctive=distinctive, static_scenery=static_scenery)
     emit(ctx, summary, f"calibrated on {summary['pairs']} labelled pairs ({summary['positives']} same individual, "
           f"{summary['negatives']} different): {', '.join(summary['calibrators'])}"
           + (f"; pooled only (too few pairs): {', '.join(summary['pooled_only'])}" if summary["pooled_only"] else "")
@@ -755,14 +760,19 @@ def _emit_models(ctx: click.Context, settings: Settings, statuses: list[weights_
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--camera-traps", is_flag=True,
               help="Photos from camera stations in bursts; each season also as a Camtrap DP package.")
+@click.option("--fixed-scenery", is_flag=True,
+              help="With --camera-traps: each station's camera sees the same scenery in every photo.")
 @click.pass_context
-def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int, camera_traps: bool) -> None:
+def synth(ctx: click.Context, out_dir: Path, n_individuals: int, seasons: int, seed: int, camera_traps: bool,
+          fixed_scenery: bool) -> None:
     """Generate a synthetic spotted population: images and manifests with true identities."""
     from registry.evaluate import synth as synthetic
 
+    if fixed_scenery and not camera_traps:
+        raise click.UsageError("--fixed-scenery describes camera stations: add --camera-traps")
     with tqdm(desc="synth", unit="img", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         records = synthetic.generate(out_dir, n_individuals, seasons, seed, progress=bar.update,
-                                     camera_traps=camera_traps)
+                                     camera_traps=camera_traps, fixed_scenery=fixed_scenery)
     data = {"out_dir": str(out_dir), "images": len(records), "individuals": len({r.identity for r in records}),
             "manifests": [str(out_dir / f"season{k}" / "manifest.csv") for k in range(1, seasons + 1)]}
     if camera_traps:
