@@ -96,13 +96,13 @@ def main() -> None:
         queries = root / "population" / "season3" / "manifest.csv"
         reports = {}
         arms = ((("scenery votes (off)", False), ("scenery masked (on)", True)) if scenery
-                else (("without space-time (off)", False), ("with space-time (on)", True)))
+                else (("verifier without space-time (off)", False), ("verifier with space-time (on)", True)))
         for arm, on in arms:
             began = time.perf_counter()
             work = root / ("on" if on else "off")
             report = experiments.run(reference, queries, work, engine=args.engine,
                                      local={"static_scenery": on} if scenery else None,
-                                     spacetime=on if not scenery else True,
+                                     spacetime_verifier=None if scenery else on,
                                      say=lambda line: print(line, file=sys.stderr))
             report["wall_s"] = time.perf_counter() - began
             report["masked_share"] = masked_share(work) if on and scenery else {}

@@ -180,9 +180,14 @@ class Settings:
     # ... and the tau found is shrunk toward the policy's default tau as if this many simulated queries had chosen
     # it: a small labelled set's tau is mostly the prior, a large one's mostly its own.
     self_tune_prior_queries: int = 30
-    # Space-time evidence for the pair verifier (decide/spacetime.py): distance, time and speed from a candidate's
-    # sightings to the query. Off: the verifier sees photos only (for comparisons, or where places and times lie).
+    # Space-time evidence (decide/spacetime.py): distance, time and speed from a candidate's sightings to the
+    # query, recorded with each decision and shown on the match page's evidence line. Off: none is computed.
     spacetime: bool = True
+    # ... and also a feature of the pair verifier. Off by default: measured harmful wherever it could be measured
+    # (docs/accuracy.md: Holstein's times, the verifier 0.774 -> 0.610; synthetic camera traps with places, the
+    # verifier put in force by its simulated queries and the decisions 0.947 -> 0.446), because simulated queries
+    # hide the query's occasion and so teach the verifier time gaps that live queries do not have.
+    spacetime_verifier: bool = False
     # With several writers (server stores), a writer resumes only pending writes older than this (a write in
     # flight in another worker is younger); a single writer resumes every pending write.
     resume_grace_seconds: float = 300.0

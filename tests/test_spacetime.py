@@ -13,7 +13,7 @@ from sqlalchemy import select
 from registry.curation.review import decision_detail
 from registry.decide.scoring import CandidateScore, IndividualScore
 from registry.decide.spacetime import Seen, features, in_words, kilometres
-from registry.decide.verifier import PairVerifier, candidate_features
+from registry.decide.verifier import PairVerifier, candidate_features, training_rows
 from registry.settings import Settings
 from registry.store.catalog import Catalog
 from registry.store.tables import Decision
@@ -64,6 +64,15 @@ def test_the_verifier_learns_that_an_impossible_journey_is_not_the_same_animal()
     assert verifier.verify(wrong_first)[0].individual_id == 1
     without = PairVerifier.fit([{k: v for k, v in r.items() if not k.startswith("st:")} for r in rows], labels)
     assert without.verify([_candidate(2, 0.8, {}), _candidate(1, 0.78, {})])[0].individual_id == 2
+
+    # the registry's default (settings.spacetime_verifier off): rows without the evidence, and a verifier fitted on
+    # them is not moved by the evidence the candidates still carry for the match page
+    ambiguous = sorted([_candidate(1, 0.7, wrong_first[1].context), _candidate(2, 0.6, wrong_first[0].context)],
+                       key=lambda c: -c.score)
+    blind_rows, _ = training_rows(ambiguous, 1, spacetime=False)
+    assert blind_rows and not any(k.startswith("st:") for row in blind_rows for k in row)
+    blind = PairVerifier.fit([{k: v for k, v in r.items() if not k.startswith("st:")} for r in rows], labels)
+    assert blind.verify(wrong_first)[0].individual_id == 2, "evidence the verifier was not fitted with moved it"
 
 
 def test_a_recorded_decision_keeps_each_candidates_space_time_evidence(tmp_path: Path, population: Path) -> None:

@@ -21,8 +21,8 @@ VERIFIER = "fusion:verifier"
 RANK_FEATURES = ("score", "margin", "photos", "agreement")
 
 
-def candidate_features(ranked: list[IndividualScore], index: int) -> dict[str, float]:
-    """The verifier's view of the `index`-th ranked individual."""
+def candidate_features(ranked: list[IndividualScore], index: int, spacetime: bool = True) -> dict[str, float]:
+    """The verifier's view of the `index`-th ranked individual (`spacetime`: with the space-time evidence)."""
     candidate = ranked[index]
     others = [r.score for k, r in enumerate(ranked) if k != index]
     best_image = candidate.images[0]
@@ -31,7 +31,8 @@ def candidate_features(ranked: list[IndividualScore], index: int) -> dict[str, f
                 "photos": float(np.log1p(len(candidate.images))),
                 "agreement": float(np.mean(rest)) if rest else candidate.score}
     features.update({f"calibrated:{m}": v for m, v in sorted(best_image.calibrated.items())})
-    features.update(candidate.context)  # space-time evidence, where the query and the individual have it
+    if spacetime:
+        features.update(candidate.context)  # space-time evidence, where the query and the individual have it
     return features
 
 
@@ -73,12 +74,12 @@ class PairVerifier:
                    np.asarray(data["mean"]), np.asarray(data["scale"]), data.get("base", "learned"))
 
 
-def training_rows(ranked: list[IndividualScore], truth: int | None, top: int = 3,
+def training_rows(ranked: list[IndividualScore], truth: int | None, top: int = 3, spacetime: bool = True,
                   ) -> tuple[list[dict[str, float]], list[bool]]:
     """Rows from one simulated query: its `top` candidates, labelled by whether each is the true individual
     (`truth` None: the query's animal is unknown, so every candidate is wrong)."""
     rows, labels = [], []
     for k in range(min(top, len(ranked))):
-        rows.append(candidate_features(ranked, k))
+        rows.append(candidate_features(ranked, k, spacetime))
         labels.append(truth is not None and ranked[k].individual_id == truth)
     return rows, labels

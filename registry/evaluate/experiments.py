@@ -333,7 +333,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
         progress_factory: Callable[[str, int], Any] | None = None, train: Any = None,
         engine: str | None = None, spacetime: bool = True, local: dict[str, Any] | None = None,
-        ) -> dict[str, Any]:
+        spacetime_verifier: bool | None = None) -> dict[str, Any]:
     """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
     `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
     registry reembedded (and recalibrated) with it: the queries never train or tune anything. `local`: matching
@@ -347,10 +347,13 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
     if local:
         settings.local = replace(settings.local, **local)
     settings.spacetime = spacetime
+    if spacetime_verifier is not None:  # the verifier fitted with space-time evidence or without it
+        settings.spacetime_verifier = spacetime_verifier
     Registry.init(settings)
     report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
                               "protocol": protocol, "engine": settings.local.engine,
-                              "spacetime": spacetime, "local": local or {}}
+                              "spacetime": spacetime, "local": local or {},
+                              "spacetime_verifier": settings.spacetime_verifier}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
         if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities

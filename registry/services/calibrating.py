@@ -351,9 +351,11 @@ class CalibrationService:
         other fold); the stored verifier is then fitted on every query."""
         queries = [(sp, truth, ranked) for sp, found in tuned.items() for truth, ranked in found.get("simulated", [])
                    if ranked]
+        # the verifier never sees space-time evidence it was not fitted with (PairVerifier scores its own features)
+        spacetime = self.registry.settings.spacetime_verifier
         rows, labels = [], []
         for _sp, truth, ranked in queries:
-            r, y = training_rows(ranked, truth)
+            r, y = training_rows(ranked, truth, spacetime=spacetime)
             rows += r
             labels += y
         if len(queries) < 20 or sum(labels) < 5 or len(labels) - sum(labels) < 5:
@@ -364,7 +366,7 @@ class CalibrationService:
             train_rows, train_labels = [], []
             for q, (_sp, truth, ranked) in enumerate(queries):
                 if fold[q] != k:
-                    r, y = training_rows(ranked, truth)
+                    r, y = training_rows(ranked, truth, spacetime=spacetime)
                     train_rows += r
                     train_labels += y
             if len(set(train_labels)) < 2:
