@@ -40,7 +40,7 @@ def station(matcher: AlikedLightGlue):
     """Seven animals photographed twice each by one fixed camera, plus the eighth animal's photo in front of that
     camera and in front of scenery of its own."""
     rng = np.random.default_rng(5)
-    view = synth._background(np.random.default_rng(99))  # the fixed camera's scenery
+    view = synth.random_scenery(np.random.default_rng(99))  # the fixed camera's scenery
     animals = [_animal(f"ind_{k}", rng) for k in range(8)]
     photos, owners = [], []
     for k, texture in enumerate(animals[:7]):

@@ -89,7 +89,7 @@ def _perspective_coeffs(dst: list[tuple[float, float]], src: list[tuple[float, f
     return np.linalg.solve(a, b).tolist()
 
 
-def _background(rng: np.random.Generator) -> Image.Image:
+def random_scenery(rng: np.random.Generator) -> Image.Image:
     w, h = PHOTO_SIZE
     top = rng.integers(60, 200, size=3)
     bottom = rng.integers(40, 160, size=3)
@@ -130,7 +130,7 @@ def photograph(texture: Image.Image, rng: np.random.Generator, difficulty: float
     src = [(0.0, 0.0), (float(tw), 0.0), (float(tw), float(th)), (0.0, float(th))]
     warped = texture.transform((w, h), Image.Transform.PERSPECTIVE, _perspective_coeffs(dst, src),
                                resample=Image.Resampling.BILINEAR)
-    photo = _background(rng) if scenery is None else scenery.copy()
+    photo = random_scenery(rng) if scenery is None else scenery.copy()
     photo.paste(warped, (0, 0), warped)
 
     draw = ImageDraw.Draw(photo)
@@ -196,7 +196,7 @@ def generate(
     present = [new_identity() for _ in range(individuals)]
     home: dict[str, int] = {}
     # a fixed camera's view per station: one background per place an animal can stand in a frame (up to 3)
-    views = [[_background(np.random.default_rng((seed, station, slot))) for slot in range(3)]
+    views = [[random_scenery(np.random.default_rng((seed, station, slot))) for slot in range(3)]
              for station in range(len(STATIONS))] if fixed_scenery else None
     for season in range(1, seasons + 1):
         if season > 1:

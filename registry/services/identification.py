@@ -174,6 +174,9 @@ class Identifier:
         """The static scenery of one deployment (matching/scenery.py), found from up to `SCENERY_PHOTOS` of its
         whole photos, spread over the animals in them (their individuals where recorded, else their events).
         Kept in memory; found again once the deployment has a quarter more photos, until it has enough."""
+        known = self._scenery.get(deployment)
+        if known is not None and known[0] >= self.SCENERY_PHOTOS:  # found from enough photos: no query needed
+            return known[1]
         with self.registry.catalog.transaction() as session:
             rows = session.execute(
                 select(Annotation.id, Annotation.event_id, Sighting.individual_id)
@@ -182,8 +185,7 @@ class Identifier:
                 .outerjoin(Sighting, (Sighting.annotation_id == Annotation.id) & (Sighting.status == "active"))
                 .where(Deployment.code == deployment, Annotation.region == WHOLE_IMAGE)
                 .order_by(Annotation.id)).all()
-        known = self._scenery.get(deployment)
-        if known is not None and (known[0] >= self.SCENERY_PHOTOS or len(rows) < 1.25 * known[0]):
+        if known is not None and len(rows) < 1.25 * known[0]:
             return known[1]
         owner_of = {annotation_id: ("individual", individual) if individual is not None
                     else ("event", event) if event is not None else ("photo", annotation_id)
