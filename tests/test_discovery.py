@@ -215,3 +215,45 @@ def test_discover_refuses_an_unknown_survey_and_an_uncalibrated_registry_and_cha
     uncalibrated = run_cli(data, "discover", "--survey", "s2", "--apply", expect=None)
     assert uncalibrated.returncode != 0 and "not calibrated" in uncalibrated.stderr  # raw counts are no probability
     assert snapshot(data) == before
+
+
+def test_labelled_photos_are_sampled_whole_visits_at_a_time() -> None:
+    """A season brings an unknown animal as bursts or clips; the labelled sample the cut is chosen on comes the
+    same way: whole visits (an event, else a shared capture time, else the photo alone) until the budget."""
+    from datetime import datetime
+
+    from registry.curation.discovery import visit_of, whole_visits
+
+    clip = datetime(2025, 4, 1, 9, 32, 14)
+    photos = ([{"annotation_id": k, "event_id": 7, "captured_at": datetime(2025, 4, 2, 0, 0, k)} for k in range(4)]
+              + [{"annotation_id": 10 + k, "event_id": None, "captured_at": clip} for k in range(5)]
+              + [{"annotation_id": 20 + k, "event_id": None, "captured_at": None} for k in range(3)])
+    assert len({visit_of(p) for p in photos}) == 2 + 3  # the burst, the clip, three photos alone
+    visits = {}
+    for photo in photos:
+        visits.setdefault(visit_of(photo), set()).add(photo["annotation_id"])
+    for seed in range(20):
+        for budget in (1, 3, 4, 6, 9, 12):
+            picked = whole_visits(photos, budget, np.random.default_rng(seed))
+            ids = [p["annotation_id"] for p in picked]
+            assert ids == sorted(set(ids)) and len(ids) == min(budget, len(photos))
+            touched = [v for v in visits.values() if v & set(ids)]
+            assert sum(1 for v in touched if not v <= set(ids)) <= 1  # only the visit that met the budget is cut
+    firsts = {tuple(p["annotation_id"] for p in whole_visits(photos, 4, np.random.default_rng(s))) for s in range(20)}
+    assert len(firsts) > 2  # visits come in random order
+
+
+def test_the_cut_is_chosen_on_every_labelled_individual_within_a_budget(tmp_path: Path,
+                                                                       cautious_season: Path) -> None:
+    from registry.curation.discovery import DiscoveryService
+
+    data = _copy(cautious_season, tmp_path)
+    with Registry(Settings.load(data)) as registry:
+        labelled = registry.catalog.labelled_annotations("synleopard")
+        service = DiscoveryService(registry)
+        units = service.labelled_units("synleopard", max_photos=2)
+        assert {u.individual_id for u in units} == {p["individual_id"] for p in labelled}
+        assert max(sum(1 for u in units if u.individual_id == i) for i in {u.individual_id for u in units}) == 2
+        assert all(len(u.annotations) == 1 and u.truth == str(u.individual_id) for u in units)
+        everything = service.labelled_units("synleopard", max_photos=1000)
+        assert sorted(u.annotations[0] for u in everything) == sorted(p["annotation_id"] for p in labelled)

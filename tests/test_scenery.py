@@ -22,7 +22,7 @@ from registry.matching.local_matcher import AlikedLightGlue, mutual_nearest_matc
 from registry.matching.scenery import find_scenery
 from registry.services.registry import Registry
 from registry.settings import Settings
-from registry.store.tables import WHOLE_IMAGE, Annotation, Deployment, Image
+from registry.store.tables import WHOLE_IMAGE, Annotation, Deployment, Image, Sighting
 
 
 def _animal(name: str, rng: np.random.Generator):
@@ -110,6 +110,32 @@ def test_the_registry_masks_whole_photos_of_a_deployment_and_never_a_box(tmp_pat
         busiest = max({code for _, code in whole}, key=lambda c: sum(code == c for _, code in whole))
         assert len(identifier.scenery_of(busiest)) > 0, f"{busiest}: no scenery found"
         assert max(lost) > 0.1, f"no whole photo lost its station's scenery (largest share {max(lost):.2f})"
+
+        # a query from a camera the registry does not know yet (a new season's deployment) loses its keypoints on
+        # the scenery of the shortlisted photos' cameras: scored as if its camera were known, and it matches other
+        # animals at the station less (measured here: 179 -> 160 correspondences; their photos were masked already)
+        at_busiest = [i for i, code in whole if code == busiest]
+        with registry.catalog.transaction() as session:
+            owner = dict(session.execute(select(Sighting.annotation_id, Sighting.individual_id)
+                                         .where(Sighting.status == "active")).all())
+            query_id = max(at_busiest, key=lambda i: lost[[w for w, _ in whole].index(i)])
+            path, species = session.execute(select(Image.path, Annotation.species).join(
+                Annotation, Annotation.image_id == Image.id).where(Annotation.id == query_id)).one()
+        described = identifier.describe([Path(path)], [species], [None])[0]
+
+        def scores(**where: object) -> dict[int, float]:
+            found = identifier.candidates(described, species, None, exclude=(query_id,), **where)
+            return {c.annotation_id: c.raw[registry.pipeline.local.name] for c in found}
+
+        unknown_camera, known_camera = scores(deployment=None), scores(deployment=busiest)
+        unmasked = scores(whole_photo=False)
+        assert unknown_camera == known_camera
+        strangers = [i for i in unknown_camera if i in at_busiest and owner[i] != owner[query_id]]
+        assert strangers, "the shortlist holds other animals photographed at the query's station"
+        kept = identifier.without_scenery(described.local, identifier.deployments_of(list(unknown_camera)))
+        assert len(kept) < 0.9 * len(described.local), "the query kept its keypoints on the station's scenery"
+        assert sum(unknown_camera[i] for i in strangers) < sum(unmasked[i] for i in strangers), \
+            "the query matches other animals at its station as much as before its scenery was masked"
 
 
 def test_synth_makes_fixed_stations_only_for_camera_traps(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+from scipy.special import expit
 from sklearn.linear_model import LogisticRegression
 
 from registry.decide.scoring import IndividualScore
@@ -56,7 +57,7 @@ class PairVerifier:
 
     def __call__(self, features: dict[str, float]) -> float:
         x = (np.array([features.get(k, 0.0) for k in self.features]) - self.mean) / self.scale
-        return float(1.0 / (1.0 + np.exp(-(float(np.dot(self.coef, x)) + self.intercept))))
+        return float(expit(float(np.dot(self.coef, x)) + self.intercept))  # no overflow far from the boundary
 
     def verify(self, ranked: list[IndividualScore]) -> list[IndividualScore]:
         """The candidates re-scored by the verifier's probability, best first."""

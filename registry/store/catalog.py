@@ -504,7 +504,7 @@ class Catalog:
         decisions)."""
         with self.transaction() as session:
             query = (select(Annotation.id, Annotation.species, Annotation.viewpoint, Image.survey_id,
-                            Image.captured_at, Sighting.individual_id, Image.deployment_id)
+                            Image.captured_at, Sighting.individual_id, Image.deployment_id, Annotation.event_id)
                      .join(Image, Image.id == Annotation.image_id)
                      .join(Sighting, Sighting.annotation_id == Annotation.id)
                      .where(Sighting.status == "active", Sighting.method.in_(("reference", "confirmed", "corrected")),
@@ -517,8 +517,9 @@ class Catalog:
         # a merged individual's annotations belong to the survivor
         return [{"annotation_id": annotation_id, "species": sp, "viewpoint": viewpoint, "survey_id": survey_id,
                  "captured_at": captured_at, "individual_id": follow_merges(individual_id, merged.get),
-                 "deployment_id": deployment_id}
-                for annotation_id, sp, viewpoint, survey_id, captured_at, individual_id, deployment_id in rows]
+                 "deployment_id": deployment_id, "event_id": event_id}
+                for (annotation_id, sp, viewpoint, survey_id, captured_at, individual_id, deployment_id,
+                     event_id) in rows]
 
     def seen(self, individual_ids: list[int], exclude_annotations: tuple[int, ...] = ()) -> dict[int, list[Seen]]:
         """Where and when each individual was sighted (active sightings; a photo without coordinates takes its
