@@ -23,11 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-
-PROTOCOLS = {
-    "holstein": {"manifest": "holstein/metadata.csv", "max_identities": 30, "limit": 250},
-    "nyala": {"manifest": "nyala/metadata.csv", "max_identities": None, "limit": 300},
-}
+from accuracy_real import PROTOCOLS  # the same splits as accuracy_real.py --discover
 
 
 def build(out: Path, data: Path, name: str, engine: str) -> None:
