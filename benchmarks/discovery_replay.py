@@ -1,15 +1,17 @@
 """Discovery replayed on stored pair scores: how a season's unknown animals cluster under each clustering rule.
 
     .venv/bin/python benchmarks/discovery_replay.py --build DIR [--set holstein] [--data ../shared/data]
-    .venv/bin/python benchmarks/discovery_replay.py --replay DIR
+    .venv/bin/python benchmarks/discovery_replay.py --labelled DIR [--draws 3]
+    .venv/bin/python benchmarks/discovery_replay.py --replay DIR [--diagnose]
 
-`--build` (one run, ~7 min on Holstein) follows `accuracy_real.py --discover` up to the moment discovery starts:
-the same split, the registry built from the reference and calibrated, the queries recorded one at a time. It then
-stores what discovery sees: the calibrated, fused pair scores among the provisional new individuals' photos, the
-same among the labelled photos the cut is chosen on, and every query's recorded individual and true identity.
-`--replay` (seconds, no torch) clusters those stored scores under every rule of `registry.curation.discovery` and
-prints, per rule, the cut chosen on the labelled photos, ARI on them, ARI of the unknown animals and of every
-query photo after discovery (as `accuracy_real.py --discover` reports), and the best ARI any cut could reach.
+`--build` (~12 min on Holstein on a 2-core CPU: 7 to record, 5 for three labelled samples) follows `accuracy_real.py
+--discover` up to the moment discovery starts: the same split, the registry built from the reference and calibrated,
+the queries recorded one at a time. It then stores what discovery sees: the calibrated, fused pair scores among the
+provisional new individuals' photos, the same among the labelled photos the cut is chosen on, and every query's
+recorded individual and true identity. `--replay` (seconds, no torch) clusters those stored scores under every rule
+of `registry.curation.discovery` and prints, per rule, the cut chosen on the labelled photos, ARI on them, ARI of
+the unknown animals and of every query photo after discovery (as `accuracy_real.py --discover` reports), and the
+best ARI any cut could reach.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import json
 import os
 import sys
 import time
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -100,14 +102,15 @@ def score_labelled(out: Path, draws: int) -> None:
 def season_labels(queries: list[dict], ids: list[int], labels: list[int]) -> dict[int, str]:
     """Every query photo's individual after discovery: each provisional individual follows the cluster most of
     its photos fell in (as `DiscoveryService.discover` applies it)."""
+    from registry.curation.discovery import majority_cluster
+
     recorded = {q["annotation"]: q["recorded"] for q in queries}
     label_of = dict(zip(ids, labels, strict=True))
     members: dict[str, list[int]] = {}
     for a in ids:
         members.setdefault(recorded[a], []).append(a)
     for photos in members.values():
-        votes = Counter(label_of[a] for a in photos)
-        winner = min(votes, key=lambda label: (-votes[label], label))
+        winner = majority_cluster(photos, label_of)
         for a in photos:
             recorded[a] = f"cluster-{winner}"
     return recorded
@@ -166,12 +169,106 @@ def replay(out: Path) -> None:
               f"({oracle[1]} at {oracle[2]:.2f})")
 
 
+def other_rules() -> dict[str, Callable[[np.ndarray, float], list[int]]]:
+    """Clustering rules the registry does not use, kept to show what they reach on the same stored scores."""
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.sparse.csgraph import connected_components
+    from scipy.spatial.distance import squareform
+
+    def scipy_linkage(method: str) -> Callable[[np.ndarray, float], list[int]]:
+        def rule(m: np.ndarray, cut: float) -> list[int]:
+            distance = 1.0 - np.clip(m, 0.0, 1.0)
+            np.fill_diagonal(distance, 0.0)
+            tree = linkage(squareform(distance, checks=False), method=method)
+            return fcluster(tree, t=1.0 - cut + 1e-9, criterion="distance").tolist()
+        return rule
+
+    def nearest(m: np.ndarray, k: int) -> np.ndarray:
+        masked = m.copy()
+        np.fill_diagonal(masked, -np.inf)
+        edges = np.zeros(m.shape, dtype=bool)
+        edges[np.repeat(np.arange(len(m)), k), np.argsort(-masked, axis=1, kind="stable")[:, :k].ravel()] = True
+        return edges
+
+    def mutual_components(k: int) -> Callable[[np.ndarray, float], list[int]]:
+        def rule(m: np.ndarray, cut: float) -> list[int]:
+            edges = nearest(m, k)
+            return connected_components(edges & edges.T & (m >= cut), directed=False)[1].tolist()
+        return rule
+
+    def shared_neighbours(k: int) -> Callable[[np.ndarray, float], list[int]]:
+        def rule(m: np.ndarray, cut: float) -> list[int]:
+            member = nearest(m, k).astype(float)
+            np.fill_diagonal(member, 1.0)
+            return scipy_linkage("average")(np.sqrt(member @ member.T / (k + 1) * np.clip(m, 0, 1)), cut)
+        return rule
+
+    def profiles(m: np.ndarray, cut: float) -> list[int]:
+        centred = m - m.mean(axis=1, keepdims=True)
+        centred /= np.linalg.norm(centred, axis=1, keepdims=True) + 1e-9
+        return scipy_linkage("average")(np.clip(centred @ centred.T, 0.0, 1.0), cut)
+
+    return {"single": scipy_linkage("single"), "complete": scipy_linkage("complete"),
+            "weighted": scipy_linkage("weighted"),
+            **{f"mutual-{k} components": mutual_components(k) for k in (1, 2, 3, 5)},
+            **{f"shared {k}-neighbours x score": shared_neighbours(k) for k in (3, 5, 8)},
+            "score profiles' correlation": profiles}
+
+
+def diagnose(out: Path) -> None:
+    """Why the season clusters as it does: how the pair scores of one animal and of two compare, and what other
+    rules reach (the cut the first labelled sample chooses, and the best cut on the season: an upper bound)."""
+    from scipy.sparse.csgraph import connected_components
+    from sklearn.metrics import adjusted_rand_score, roc_auc_score
+
+    from registry.curation.discovery import CUT_GRID
+
+    provisional, labelled = np.load(out / "provisional.npz"), np.load(out / "labelled.npz")
+    queries = json.loads((out / "queries.json").read_text())["queries"]
+    unknown = [q for q in queries if not q["known"]]
+    truth_of = {q["annotation"]: q["truth"] for q in queries}
+    for species in sorted({k.split("/")[0] for k in provisional.files}):
+        similarity = provisional[f"{species}/provisional"]
+        ids = provisional[f"{species}/provisional_ids"].tolist()
+        sample, sample_truth = labelled[f"{species}/labelled/0"], labelled[f"{species}/labelled_truth/0"].tolist()
+        truth = np.array([truth_of[a] for a in ids])
+        upper = np.triu_indices(len(ids), 1)
+        one = (truth[:, None] == truth[None, :])[upper]
+        scores = similarity[upper]
+        masked = similarity.copy()
+        np.fill_diagonal(masked, -np.inf)
+        print(f"{species}: pair scores among the {len(ids)} provisional photos: one animal median "
+              f"{np.median(scores[one]):.3f}, two animals {np.median(scores[~one]):.3f}, AUC "
+              f"{roc_auc_score(one, scores):.3f}; at or above 0.8: {int((one & (scores >= 0.8)).sum())} pairs of one "
+              f"animal, {int((~one & (scores >= 0.8)).sum())} of two; nearest photo of the same animal for "
+              f"{np.mean(truth[masked.argmax(axis=1)] == truth):.2f} of the photos")
+
+        def season(labels: list[int], ids: list[int] = ids) -> float:
+            now = season_labels(queries, ids, labels)
+            return adjusted_rand_score([q["truth"] for q in unknown], [now[q["annotation"]] for q in unknown])
+
+        for floor in (0.5, 0.7):
+            oracle = connected_components((truth[:, None] == truth[None, :]) & (similarity >= floor),
+                                          directed=False)[1].tolist()
+            print(f"{species}: only the true pairs scoring >= {floor} joined: ARI unknown animals {season(oracle):.3f}")
+        print(f"| {species}: other rule | cut (labelled) | ARI unknown after | best cut on the season |")
+        print("|---|---|---|---|")
+        for name, rule in other_rules().items():
+            chosen = max((adjusted_rand_score(sample_truth, rule(sample, float(c))), -float(c)) for c in CUT_GRID)
+            best = max((season(rule(similarity, float(c))), float(c)) for c in CUT_GRID)
+            print(f"| {name} | {-chosen[1]:.2f} | {season(rule(similarity, -chosen[1])):.3f} | "
+                  f"{best[0]:.3f} at {best[1]:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--build", type=Path, help="Record the season and store what discovery sees in this folder.")
     parser.add_argument("--replay", type=Path, help="Cluster the scores stored in this folder under every rule.")
     parser.add_argument("--labelled", type=Path,
                         help="Score the labelled samples again with the current code, in a folder --build made.")
+    parser.add_argument("--diagnose", action="store_true",
+                        help="Also print how one animal's pair scores compare with two animals' and what other "
+                             "clustering rules reach on the stored scores.")
     parser.add_argument("--draws", type=int, default=3, help="Labelled samples (seeds) to choose the cut on.")
     parser.add_argument("--set", default="holstein", choices=sorted(PROTOCOLS))
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
@@ -186,6 +283,8 @@ def main() -> None:
     if args.build or args.labelled:
         score_labelled(args.build or args.labelled, args.draws)
     replay(args.build or args.labelled or args.replay)
+    if args.diagnose:
+        diagnose(args.build or args.labelled or args.replay)
 
 
 if __name__ == "__main__":

@@ -85,6 +85,12 @@ def whole_visits(photos: list[dict[str, Any]], max_photos: int, rng: np.random.G
     return sorted(picked, key=lambda p: p["annotation_id"])
 
 
+def majority_cluster(photos: list[int], label_of: dict[int, int]) -> int:
+    """The cluster most of an individual's photos fell in (ties: the lowest label), which the individual follows."""
+    votes = Counter(label_of[a] for a in photos)
+    return min(votes, key=lambda label: (-votes[label], label))
+
+
 METHODS = ("average", "mutual-1", "mutual-2", "mutual-3")
 
 
@@ -294,8 +300,7 @@ class DiscoveryService:
             label_of = dict(zip((p.annotations[0] for p in photos), labels, strict=True))
             groups: dict[int, list[int]] = {}
             for index, unit in enumerate(mine):
-                votes = Counter(label_of[a] for a in unit.annotations)
-                groups.setdefault(min(votes, key=lambda label: (-votes[label], label)), []).append(index)
+                groups.setdefault(majority_cluster(unit.annotations, label_of), []).append(index)
             position = {p.annotations[0]: k for k, p in enumerate(photos)}
             for members in groups.values():
                 if len(members) < 2:
