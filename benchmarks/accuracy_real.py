@@ -1,7 +1,7 @@
 """Accuracy on the real development sets, one command: the protocol of docs/accuracy.md, then the table.
 
     .venv/bin/python benchmarks/accuracy_real.py [--data ../shared/data] [--only nyala] [--out-dir DIR]
-        [--engine mnn] [--discover]
+        [--engine mnn] [--second-matcher disk] [--discover]
 
 Protocol (offline profile, this CPU): an identity-disjoint open-set split per data set (30 % of the identities
 are unknown: all their photos are queries; for the others the earlier half of the photos is reference, grouped by
@@ -76,6 +76,9 @@ def main() -> None:
                         help="The local matching engine (default: a new registry's).")
     parser.add_argument("--no-spacetime", dest="spacetime", action="store_false",
                         help="Leave space-time evidence out of the pair verifier (to measure what it adds).")
+    parser.add_argument("--second-matcher", choices=("disk",), default=None,
+                        help="Let the calibration measure a second local matcher (DISK + LightGlue) on the reference "
+                             "and keep it where it separates the reference's pairs better (issue 24 §2).")
     parser.add_argument("--discover", action="store_true",
                         help="Also run the discover protocol (queries recorded one at a time, then the season's new "
                              "animals decided together) and report ARI before and after discovery.")
@@ -108,13 +111,18 @@ def main() -> None:
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work,
                                          limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
-                                         train=recipe, engine=args.engine, spacetime=args.spacetime)
+                                         train=recipe, engine=args.engine, spacetime=args.spacetime,
+                                         second_matcher=args.second_matcher)
                 report["split"] = split
                 report["wall_seconds"] = time.perf_counter() - started
             tag = name + ("-trained" if recipe else "")
             if args.out_dir:
                 args.out_dir.mkdir(parents=True, exist_ok=True)
                 (args.out_dir / f"accuracy_{tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
+            measured = report.get("calibration", {}).get("second_matcher")
+            if measured:  # what the calibration measured on the reference, and whether it kept the matcher
+                for sp, result in measured["per_species"].items():
+                    print(f"{name}: second matcher {measured['name']} for {sp}: {json.dumps(result)}", file=sys.stderr)
             lines += table(name + suffix, report)
             print(f"{tag}: {report['wall_seconds']:.0f} s", file=sys.stderr)
             print("\n".join(lines[-len(report.get("configurations", {})) - 1:]), file=sys.stderr)

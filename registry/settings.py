@@ -23,6 +23,7 @@ LEGACY_LOCAL = {"upscale": False, "first_pass_keypoints": 0, "full_rerank_indivi
                 "verify": False, "lnbnn_photos": 1, "combine_photos": 1, "engine": "lightglue",
                 "distinctive": False, "box_only": False, "static_scenery": False}
 LOCAL_ENGINES = ("mnn", "lightglue")
+SECOND_MATCHERS = ("", "disk")  # "": none
 
 
 @dataclass
@@ -79,17 +80,27 @@ class LocalMatcherSettings:
     # scored 0.753 (BAUS 0.604: two mediocre photos of a stranger add up to a confident match), the best photo
     # 0.926 at the same tau; on nyala it was worth +0.016 top-1 (300 queries). So one photo decides.
     combine_photos: int = 1
+    # A second local matcher ("disk": DISK + LightGlue, `matching/local_matcher.DiskLightGlue`; "" none), scored
+    # beside ALIKED and fused by the calibration, for the species whose `use_second` is 1. `registry calibrate
+    # --second-matcher disk` measures it on each species' labelled pairs and sets `use_second` only where it
+    # measured better (`Settings.second_matcher_margin`); on the dev sets (docs/accuracy.md) it was kept for
+    # neither.
+    second: str = ""
+    use_second: int = 0
     # Per-species overrides of the matching stage (SPECIES_FIELDS): e.g. {"cow": {"lnbnn_individuals": 20}}.
     # Photos are described once at `max_keypoints` and `long_side`, so a species may use fewer keypoints (the
     # strongest ones), never more, and shares the working size.
     species: dict[str, dict[str, int]] = field(default_factory=dict)
 
     SPECIES_FIELDS = ("max_keypoints", "first_pass_keypoints", "full_rerank_individuals", "lnbnn_individuals",
-                      "lnbnn_photos", "combine_photos")
+                      "lnbnn_photos", "combine_photos", "use_second")
 
     def __post_init__(self) -> None:
         if self.engine not in LOCAL_ENGINES:
             raise ValueError(f"unknown local matching engine {self.engine!r}; known: {', '.join(LOCAL_ENGINES)}")
+        if self.second not in SECOND_MATCHERS:
+            raise ValueError(f"unknown second local matcher {self.second!r}; known: "
+                             f"{', '.join(repr(m) for m in SECOND_MATCHERS)}")
         if not 0.0 < self.ratio <= 1.0:
             raise ValueError(f"the ratio test's threshold must be in (0, 1], not {self.ratio!r}")
         for species, overrides in self.species.items():
@@ -101,6 +112,8 @@ class LocalMatcherSettings:
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                     raise ValueError(f"local matcher settings for {species!r}: {name} must be a whole number "
                                      f">= 0, not {value!r}")
+            if overrides.get("use_second", 0) > 1:
+                raise ValueError(f"local matcher settings for {species!r}: use_second is 0 or 1")
             if overrides.get("max_keypoints", 0) > self.max_keypoints:
                 raise ValueError(f"local matcher settings for {species!r}: max_keypoints "
                                  f"{overrides['max_keypoints']} exceeds the {self.max_keypoints} keypoints photos "
@@ -169,6 +182,10 @@ class Settings:
     # positives and as many negatives per species (isotonic fits are stable from a few hundred; each pair costs a
     # full-budget LightGlue match, ~0.25 s on a laptop CPU)
     calibration_pairs: int = 400
+    # `registry calibrate --second-matcher`: a species keeps the second local matcher only when the learned fusion
+    # with its scores separates the species' labelled pairs better out of sample (AUC, grouped by query photo) by
+    # more than this. It costs ~0.4-0.6 s of CPU per photo described, so a tie is not worth it.
+    second_matcher_margin: float = 0.01
     # Calibration positives must be re-sightings, not frames of one burst: photos from different surveys, or at
     # least this far apart in time when both have capture times.
     calibration_min_gap_hours: float = 1.0

@@ -180,12 +180,16 @@ class DiscoveryService:
         hidden = tuple(sorted({u.individual_id for u in units if u.individual_id is not None}))
         annotation_ids = [a for u in units for a in u.annotations]
         unit_of = {a: k for k, u in enumerate(units) for a in u.annotations}
-        features = identifier.candidate_features(annotation_ids)
+        # ALIKED, and the second local matcher where the species uses one: the scorer fuses what queries get
+        second = identifier.second_for(species)
+        matchers = [local] + ([second] if second is not None else [])
+        features = {m.name: identifier.candidate_features(annotation_ids, matcher=m) for m in matchers}
         vectors = {name: registry.index.vectors(c, annotation_ids) for name, c in registry.collections.items()}
         budget = registry.settings.local.for_species(species).max_keypoints
         viewpoints = self._viewpoints(annotation_ids)
         out = np.zeros((len(units), len(units)))
-        present = [a for a in annotation_ids if a in features and all(a in v for v in vectors.values())]
+        present = [a for a in annotation_ids if all(a in f for f in features.values())
+                   and all(a in v for v in vectors.values())]
         neighbours = self._neighbours(present, vectors[registry.pipeline.primary.name], local.engine)
         for position, query in enumerate(present):
             others = [a for a in present[position + 1:] if unit_of[a] != unit_of[query]
@@ -193,14 +197,19 @@ class DiscoveryService:
                       and (neighbours is None or a in neighbours[query] or query in neighbours[a])]
             if not others:
                 continue
-            background = identifier.background_of(  # known animals only: none of those being discovered
-                features[query], vectors[registry.pipeline.primary.name][query], species, viewpoints.get(query),
-                budget, (query,), hidden) if local.distinctive else None
-            scores = local.pair_scores(features[query], [features[a] for a in others], budget=budget,
-                                       owners=[UNKNOWN] * len(others), background=background)
-            for other, local_scores in zip(others, scores, strict=True):
-                raw = {name: float(np.dot(v[query], v[other])) for name, v in vectors.items()}
-                candidate = CandidateScore(other, 0, {**raw, **local_scores})
+            raws: list[dict[str, float]] = [{name: float(np.dot(v[query], v[other])) for name, v in vectors.items()}
+                                            for other in others]
+            for matcher in matchers:
+                mine = features[matcher.name]
+                background = identifier.background_of(  # known animals only: none of those being discovered
+                    mine[query], vectors[registry.pipeline.primary.name][query], species, viewpoints.get(query),
+                    budget, (query,), hidden, matcher) if matcher.distinctive else None
+                scores = matcher.pair_scores(mine[query], [mine[a] for a in others], budget=budget,
+                                             owners=[UNKNOWN] * len(others), background=background)
+                for raw, local_scores in zip(raws, scores, strict=True):
+                    raw.update(local_scores)
+            for other, raw in zip(others, raws, strict=True):
+                candidate = CandidateScore(other, 0, raw)
                 scorer.score(candidate, species)
                 i, j = unit_of[query], unit_of[other]
                 out[i, j] = out[j, i] = max(out[i, j], candidate.score)

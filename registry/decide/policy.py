@@ -62,7 +62,7 @@ class DecisionPolicy:
 
 
 def build_scorer(policy: DecisionPolicy, calibrations: dict[int, Calibrations], model_versions: dict[str, str],
-                 primary: str, local: str, complementary: str | None) -> Scorer:
+                 primary: str, local: str, complementary: str | None, second: str | None = None) -> Scorer:
     """The scorer a policy prescribes for these models: calibrated fusion when its calibrations were fitted for
     exactly these model versions, raw LightGlue match counts otherwise (and the decision says so)."""
     uncalibrated = LocalMatchScorer(local, policy.uncalibrated_threshold)
@@ -74,4 +74,4 @@ def build_scorer(policy: DecisionPolicy, calibrations: dict[int, Calibrations], 
     learned = base == "learned" and all(c.learned is not None for c in by_species.values())
     return CalibratedFusionScorer(by_species, primary, local, complementary, policy.alpha, dict(policy.thresholds),
                                   policy.default_threshold, learned=learned, verified=verified,
-                                  fallback=uncalibrated)
+                                  fallback=uncalibrated, second=second)

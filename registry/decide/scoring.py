@@ -108,9 +108,13 @@ class LocalMatchScorer:
 
 
 def wildfusion(calibrated: dict[str, float], primary: str, local: str, complementary: str | None,
-               alpha: float) -> float:
-    """The paper's fused score from calibrated matcher scores."""
-    fused = (calibrated[primary] + calibrated[local]) / 2.0
+               alpha: float, second: str | None = None) -> float:
+    """The paper's fused score from calibrated matcher scores: the mean of the calibrated primary global and
+    local scores, and of the second local matcher's where the pair has one (as the 2026 winners fused DISK)."""
+    parts = [calibrated[primary], calibrated[local]]
+    if second is not None and second in calibrated:
+        parts.append(calibrated[second])
+    fused = sum(parts) / len(parts)
     if complementary is None:
         return fused
     return alpha * fused + (1.0 - alpha) * calibrated[complementary]
@@ -128,13 +132,14 @@ class CalibratedFusionScorer:
     def __init__(self, calibrations: dict[str, Calibrations] | Calibrations, primary: str, local: str,
                  complementary: str | None, alpha: float, thresholds: dict[str, float] | None = None,
                  default_threshold: float = 0.35, learned: bool = False, verified: bool = False,
-                 fallback: LocalMatchScorer | None = None) -> None:
+                 fallback: LocalMatchScorer | None = None, second: str | None = None) -> None:
         if isinstance(calibrations, Calibrations):
             calibrations = {"*": calibrations}
         if learned and any(c.learned is None for c in calibrations.values()):
             raise ValueError("learned fusion requested but none is stored: run `registry calibrate`")
         self.by_species = calibrations
         self.primary, self.local, self.complementary = primary, local, complementary
+        self.second = second  # the second local matcher's score name, fused where a pair has it
         self.alpha = alpha
         self.thresholds = thresholds or {}
         self.default_threshold = default_threshold
@@ -165,7 +170,7 @@ class CalibratedFusionScorer:
         if self.learned:
             return self.calibrations_for(species).learned(calibrated)  # type: ignore[misc]
         return wildfusion(calibrated, self.primary, self.local, self.complementary,
-                          self.alpha if alpha is None else alpha)
+                          self.alpha if alpha is None else alpha, self.second)
 
     def threshold_for(self, species: str) -> float:
         return self.thresholds.get(species, self.default_threshold)

@@ -202,7 +202,8 @@ def _fusion_fn(scorer: CalibratedFusionScorer, alpha: float) -> ScoreFn:
 
 
 def _wildfusion_fn(scorer: CalibratedFusionScorer, alpha: float) -> ScoreFn:
-    return lambda c, _sp: wildfusion(c.calibrated, scorer.primary, scorer.local, scorer.complementary, alpha)
+    return lambda c, _sp: wildfusion(c.calibrated, scorer.primary, scorer.local, scorer.complementary, alpha,
+                                     scorer.second)
 
 
 def cross_fitted_tau(results: list[QueryResult], names: dict[int, str], scorer: CalibratedFusionScorer,
@@ -307,16 +308,24 @@ def exhaustive(registry: Registry, rows: list[PhotoRow], known_identities: set[t
         allowed &= ~np.isin(reference_ids, own.get(row.image, ()))  # never the query's own photo
         similarity[~allowed] = -np.inf
         order = np.argsort(-similarity)[: min(shortlist, int(allowed.sum()))]
-        chosen = [int(reference_ids[i]) for i in order]
+        primary_score = {int(reference_ids[i]): float(similarity[i]) for i in order}
+        chosen = list(primary_score)
         features = registry.identification.candidate_features(chosen)
-        chosen = [i for i in chosen if i in features]
+        second = registry.identification.second_for(row.species)
+        found = registry.identification.candidate_features(chosen, matcher=second) if second is not None else {}
+        # a photo without features is left out; the species' fusion needs the second matcher's scores where it has one
+        chosen = [i for i in chosen if i in features and (second is None or i in found)]
         others = registry.identification.global_similarities(described.vectors, chosen, skip=primary)
-        local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen],
-                                           budget=registry.settings.local.for_species(row.species).max_keypoints,
+        budget = registry.settings.local.for_species(row.species).max_keypoints
+        local = pipeline.local.pair_scores(described.local, [features[i] for i in chosen], budget=budget,
                                            owners=[individual_of[i] for i in chosen])
+        if second is not None and described.second is not None:
+            extra = second.pair_scores(described.second, [found[i] for i in chosen], budget=budget,
+                                       owners=[individual_of[i] for i in chosen])
+            local = [{**a, **b} for a, b in zip(local, extra, strict=True)]
         candidates = []
         for position, annotation_id in enumerate(chosen):
-            raw = {primary: float(similarity[order[position]]), **{n: s[annotation_id] for n, s in others.items()},
+            raw = {primary: primary_score[annotation_id], **{n: s[annotation_id] for n, s in others.items()},
                    **local[position]}
             candidates.append(CandidateScore(annotation_id, individual_of[annotation_id], raw))
         registry.identification.judge(candidates, row.species)
@@ -333,11 +342,13 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         limit: int | None = None, plot: Path | None = None, say: Callable[[str], None] = print,
         progress_factory: Callable[[str, int], Any] | None = None, train: Any = None,
         engine: str | None = None, spacetime: bool = True, local: dict[str, Any] | None = None,
-        spacetime_verifier: bool | None = None) -> dict[str, Any]:
+        spacetime_verifier: bool | None = None, second_matcher: str | None = None) -> dict[str, Any]:
     """Build a registry from `reference`, calibrate it on its own labels, identify `queries`, report. With
     `train` (a TrainSettings), the global embedder is first fine-tuned on the reference photos alone and the
     registry reembedded (and recalibrated) with it: the queries never train or tune anything. `local`: matching
-    settings to change (LocalMatcherSettings fields), for experiments that compare one setting on and off."""
+    settings to change (LocalMatcherSettings fields), for experiments that compare one setting on and off.
+    `second_matcher`: measured by the calibration, which keeps it for the species where it separates the
+    reference's pairs better (`registry calibrate --second-matcher`)."""
     def bar(label: str, total: int) -> Any:
         return progress_factory(label, total) if progress_factory else None
 
@@ -353,7 +364,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
     report: dict[str, Any] = {"reference": str(reference), "queries": str(queries), "profile": profile,
                               "protocol": protocol, "engine": settings.local.engine,
                               "spacetime": spacetime, "local": local or {},
-                              "spacetime_verifier": settings.spacetime_verifier}
+                              "spacetime_verifier": settings.spacetime_verifier, "second_matcher": second_matcher}
     with Registry(Settings.load(settings.data_dir)) as registry:
         query_rows = read_manifest(queries).rows
         if limit and len(query_rows) > limit:  # a seeded random subset, so a bounded run still spans identities
@@ -370,7 +381,7 @@ def run(reference: Path, queries: Path, work_dir: Path, profile: str = "offline"
         report["skipped"] = [str(p) for p in ingest.problems]
         say(f"reference: {ingest.added} photos in {time.perf_counter() - started:.0f} s; calibrating ...")
         if train is None:
-            report["calibration"] = registry.calibrate(per_class=calibration_pairs)
+            report["calibration"] = registry.calibrate(per_class=calibration_pairs, second_matcher=second_matcher)
         else:  # reembedding recalibrates with the trained version: calibrating the frozen one first is wasted
             began = time.perf_counter()
             card = registry.training.train(train, say=say)
@@ -489,7 +500,8 @@ def tune(registry: Registry, queries: Path, tune_alpha: bool = True,
     refit = sweep(results, names, scorer, alphas=np.array([alpha]))["best"]
     thresholds = {sp: b["tau"] for sp, b in refit.items() if sp != "overall"}
     tuned = CalibratedFusionScorer(scorer.by_species, scorer.primary, scorer.local, scorer.complementary, alpha,
-                                   thresholds, scorer.default_threshold, learned=scorer.learned)
+                                   thresholds, scorer.default_threshold, learned=scorer.learned,
+                                   second=scorer.second)
     after = evaluate(predictions(results, _fusion_fn(tuned, alpha), tuned.threshold_for, names))
     expected = {"score": scorer.name if not tuned.learned else tuned.name, "queries": len(results),
                 "before": before["overall"]["score"], "after_on_these_queries": after["overall"]["score"],

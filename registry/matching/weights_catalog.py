@@ -12,12 +12,15 @@ from pathlib import Path
 
 from registry.matching.detection import MEGADETECTOR_V5A, MegaDetector
 from registry.matching.embedders import EFFICIENTNET_LITE0, EVA02_L_14_336, MEGADESCRIPTOR_L_384
-from registry.matching.local_matcher import ALIKED_LIGHTGLUE, ALIKED_N16
+from registry.matching.local_matcher import ALIKED_LIGHTGLUE, ALIKED_N16, DISK_DEPTH, DISK_LIGHTGLUE
 from registry.matching.weights import WeightsMismatchError, WeightsNotFoundError, WeightsSpec, file_sha256, resolve
 from registry.settings import Settings
 
+# DISK's two files serve the optional second local matcher (`registry calibrate --second-matcher disk`): listed
+# and verified on request, not part of any profile
 SPECS: dict[str, WeightsSpec] = {s.name: s for s in (MEGADESCRIPTOR_L_384, EVA02_L_14_336, EFFICIENTNET_LITE0,
-                                                     ALIKED_N16, ALIKED_LIGHTGLUE, MEGADETECTOR_V5A)}
+                                                     ALIKED_N16, ALIKED_LIGHTGLUE, MEGADETECTOR_V5A, DISK_DEPTH,
+                                                     DISK_LIGHTGLUE)}
 PROFILE_MODELS: dict[str, tuple[str, ...]] = {
     "paper": ("megadescriptor-l-384", "eva02-l-14-336", "aliked-n16", "aliked-lightglue"),
     "offline": ("efficientnet-lite0", "aliked-n16", "aliked-lightglue"),
@@ -76,13 +79,20 @@ def verify(settings: Settings, names: tuple[str, ...] | list[str] = ()) -> list[
         "aliked-n16": lambda: aliked(),
         "aliked-lightglue": lambda: aliked(),
         "megadetector-v5a": lambda: MegaDetector(settings.weights_dir, _explicit(settings, "megadetector-v5a")),
+        "disk-depth": lambda: disk(),
+        "disk-lightglue": lambda: disk(),
     }
-    built: list[object] = []
+    built: dict[str, object] = {}
 
     def aliked() -> object:
-        if not built:
-            built.append(local_matcher.AlikedLightGlue(weights_dir=settings.weights_dir))
-        return built[0]
+        if "aliked" not in built:
+            built["aliked"] = local_matcher.AlikedLightGlue(weights_dir=settings.weights_dir)
+        return built["aliked"]
+
+    def disk() -> object:
+        if "disk" not in built:
+            built["disk"] = local_matcher.DiskLightGlue(weights_dir=settings.weights_dir)
+        return built["disk"]
 
     statuses = model_status(settings, names)
     for status in statuses:

@@ -25,7 +25,7 @@ from registry.decide.metrics import Prediction, evaluate
 from registry.decide.policy import ALL_SPECIES
 from registry.decide.scoring import CalibratedFusionScorer, IndividualScore
 from registry.decide.verifier import PairVerifier, training_rows
-from registry.matching.local_matcher import Background, LocalFeatures
+from registry.matching.local_matcher import AlikedLightGlue, Background, LocalFeatures
 from registry.settings import LocalMatcherSettings
 from registry.store import crashpoints
 
@@ -108,6 +108,68 @@ def cross_fitted_fusion(pairs: list[LabelledPair], matchers: list[str], folds: i
             raw = np.array([p.raw[matcher] for p in pairs])
             calibrated[held, column] = IsotonicCalibrator.fit(raw[~held], same[~held])(raw[held])
     return LearnedFusion.fit(matchers, calibrated, same)
+
+
+MIN_PAIRS_TO_MEASURE = 20  # positives and negatives each a species needs before a second matcher is judged
+
+
+def out_of_sample_auc(pairs: list[LabelledPair], matchers: list[str], learned: bool, wildfusion_names: list[str],
+                      folds: int = CROSS_FIT_FOLDS, seed: int = 0) -> float | None:
+    """AUC of the fused score on labelled pairs, every pair scored by calibrators (and a learned fusion) fitted
+    without its query photo's pairs (grouped folds), as a new query's pairs will be. `learned`: the logistic
+    fusion over `matchers`; else the mean of the calibrated `wildfusion_names` (the paper's rule)."""
+    from sklearn.metrics import roc_auc_score
+
+    same = np.array([p.same for p in pairs], dtype=np.float64)
+    if len(np.unique(same)) < 2:
+        return None
+    queries = sorted({p.query_annotation_id for p in pairs})
+    fold_of = {q: f for q, f in zip(np.random.default_rng(seed).permutation(queries).tolist(),
+                                    np.arange(len(queries)) % folds, strict=True)}
+    raw = np.array([[p.raw[m] for m in matchers] for p in pairs])
+    fused = np.zeros(len(pairs))
+    for fold in range(folds):
+        held = np.array([fold_of[p.query_annotation_id] == fold for p in pairs])
+        if not held.any():
+            continue
+        if len(np.unique(same[~held])) < 2:
+            return None
+        calibrators = [IsotonicCalibrator.fit(raw[~held, c], same[~held]) for c in range(len(matchers))]
+        train = np.column_stack([f(raw[~held, c]) for c, f in enumerate(calibrators)])
+        test = np.column_stack([f(raw[held, c]) for c, f in enumerate(calibrators)])
+        if learned:
+            fusion = LearnedFusion.fit(matchers, train, same[~held])
+            fused[held] = [fusion(dict(zip(matchers, row, strict=True))) for row in test]
+        else:
+            columns = [matchers.index(m) for m in wildfusion_names]
+            fused[held] = test[:, columns].mean(axis=1)
+    return float(roc_auc_score(same, fused))
+
+
+def second_matcher_gain(pairs: list[LabelledPair], base: list[str], second: list[str], learned: bool,
+                        base_wildfusion: list[str], second_wildfusion: str, margin: float, seed: int = 0,
+                        ) -> dict[str, dict[str, Any]]:
+    """Per species: the out-of-sample AUC of the fusion without and with the second local matcher's scores, and
+    whether it is kept (better by more than `margin`). A species with too few pairs to tell keeps none."""
+    by_species: dict[str, list[LabelledPair]] = {}
+    for pair in pairs:
+        by_species.setdefault(pair.species, []).append(pair)
+    out: dict[str, dict[str, Any]] = {}
+    for sp, group in sorted(by_species.items()):
+        positives = sum(p.same for p in group)
+        if min(positives, len(group) - positives) < MIN_PAIRS_TO_MEASURE:
+            out[sp] = {"kept": False, "reason": f"{positives} same-individual and {len(group) - positives} "
+                       f"different pairs: too few to measure (needs {MIN_PAIRS_TO_MEASURE} each)"}
+            continue
+        without = out_of_sample_auc(group, base, learned, base_wildfusion, seed=seed)
+        with_second = out_of_sample_auc(group, base + second, learned, [*base_wildfusion, second_wildfusion],
+                                        seed=seed)
+        if without is None or with_second is None:
+            out[sp] = {"kept": False, "reason": "too few pairs in a fold to measure"}
+            continue
+        out[sp] = {"kept": with_second > without + margin, "auc_without": round(without, 4),
+                   "auc_with": round(with_second, 4), "margin": margin, "pairs": len(group)}
+    return out
 
 
 class CalibrationService:
@@ -196,41 +258,47 @@ class CalibrationService:
         by_query: dict[int, list[LabelledPair]] = {}
         for pair in pairs:
             by_query.setdefault(pair.query_annotation_id, []).append(pair)
-        local = registry.pipeline.local
-        owner_of = {i["annotation_id"]: i for i in registry.catalog.labelled_annotations()} if local.distinctive \
-            else {}
+        matchers = registry.pipeline.local_matchers  # with a second matcher, every pair is scored by both
+        owner_of = {i["annotation_id"]: i for i in registry.catalog.labelled_annotations()} \
+            if any(m.distinctive for m in matchers) else {}
         for query_id, group in by_query.items():
             ids = [query_id, *(p.candidate_annotation_id for p in group)]
-            features = registry.identification.candidate_features(ids)
             vectors = {name: registry.index.vectors(c, ids) for name, c in registry.collections.items()}
             budget = registry.settings.local.for_species(group[0].species).max_keypoints
-            background = self._background(query_id, vectors, features[query_id], owner_of, budget) \
-                if local.distinctive else None
-            for same in (True, False):
-                part = [p for p in group if p.same == same]
-                if not part:
+            for pair in group:
+                pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_annotation_id]))
+                            for name, v in vectors.items()}
+            for local in matchers:
+                features = registry.identification.candidate_features(ids, matcher=local)
+                if query_id not in features:  # its photo is gone: its pairs stay unscored and are left out
                     continue
-                owners = [owner_of[p.candidate_annotation_id]["individual_id"] if p.candidate_annotation_id in owner_of
-                          else ("annotation", p.candidate_annotation_id) for p in part]
-                local_scores = local.pair_scores(features[query_id],
-                                                 [features[p.candidate_annotation_id] for p in part],
-                                                 budget=budget, owners=owners, background=background)
-                for pair, local_score in zip(part, local_scores, strict=True):
-                    pair.raw = {name: float(np.dot(v[query_id], v[pair.candidate_annotation_id]))
-                                for name, v in vectors.items()}
-                    pair.raw.update(local_score)
+                background = self._background(query_id, vectors, features[query_id], owner_of, budget, local) \
+                    if local.distinctive else None
+                for same in (True, False):
+                    part = [p for p in group if p.same == same and p.candidate_annotation_id in features]
+                    if not part:
+                        continue
+                    owners = [owner_of[p.candidate_annotation_id]["individual_id"]
+                              if p.candidate_annotation_id in owner_of else ("annotation", p.candidate_annotation_id)
+                              for p in part]
+                    local_scores = local.pair_scores(features[query_id],
+                                                     [features[p.candidate_annotation_id] for p in part],
+                                                     budget=budget, owners=owners, background=background)
+                    for pair, local_score in zip(part, local_scores, strict=True):
+                        pair.raw.update(local_score)
             if progress:
                 progress(len(group))
 
     def _background(self, query_id: int, vectors: dict[str, dict[int, np.ndarray]], query: LocalFeatures,
-                    owner_of: dict[int, dict[str, Any]], budget: int) -> Background | None:
+                    owner_of: dict[int, dict[str, Any]], budget: int, matcher: AlikedLightGlue,
+                    ) -> Background | None:
         """The other animals a calibration query meets: retrieval's shortlist for it without its own individual."""
         item = owner_of.get(query_id)
         vector = vectors[self.registry.pipeline.primary.name].get(query_id)
         if item is None or vector is None:
             return None
         return self.registry.identification.background_of(query, vector, item["species"], item["viewpoint"], budget,
-                                                          (query_id,), (item["individual_id"],))
+                                                          (query_id,), (item["individual_id"],), matcher)
 
     def self_tune_thresholds(self, scorer: CalibratedFusionScorer, species: str | None, seed: int = 0,
                              progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
@@ -400,7 +468,7 @@ class CalibrationService:
                   actor: str = "registry", self_tune: bool = True, policy_changes: dict[str, Any] | None = None,
                   reason: str = "", matching: dict[str, dict[str, int]] | None = None,
                   engine: str | None = None, distinctive: bool | None = None,
-                  static_scenery: bool | None = None) -> dict[str, Any]:
+                  static_scenery: bool | None = None, second_matcher: str | None = None) -> dict[str, Any]:
         """Fit isotonic calibrators per matcher (per species where there are enough pairs, pooled otherwise) and
         the cross-fitted learned fusion, store them as one batch, choose tau per species on simulated open-set
         queries (`self_tune_thresholds`), and put it all in force as a new policy version. With `species`, only
@@ -410,10 +478,14 @@ class CalibrationService:
         that go into force with this calibration, since raw scores fitted under other settings would not fit.
         `engine`: the local matching engine ("mnn" or "lightglue", LocalMatcherSettings.engine) to switch every
         species to, likewise with this calibration; `distinctive`: the distinctive pair score on or off, likewise;
-        `static_scenery`: a fixed camera's scenery masked before matching (matching/scenery.py), likewise."""
+        `static_scenery`: a fixed camera's scenery masked before matching (matching/scenery.py), likewise.
+        `second_matcher`: a second local matcher ("disk"; "" for none) to measure on every species' labelled pairs
+        and keep for those where it measured better (`second_matcher_gain`); while one is set, every calibration
+        measures it again for the species it calibrates."""
         registry = self.registry
         previous = registry.settings.local
-        if species is not None and (engine is not None or distinctive is not None or static_scenery is not None):
+        if species is not None and (engine is not None or distinctive is not None or static_scenery is not None
+                                    or second_matcher is not None):
             raise CalibrationError("the matching engine and its scores are the registry's, not a species': "
                                    "calibrate every species to change them (drop --species)")
         if species is not None and matching is not None and set(matching) - {species}:
@@ -428,6 +500,8 @@ class CalibrationService:
                 wanted = replace(wanted, distinctive=distinctive)
             if static_scenery is not None:
                 wanted = replace(wanted, static_scenery=static_scenery)
+            if second_matcher is not None:
+                wanted = replace(wanted, second=second_matcher)
             if matching is not None:
                 merged = {**previous.species, **matching}
                 wanted = replace(wanted, species={sp: o for sp, o in merged.items() if o})
@@ -441,6 +515,21 @@ class CalibrationService:
         except BaseException:  # nothing went into force: keep matching as the policy says
             self._match_with(previous)
             raise
+
+    def _use_second(self, kept: set[str], measured: set[str], species: str | None) -> None:
+        """Put the second local matcher's measurement into the matching settings: `use_second` for the species
+        that keep it, cleared for the other measured ones (every species, when all were calibrated); a registry
+        where no species keeps it stops loading it."""
+        local = self.registry.settings.local
+        overrides = {sp: dict(o) for sp, o in local.species.items()}
+        for sp in set(overrides) | measured | kept:
+            if sp in kept:
+                overrides.setdefault(sp, {})["use_second"] = 1
+            elif species is None or sp in measured:
+                overrides.get(sp, {}).pop("use_second", None)
+        overrides = {sp: o for sp, o in overrides.items() if o}
+        still = any(o.get("use_second") for o in overrides.values())
+        self._match_with(replace(local, species=overrides, second=local.second if still else ""))
 
     def _match_with(self, local: LocalMatcherSettings) -> None:
         """Put matching settings into the loaded matcher (what calibrate may switch without reloading weights)."""
@@ -464,36 +553,64 @@ class CalibrationService:
                 f"too few labelled pairs to calibrate ({positives} same-individual, {len(pairs) - positives} "
                 "different): ingest reference photos with identities (at least two photos of some individuals)")
         self.score_pairs(pairs, progress)
-        matchers = registry.pipeline.matcher_names
-        fitted = fit_calibrations(pairs, matchers)
-        if species is not None:  # the batch serves this species alone: its pooled calibrators are its own
-            fitted = {(m, species): c for (m, sp), c in fitted.items() if sp is None} | {
-                key: c for key, c in fitted.items() if key[1] is not None}
-        fusion = cross_fitted_fusion(pairs, matchers, seed=seed) if learned else None
-        versions = registry.pipeline.versions
+        pipeline = registry.pipeline
+        matchers = pipeline.matcher_names
+        scored = [p for p in pairs if all(m in p.raw for m in matchers)]  # a photo gone since: its pairs left out
+        unscored, pairs = len(pairs) - len(scored), scored
+        policy = registry.policy
+        base_kind = "learned" if policy.fusion == "verifier" else policy.fusion  # what a verifier is fitted over
+        second = pipeline.second
+        measured: dict[str, dict[str, Any]] = {}
+        if second is not None:  # measure it per species, then keep it only where it measured better
+            base = [m for m in matchers if m not in second.score_names]
+            measured = second_matcher_gain(pairs, base, second.score_names, learned and base_kind == "learned",
+                                           [pipeline.primary.name, pipeline.local.name], second.name,
+                                           registry.settings.second_matcher_margin, seed)
+            self._use_second({sp for sp, r in measured.items() if r["kept"]}, set(measured), species)
+            matchers = pipeline.matcher_names if pipeline.second is not None else base
+        kept = sorted(sp for sp, r in measured.items() if r["kept"])
+        with_second = matchers
+        matchers = [m for m in matchers if second is None or m not in second.score_names]
+
+        def fit(group: list[LabelledPair], names: list[str]) -> tuple[dict, LearnedFusion | None]:
+            fitted = fit_calibrations(group, names)
+            if species is not None:  # the batch serves this species alone: its pooled calibrators are its own
+                fitted = {(m, species): c for (m, sp), c in fitted.items() if sp is None} | {
+                    key: c for key, c in fitted.items() if key[1] is not None}
+            return fitted, cross_fitted_fusion(group, names, seed=seed) if learned else None
+
+        fitted, fusion = fit(pairs, matchers)
+        versions = pipeline.versions
         summary = {
             "versions": versions, "pairs": len(pairs), "positives": positives,
-            "negatives": len(pairs) - positives, "seed": seed, **sampling,
+            "negatives": len(pairs) - positives, "seed": seed, **sampling, "unscored_pairs": unscored,
             "species": sorted({sp for _, sp in fitted if sp is not None}),
             "pooled_only": [] if species else sorted({p.species for p in pairs} - {sp for _, sp in fitted if sp}),
             "learned_fusion": "cross-fitted" if fusion else None,
+            **({"second_matcher": {"name": second.name, "per_species": measured}} if second is not None else {}),
         }
         batch = registry.catalog.save_calibrations(fitted, fusion, len(pairs), summary)
+        own_batches = {ALL_SPECIES: (batch, fitted, fusion)}
+        if kept:  # the species that keep the second matcher get a batch fitted on their pairs with its scores
+            theirs = [p for p in pairs if p.species in kept]
+            fitted_second, fusion_second = fit(theirs, with_second)
+            second_batch = registry.catalog.save_calibrations(
+                fitted_second, fusion_second, len(theirs), {**summary, "pairs": len(theirs), "serves": kept})
+            own_batches.update({sp: (second_batch, fitted_second, fusion_second) for sp in kept})
         crashpoints.reached("calibrate-batch-saved")  # a batch no policy names is inert
-        policy = registry.policy
         same_models = policy.model_versions == versions
         batches = dict(policy.calibration_batches) if species and same_models else {}
         batches[species or ALL_SPECIES] = batch
-        base_kind = "learned" if policy.fusion == "verifier" else policy.fusion  # what a verifier is fitted over
+        batches.update({sp: b for sp, (b, _, _) in own_batches.items() if sp != ALL_SPECIES})
         fusion_kind = base_kind if fusion is not None else "wildfusion"
         thresholds = dict(policy.thresholds) if species and same_models else {}
         tuned: dict[str, dict[str, Any]] = {}
         if self_tune:
-            pipeline = registry.pipeline
             scorer = CalibratedFusionScorer(
-                Calibrations(fitted, fusion), pipeline.primary.name, pipeline.local.name,
-                pipeline.complementary.name if pipeline.complementary else None, policy.alpha,
-                learned=fusion_kind == "learned" and fusion is not None)
+                {sp: Calibrations(f, lf) for sp, (_, f, lf) in own_batches.items()}, pipeline.primary.name,
+                pipeline.local.name, pipeline.complementary.name if pipeline.complementary else None, policy.alpha,
+                learned=fusion_kind == "learned" and fusion is not None,
+                second=pipeline.second.name if pipeline.second is not None else None)
             tuned = self.self_tune_thresholds(scorer, species, seed)
             thresholds.update({sp: r["tau"] for sp, r in tuned.items() if r["tau"] is not None})
             verifier, verified = self.fit_verifier(tuned, fusion_kind, seed)
@@ -509,7 +626,8 @@ class CalibrationService:
                 if sp in verified:
                     r["verifier"] = verified[sp]
             if verifier is not None:
-                registry.catalog.add_verifier(batch, verifier, {"chosen": better, "per_species": verified})
+                for saved in sorted({b for b, _, _ in own_batches.values()}):
+                    registry.catalog.add_verifier(saved, verifier, {"chosen": better, "per_species": verified})
             if better:
                 fusion_kind = "verifier"
                 thresholds.update({sp: r["tau"] for sp, r in verified.items()})
@@ -517,7 +635,8 @@ class CalibrationService:
             (f"{reason}; " if reason else "")
             + f"calibrate{' --species ' + species if species else ''}: batch {batch} on {len(pairs)} pairs"
             + (f", tau self-tuned for {', '.join(sp for sp, r in tuned.items() if r['tau'] is not None)}"
-               if any(r["tau"] is not None for r in tuned.values()) else ""),
+               if any(r["tau"] is not None for r in tuned.values()) else "")
+            + (f", second local matcher {second.name} kept for {', '.join(kept) or 'no species'}" if second else ""),
             actor, model_versions=versions, calibration_batches=batches, fusion=fusion_kind,
             matcher_settings=registry.settings.local.to_json(), thresholds=thresholds,
             expected={"self_tuned": tuned} if tuned else None, **(policy_changes or {})))

@@ -29,7 +29,7 @@ from registry.decide.scoring import (
 )
 from registry.decide.spacetime import Seen
 from registry.matching.imaging import ImageError, sha256_of_file
-from registry.matching.local_matcher import Background, LocalFeatures, lnbnn_votes
+from registry.matching.local_matcher import AlikedLightGlue, Background, LocalFeatures, lnbnn_votes
 from registry.matching.pipeline import Described
 from registry.matching.scenery import Scenery, find_scenery
 from registry.matching.timing import StageTimes
@@ -114,16 +114,29 @@ class Identifier:
         with timer.stage("decode"):
             loaded = pipeline.load_many(paths, species, viewpoints, boxes)
         good = [im for im in loaded if not isinstance(im, ImageError)]
-        described = iter(pipeline.describe(good, timer)) if good else iter(())
+        second = [self.second_for(sp) is not None for sp, im in zip(species, loaded, strict=True)
+                  if not isinstance(im, ImageError)]
+        described = iter(pipeline.describe(good, timer, second)) if good else iter(())
         return [im if isinstance(im, ImageError) else next(described) for im in loaded]
 
+    def second_for(self, species: str) -> AlikedLightGlue | None:
+        """The second local matcher where this species uses one (`LocalMatcherSettings.use_second`), else None."""
+        settings = self.registry.settings.local
+        if not settings.second or not settings.for_species(species).use_second:
+            return None
+        return self.registry.pipeline.second
+
     def candidate_features(self, annotation_ids: list[int], problems: list[str] | None = None,
-                           scenery: bool = True) -> dict[int, LocalFeatures]:
-        """Cached local features of candidate annotations, recomputed from the photo only if the cache lost them.
-        A candidate whose photo is missing too is left out and reported in `problems`. With the static-scenery
-        setting on, a whole photo from a deployment comes without its keypoints on that camera's scenery
-        (`scenery_of`); `scenery=False` gives the features as described."""
+                           scenery: bool = True, matcher: AlikedLightGlue | None = None) -> dict[int, LocalFeatures]:
+        """Cached local features of candidate annotations, recomputed from the photo only if the cache lost them
+        (or, for the second matcher, were never computed: its features are made on first use). A candidate whose
+        photo is missing too is left out and reported in `problems`. With the static-scenery setting on, a whole
+        photo from a deployment comes without its ALIKED keypoints on that camera's scenery (`scenery_of`);
+        `scenery=False` gives the features as described. `matcher`: whose features (default ALIKED's)."""
         registry = self.registry
+        matcher = matcher or registry.pipeline.local
+        store = registry.features_of(matcher)
+        scenery = scenery and matcher is registry.pipeline.local
         with registry.catalog.transaction() as session:
             rows = session.execute(select(Annotation, Image.sha256, Image.path, Deployment.code)
                                    .join(Image, Image.id == Annotation.image_id)
@@ -131,7 +144,7 @@ class Identifier:
                                    .where(Annotation.id.in_(annotation_ids))).all()
         masking = scenery and registry.settings.local.static_scenery
         out = {}
-        cached = registry.features.get_many([feature_key(sha, a.region) for a, sha, _, _ in rows])
+        cached = store.get_many([feature_key(sha, a.region) for a, sha, _, _ in rows])
         for annotation, sha, stored, deployment in rows:
             key = feature_key(sha, annotation.region)
             features = cached.get(key)
@@ -140,15 +153,15 @@ class Identifier:
                 try:
                     image = registry.pipeline.load(path, annotation.species, annotation.viewpoint, annotation.box)
                 except ImageError as exc:
-                    message = (f"candidate annotation {annotation.id} was not compared: its local features are not "
-                               f"cached and its photo cannot be read ({exc}); run `registry relocate` or "
+                    message = (f"candidate annotation {annotation.id} was not compared: its {matcher.name} features "
+                               f"are not cached and its photo cannot be read ({exc}); run `registry relocate` or "
                                "`registry doctor`")
                     log.warning(message)
                     if problems is not None:
                         problems.append(message)
                     continue
-                features = registry.pipeline.local.extract([image])[0]
-                registry.features.put(key, features)
+                features = matcher.extract([image])[0]
+                store.put(key, features)
             if masking and deployment is not None and annotation.region == WHOLE_IMAGE:
                 features = self.scenery_of(deployment).mask(features)
             out[annotation.id] = features
@@ -207,9 +220,11 @@ class Identifier:
 
     def background_of(self, query: LocalFeatures, vector: np.ndarray, species: str, viewpoint: str | None,
                       budget: int, exclude_annotations: tuple[int, ...] = (),
-                      exclude_individuals: tuple[int, ...] = ()) -> Background:
+                      exclude_individuals: tuple[int, ...] = (), matcher: AlikedLightGlue | None = None,
+                      ) -> Background:
         """The other animals a photo meets when it is not a live query (a calibration pair, a photo being
-        discovered): the individuals retrieval would shortlist for it, as the distinctive score's background."""
+        discovered): the individuals retrieval would shortlist for it, as the distinctive score's background
+        (of `matcher`'s features, default ALIKED's)."""
         registry = self.registry
         primary = registry.pipeline.primary.name
         hits = registry.index.search_individuals(
@@ -217,10 +232,10 @@ class Identifier:
             registry.settings.rerank_images_per_individual, species, viewpoint,
             exclude_annotation_ids=exclude_annotations, exclude_individuals=exclude_individuals)
         owners = {h.annotation_id: h.individual_id for h in hits}
-        features = self.candidate_features(list(owners))
+        matcher = matcher or registry.pipeline.local
+        features = self.candidate_features(list(owners), matcher=matcher)
         shown = [i for i in owners if i in features]
-        return registry.pipeline.local.background(query, [features[i] for i in shown], [owners[i] for i in shown],
-                                                  budget=budget)
+        return matcher.background(query, [features[i] for i in shown], [owners[i] for i in shown], budget=budget)
 
     def location_ids(self, names: list[str] | None) -> tuple[int, ...] | None:
         """The ids of these locations (identification scoped to them); an unknown name is an error naming it."""
@@ -270,7 +285,8 @@ class Identifier:
             features = self.candidate_features(list(shortlist), problems)
             if settings.local.static_scenery and whole_photo:
                 cameras = self.deployments_of(list(shortlist)) | ({deployment} if deployment else set())
-                described = Described(described.vectors, self.without_scenery(described.local, cameras))
+                described = Described(described.vectors, self.without_scenery(described.local, cameras),
+                                      described.second)
         annotation_ids = [i for i in shortlist if i in features]
         matcher = pipeline.local
         # a cheaper first pass only pays where pairs are expensive (LightGlue); descriptor matching scores every
@@ -306,11 +322,40 @@ class Identifier:
         local_scores = matcher.pair_scores(described.local, [features[i] for i in annotation_ids],
                                            budget=local.max_keypoints, timer=timer,
                                            owners=[shortlist[i] for i in annotation_ids], background=background)
+        second = self.second_for(species)
+        if second is not None:
+            with timer.stage("second-matcher"):
+                annotation_ids, local_scores = self._second_scores(
+                    second, described, annotation_ids, local_scores, shortlist, features, local, problems)
         candidates = []
         for annotation_id, scores in zip(annotation_ids, local_scores, strict=True):
             raw = {**{name: by_annotation[annotation_id] for name, by_annotation in sims.items()}, **scores}
             candidates.append(CandidateScore(annotation_id, shortlist[annotation_id], raw))
         return candidates
+
+    def _second_scores(self, second: AlikedLightGlue, described: Described, annotation_ids: list[int],
+                       local_scores: list[dict[str, float]], shortlist: dict[int, int],
+                       features: dict[int, LocalFeatures], local: LocalMatcherSettings, problems: list[str] | None,
+                       ) -> tuple[list[int], list[dict[str, float]]]:
+        """The second matcher's scores added to the pairs ALIKED scored at the full budget (the same pairs, the
+        same background photos); a pair it cannot score is left out (and reported), since the species' fusion
+        needs every score."""
+        if described.second is None:
+            raise ValueError(f"the query was not described by the second local matcher ({second.name}) that this "
+                             "species uses: describe it again under the settings in force")
+        aside = [i for i in shortlist if i in features and i not in set(annotation_ids)]
+        found = self.candidate_features(annotation_ids + aside, problems, matcher=second)
+        background = None
+        if second.distinctive:
+            shown = [i for i in aside if i in found]
+            background = second.background(described.second, [found[i] for i in shown],
+                                           [shortlist[i] for i in shown], budget=local.max_keypoints)
+        kept = [n for n, i in enumerate(annotation_ids) if i in found]
+        scores = second.pair_scores(described.second, [found[annotation_ids[n]] for n in kept],
+                                    budget=local.max_keypoints, owners=[shortlist[annotation_ids[n]] for n in kept],
+                                    background=background)
+        return ([annotation_ids[n] for n in kept],
+                [{**local_scores[n], **extra} for n, extra in zip(kept, scores, strict=True)])
 
     def _first_pass(self, described: Described, annotation_ids: list[int], owner: dict[int, int],
                     features: dict[int, LocalFeatures], local: LocalMatcherSettings) -> list[int]:
@@ -427,11 +472,15 @@ class Identifier:
         vectors = {name: registry.index.vectors(collection, [annotation_id]).get(annotation_id)
                    for name, collection in registry.collections.items()}
         features = self.candidate_features([annotation_id]).get(annotation_id)
-        if features is None or any(v is None for v in vectors.values()):
+        second = self.second_for(species)
+        second_features = self.candidate_features([annotation_id], matcher=second).get(annotation_id) \
+            if second is not None else None
+        if features is None or any(v is None for v in vectors.values()) or (second and second_features is None):
             return []
         with registry.catalog.transaction() as session:
             whole = session.scalar(select(Annotation.region).where(Annotation.id == annotation_id)) == WHOLE_IMAGE
-        candidates = self.candidates(Described(vectors, features), species, viewpoint,  # type: ignore[arg-type]
+        candidates = self.candidates(Described(vectors, features, second_features),  # type: ignore[arg-type]
+                                     species, viewpoint,
                                      exclude=hidden_images, exclude_individuals=hidden_individuals,
                                      whole_photo=whole)
         scorer = scorer.for_species(species)

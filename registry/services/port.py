@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from registry.decide.policy import DecisionPolicy
 from registry.decide.scoring import IndividualScore, Scorer
 from registry.matching.imaging import ImageError
-from registry.matching.local_matcher import LocalFeatures
+from registry.matching.local_matcher import AlikedLightGlue, LocalFeatures
 from registry.matching.pipeline import Described, Pipeline
 from registry.settings import Settings
 from registry.store.catalog import Catalog
@@ -68,6 +68,8 @@ class RegistryPort(Protocol):
 
     @property
     def features(self) -> FeatureStore: ...
+
+    def features_of(self, matcher: AlikedLightGlue) -> FeatureStore: ...
 
     @property
     def collections(self) -> dict[str, str]: ...

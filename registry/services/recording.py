@@ -142,7 +142,7 @@ class Recorder:
         self.resume_pending()
         registry = self.registry
         for row, sha, described in batch:
-            registry.features.put(feature_key(sha, row.region), described.local)
+            self.cache_features(feature_key(sha, row.region), described)
         crashpoints.reached("after-features")
         with registry.catalog.transaction() as session:
             annotations = [self.add_annotation(session, row, sha, described, survey) for row, sha, described in batch]
@@ -203,6 +203,14 @@ class Recorder:
         pending = self.registry.catalog.pending_annotations(older_than)
         return len(self.reindex(pending)[0]) if pending else 0
 
+    def cache_features(self, key: str, described: Described) -> None:
+        """Cache a photo's local features: ALIKED's, and the second matcher's where it was described by one."""
+        registry = self.registry
+        registry.features.put(key, described.local)
+        second = registry.pipeline.second if described.second is not None else None
+        if second is not None:
+            registry.features_of(second).put(key, described.second)
+
     def reindex(self, annotation_ids: list[int]) -> tuple[list[int], list[str]]:
         """Describe annotations again from their photos and write their vectors (and cached features), then mark
         them indexed. Returns the annotations done and the problems (a file gone or damaged: it stays pending)."""
@@ -218,7 +226,7 @@ class Recorder:
                 problems.append(f"annotation {annotation_id} cannot be re-indexed, it stays pending: {described}")
                 log.warning(problems[-1])
                 continue
-            registry.features.put(state["feature_key"], described.local)
+            self.cache_features(state["feature_key"], described)
             self.index_many([IndexItem(annotation_id, described, state["individual_id"], state["species"],
                                        state["viewpoint"], state["survey_id"], state["image_id"],
                                        state["location_id"])])

@@ -16,6 +16,7 @@ from sqlalchemy import select
 from registry.decide.policy import DecisionPolicy, build_scorer
 from registry.decide.scoring import Scorer
 from registry.matching.embedders import TorchEmbedder
+from registry.matching.local_matcher import AlikedLightGlue
 from registry.matching.pipeline import Pipeline
 from registry.settings import LocalMatcherSettings, Settings
 from registry.store import migrate
@@ -75,6 +76,7 @@ class Registry:
         self._collections: dict[str, str] | None = None
         self._scorer: tuple[int | None, Scorer] | None = None
         self._features: FeatureStore | None = None
+        self._second_features: tuple[str, FeatureStore] | None = None  # (extractor version, its cache)
         from registry.services.calibrating import CalibrationService
         from registry.services.identification import Identifier
         from registry.services.recording import Recorder
@@ -135,8 +137,9 @@ class Registry:
             lock.release()
 
     def close(self) -> None:
-        if self._features is not None:
-            self._features.close()
+        for store in (self._features, self._second_features[1] if self._second_features else None):
+            if store is not None:
+                store.close()
         self.stores.close()
 
     def __enter__(self) -> Registry:
@@ -158,6 +161,18 @@ class Registry:
             self._features = FeatureStore(self.settings.features_dir, self.pipeline.local.extractor_version,
                                           self.settings.feature_precision)
         return self._features
+
+    def features_of(self, matcher: AlikedLightGlue) -> FeatureStore:
+        """The feature cache of one local matcher: ALIKED's (`features`) or the second matcher's, each in the
+        folder of its extractor version."""
+        if matcher is self.pipeline.local:
+            return self.features
+        if self._second_features is None or self._second_features[0] != matcher.extractor_version:
+            if self._second_features is not None:
+                self._second_features[1].close()
+            self._second_features = (matcher.extractor_version, FeatureStore(
+                self.settings.features_dir, matcher.extractor_version, self.settings.feature_precision))
+        return self._second_features[1]
 
     def _register_embedders(self, embedders: list[TorchEmbedder]) -> dict[str, str]:
         """Each embedder version's collection, registered in the `embedders` table. Vectors of another version
@@ -257,8 +272,10 @@ class Registry:
             pipeline = self.pipeline
             calibrations = self.catalog.load_calibrations(set(policy.calibration_batches.values()))
             complementary = pipeline.complementary.name if pipeline.complementary else None
+            second = pipeline.second.name if pipeline.second is not None else None
             self._scorer = (policy.version, build_scorer(policy, calibrations, pipeline.versions,
-                                                         pipeline.primary.name, pipeline.local.name, complementary))
+                                                         pipeline.primary.name, pipeline.local.name, complementary,
+                                                         second))
         return self._scorer  # type: ignore[return-value]
 
     # --- the services, for callers that want one call ----------------------------------------------------
@@ -270,10 +287,10 @@ class Registry:
                   learned: bool = True, progress: Any = None, actor: str = "registry",
                   self_tune: bool = True, matching: dict[str, dict[str, int]] | None = None,
                   engine: str | None = None, distinctive: bool | None = None,
-                  static_scenery: bool | None = None) -> dict[str, Any]:
+                  static_scenery: bool | None = None, second_matcher: str | None = None) -> dict[str, Any]:
         return self.calibration.calibrate(per_class, species, seed, learned, progress, actor, self_tune,
                                           matching=matching, engine=engine, distinctive=distinctive,
-                                          static_scenery=static_scenery)
+                                          static_scenery=static_scenery, second_matcher=second_matcher)
 
     @property
     def embedder_versions(self) -> Any:
