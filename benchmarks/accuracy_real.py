@@ -1,7 +1,7 @@
 """Accuracy on the real development sets, one command: the protocol of docs/accuracy.md, then the table.
 
     .venv/bin/python benchmarks/accuracy_real.py [--data ../shared/data] [--only nyala] [--out-dir DIR]
-        [--engine mnn] [--second-matcher disk] [--discover]
+        [--engine mnn] [--second-matcher disk] [--discover [--discover-only]]
 
 Protocol (offline profile, this CPU): an identity-disjoint open-set split per data set (30 % of the identities
 are unknown: all their photos are queries; for the others the earlier half of the photos is reference, grouped by
@@ -63,6 +63,13 @@ def discover_table(name: str, report: dict) -> list[str]:
             f"{report['discovery']['seconds']:.0f} |"]
 
 
+def print_second_matcher(name: str, report: dict) -> None:
+    """What the calibration measured of a second local matcher on the reference, and whether it kept it."""
+    measured = report.get("calibration", {}).get("second_matcher")
+    for sp, result in (measured or {}).get("per_species", {}).items():
+        print(f"{name}: second matcher {measured['name']} for {sp}: {json.dumps(result)}", file=sys.stderr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("REGISTRY_SHARED_DATA", "../shared/data")))
@@ -82,6 +89,8 @@ def main() -> None:
     parser.add_argument("--discover", action="store_true",
                         help="Also run the discover protocol (queries recorded one at a time, then the season's new "
                              "animals decided together) and report ARI before and after discovery.")
+    parser.add_argument("--discover-only", action="store_true",
+                        help="With --discover: skip the closed protocol (the discover run alone).")
     args = parser.parse_args()
     chosen = args.only or sorted(PROTOCOLS)
     missing = [n for n in chosen if not (args.data / PROTOCOLS[n]["manifest"]).exists()]
@@ -94,7 +103,7 @@ def main() -> None:
                       "discovery | ARI unknown animals before → after | individuals made before → after (true) | "
                       "discover s |",
                       "|---|---|---|---|---|---|---|---|"]
-    variants = [("", None)]
+    variants = [] if args.discover_only else [("", None)]
     if args.train:
         from registry.learning.trainer import TrainSettings
 
@@ -119,10 +128,7 @@ def main() -> None:
             if args.out_dir:
                 args.out_dir.mkdir(parents=True, exist_ok=True)
                 (args.out_dir / f"accuracy_{tag}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-            measured = report.get("calibration", {}).get("second_matcher")
-            if measured:  # what the calibration measured on the reference, and whether it kept the matcher
-                for sp, result in measured["per_species"].items():
-                    print(f"{name}: second matcher {measured['name']} for {sp}: {json.dumps(result)}", file=sys.stderr)
+            print_second_matcher(name, report)
             lines += table(name + suffix, report)
             print(f"{tag}: {report['wall_seconds']:.0f} s", file=sys.stderr)
             print("\n".join(lines[-len(report.get("configurations", {})) - 1:]), file=sys.stderr)
@@ -134,13 +140,17 @@ def main() -> None:
                 started = time.perf_counter()
                 report = experiments.run(Path(split["reference"]), Path(split["queries"]), work, protocol="discover",
                                          limit=args.limit or protocol["limit"], say=lambda m: print(m, file=sys.stderr),
-                                         engine=args.engine, spacetime=args.spacetime)
+                                         engine=args.engine, spacetime=args.spacetime,
+                                         second_matcher=args.second_matcher)
                 report["wall_seconds"] = time.perf_counter() - started
+            print_second_matcher(name, report)
             if args.out_dir:
+                args.out_dir.mkdir(parents=True, exist_ok=True)
                 (args.out_dir / f"discover_{name}.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
             discover_lines += discover_table(name, report)
-    print("\n".join(lines))
-    if discover_lines:
+    if variants:
+        print("\n".join(lines))
+    if args.discover:
         print("\n".join(discover_lines))
 
 

@@ -18,13 +18,37 @@ CLI = [sys.executable, "-m", "registry"]
 
 
 def run_cli(data: Path, *args: str, env: dict[str, str] | None = None, expect: int | None = 0,
-            ) -> subprocess.CompletedProcess:
-    """`registry --data-dir DATA ARGS...` as a real process; asserts its exit status unless `expect` is None."""
-    result = subprocess.run([*CLI, "--data-dir", str(data), *args], capture_output=True, text=True, timeout=600,
-                            env={**os.environ, **(env or {})})
+            real_process: bool = False) -> subprocess.CompletedProcess:
+    """`registry --data-dir DATA ARGS...`; asserts its exit status unless `expect` is None.
+
+    A real process where the test needs one (`real_process`, or a crash point in `env`: the kill must end a
+    process that is not the test's), else the same command in this process (click's runner: the same entry point,
+    exit status, stdout and stderr, an unhandled exception's traceback on stderr as Python would print it),
+    which spares each call the seconds of importing PyTorch again."""
+    command = ["--data-dir", str(data), *args]
+    if real_process or any(key.startswith("REGISTRY_CRASH") for key in env or {}):
+        result = subprocess.run([*CLI, *command], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, **(env or {})})
+    else:
+        result = in_process(command, env)
     if expect is not None:
         assert result.returncode == expect, result.stderr[-3000:]
     return result
+
+
+def in_process(command: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI run by click's test runner, reported as a finished process."""
+    import traceback
+
+    from click.testing import CliRunner
+
+    from registry.interfaces.cli.main import main
+
+    outcome = CliRunner(env=env).invoke(main, command, prog_name="registry")
+    stderr = outcome.stderr
+    if outcome.exception is not None and not isinstance(outcome.exception, SystemExit):
+        stderr += "".join(traceback.format_exception(outcome.exception))
+    return subprocess.CompletedProcess([*CLI, *command], outcome.exit_code, outcome.stdout, stderr)
 
 
 def rows_of(manifest: Path) -> list[dict[str, str]]:

@@ -8,6 +8,7 @@ import io
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from helpers import in_process
 from openapi_spec_validator import validate
 from PIL import Image
 
@@ -38,14 +40,42 @@ def _rows(manifest: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-@pytest.fixture
-def api(database_url: str, tmp_path: Path, population: Path, offline_pipeline: Pipeline):
-    settings = Settings(data_dir=tmp_path / "reg", database_url=database_url, profile="offline",
-                        api_max_upload_mb=1.0, api_import_root=str(population))
+def _api_settings(root: Path, database_url: str, population: Path) -> Settings:
+    return Settings(data_dir=root / "reg", database_url=database_url, profile="offline", api_max_upload_mb=1.0,
+                    api_import_root=str(population))
+
+
+def _calibrated_registry(settings: Settings, population: Path, pipeline: Pipeline) -> Registry:
+    """Season 1's photos as references, calibrated: what every API test starts from."""
     Registry.init(settings)
-    registry = Registry(settings, pipeline=offline_pipeline)
+    registry = Registry(settings, pipeline=pipeline)
     Ingestor(registry).ingest(population / "season1" / "manifest.csv", "season-1", "reference")
     registry.calibrate()
+    return registry
+
+
+@pytest.fixture(scope="module")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory, population: Path, offline_pipeline: Pipeline) -> Path:
+    """The starting registry on SQLite, made once per module; each SQLite test works on a copy of its folder and
+    catalog file (a registry folder moves as a whole: paths inside it are relative)."""
+    root = tmp_path_factory.mktemp("api-template")
+    _calibrated_registry(_api_settings(root, f"sqlite:///{root / 'catalog.sqlite'}", population), population,
+                         offline_pipeline).close()
+    return root
+
+
+@pytest.fixture
+def api(database_url: str, tmp_path: Path, population: Path, offline_pipeline: Pipeline,
+        request: pytest.FixtureRequest):
+    settings = _api_settings(tmp_path, database_url, population)
+    if database_url == f"sqlite:///{tmp_path / 'catalog.sqlite'}":
+        template: Path = request.getfixturevalue("sqlite_template")
+        shutil.copytree(template / "reg", tmp_path / "reg")
+        for part in template.glob("catalog.sqlite*"):
+            shutil.copy(part, tmp_path / part.name)
+        registry = Registry(settings, pipeline=offline_pipeline)
+    else:  # PostgreSQL: a fresh database each time
+        registry = _calibrated_registry(settings, population, offline_pipeline)
     token = tokens.create(registry.catalog, "field-team", scope="admin")
     with TestClient(create_app(settings, registry)) as client:
         client.headers["Authorization"] = f"Bearer {token}"
@@ -207,9 +237,9 @@ def _free_port() -> int:
 def test_real_server_process_smoke(tmp_path: Path) -> None:
     home = tmp_path / "reg"
     cli = [sys.executable, "-m", "registry", "--data-dir", str(home)]
-    subprocess.run([*cli, "init", "--no-download"], check=True, capture_output=True)
-    token = json.loads(subprocess.run([*cli, "--json", "token", "create", "smoke"], check=True,
-                                      capture_output=True, text=True).stdout)["token"]
+    # the server is a real process; the commands beside it run in this one (they only need to be other clients)
+    assert in_process(["--data-dir", str(home), "init", "--no-download"]).returncode == 0
+    token = json.loads(in_process(["--data-dir", str(home), "--json", "token", "create", "smoke"]).stdout)["token"]
     port = _free_port()
     server = subprocess.Popen([*cli, "serve", "--port", str(port)], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
@@ -229,12 +259,11 @@ def test_real_server_process_smoke(tmp_path: Path) -> None:
         request = urllib.request.Request(f"{base}/stats", headers={"Authorization": f"Bearer {token}"})
         with urllib.request.urlopen(request, timeout=5) as response:
             assert json.loads(response.read())["images"] == 0
-        reading = subprocess.run([*cli, "stats", "--json"], capture_output=True, text=True)
+        reading = in_process(["--data-dir", str(home), "stats", "--json"])
         assert reading.returncode == 0 and json.loads(reading.stdout)["images"] == 0  # readers need no lock
         # the server writes the embedded index: a reader counts its points in the catalog, never opens it
         assert json.loads(reading.stdout)["vector_index"]["counted_from"] == "catalog"
-        busy = subprocess.run([*cli, "ingest", str(tmp_path), "--survey", "x", "--species", "s"], capture_output=True,
-                              text=True)
+        busy = in_process(["--data-dir", str(home), "ingest", str(tmp_path), "--survey", "x", "--species", "s"])
         assert busy.returncode == 1 and f"in use by PID {server.pid}" in busy.stderr
     finally:
         server.terminate()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import in_process
 
 from registry.decide.calibration import (
     CalibrationError,
@@ -254,10 +253,9 @@ def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     synth.generate(photos, individuals=8, seasons=2, seed=7)
     season1, season2 = photos / "season1" / "manifest.csv", photos / "season2" / "manifest.csv"
     report_path = tmp_path / "report.json"
-    command = [sys.executable, "-m", "registry", "evaluate", "--reference", str(season1), "--queries", str(season2),
-               "--out", str(report_path), "--plot", str(tmp_path / "sweep.png"), "--exhaustive", "2",
-               "--shortlist", "20", "--work-dir", str(tmp_path / "work")]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    run = in_process(["evaluate", "--reference", str(season1), "--queries", str(season2), "--out", str(report_path),
+                      "--plot", str(tmp_path / "sweep.png"), "--exhaustive", "2", "--shortlist", "20",
+                      "--work-dir", str(tmp_path / "work")])
     assert run.returncode == 0, run.stderr
     report = json.loads(report_path.read_text())
     assert set(report["overall"]) == {"baks", "baus", "score", "top1", "top5", "queries", "score_ci95"}
@@ -272,18 +270,15 @@ def test_evaluate_and_tune_on_synthetic_data(tmp_path: Path) -> None:
     assert "score" in run.stdout
 
     # the evaluation's registry (reference ingested and calibrated) is kept in --work-dir: tune it
-    base = [sys.executable, "-m", "registry", "--data-dir", str(tmp_path / "work" / "registry")]
-    step = subprocess.run([*base, "--json", "tune", "--queries", str(season2)], capture_output=True, text=True,
-                          timeout=600)
+    base = ["--data-dir", str(tmp_path / "work" / "registry")]
+    step = in_process([*base, "--json", "tune", "--queries", str(season2)])
     assert step.returncode == 0, step.stderr
     tuned = json.loads(step.stdout)
     assert tuned["fusion"] == "calibrated-learned-fusion"  # the offline policy decides with the learned fusion
     assert tuned["score_after_on_these_queries"] >= tuned["score_before"]
-    policy = json.loads(subprocess.run([*base, "policy", "show", "--json"], capture_output=True, text=True,
-                                       check=True).stdout)
+    policy = json.loads(in_process([*base, "policy", "show", "--json"]).stdout)
     assert policy["version"] == tuned["policy_version"] and policy["reason"].startswith("tune on")
     assert policy["thresholds"]["synleopard"] == tuned["thresholds"]["synleopard"]
-    history = json.loads(subprocess.run([*base, "--json", "policy", "history"], capture_output=True, text=True,
-                                        check=True).stdout)
+    history = json.loads(in_process([*base, "--json", "policy", "history"]).stdout)
     assert [p["reason"].split()[0] for p in history] == ["registry", "calibrate:", "tune"]
     assert "self-tuned" in history[1]["reason"]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from registry.curation.discovery import DiscoveryService
 from registry.decide.calibration import LabelledPair
 from registry.evaluate import synth
 from registry.interfaces.cli.main import main
@@ -114,6 +115,12 @@ def test_calibrate_keeps_or_drops_the_second_matcher_and_queries_follow(season: 
         assert best.score == pytest.approx(fusion(best.calibrated))
         # the DISK features of the reference photos were made on first use and cached beside ALIKED's
         assert registry.features_of(registry.pipeline.second).db_path.exists()
+        # discovery scores pairs as queries are scored: with DISK's scores, which this species' fusion needs
+        units = DiscoveryService(registry).labelled_units("synleopard", max_individuals=4, max_photos=2)
+        similarity = DiscoveryService(registry).similarity(units, "synleopard")
+        same = [similarity[i, j] for i in range(len(units)) for j in range(i) if units[i].truth == units[j].truth]
+        assert similarity.shape == (len(units), len(units)) and ((similarity >= 0) & (similarity <= 1)).all()
+        assert same and np.mean(same) > similarity[np.triu_indices(len(units), 1)].mean()
 
     settings_file = data / "settings.json"
     stored = json.loads(settings_file.read_text())
