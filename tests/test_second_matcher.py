@@ -4,6 +4,7 @@ the registry's own labelled pairs."""
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -32,8 +33,6 @@ def season(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_disk_loads_the_packaged_weights_and_matches_an_animal_not_a_stranger(season: Path) -> None:
-    import csv
-
     with open(season / "season1" / "manifest.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     by_animal: dict[str, list[Path]] = {}
@@ -125,6 +124,14 @@ def test_calibrate_keeps_or_drops_the_second_matcher_and_queries_follow(season: 
     settings_file = data / "settings.json"
     stored = json.loads(settings_file.read_text())
     settings_file.write_text(json.dumps({**stored, "second_matcher_margin": 1.0}))
+    # one species recalibrated: measured and not kept for it, but the matcher stays loaded and versioned, since
+    # other species' calibrations were fitted with it
+    one = _calibrate(home, "--species", "synleopard", "--pairs", "40", "--no-self-tune")
+    assert not one["second_matcher"]["per_species"]["synleopard"]["kept"]
+    with Registry(Settings.load(data)) as registry:
+        policy = registry.policy
+        assert policy.matcher_settings["second"] == "disk" and "synleopard" not in policy.matcher_settings["species"]
+        assert "disk" in policy.model_versions and registry.identification.second_for("synleopard") is None
     dropped = _calibrate(home, "--second-matcher", "disk", "--pairs", "40", "--no-self-tune")
     measured = dropped["second_matcher"]["per_species"]["synleopard"]
     assert not measured["kept"] and "auc_with" in measured

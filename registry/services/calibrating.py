@@ -88,14 +88,19 @@ def bootstrap_score(tops: list[tuple[bool, str, int | None, float]], species: st
     return [round(float(np.percentile(values, 2.5)), 4), round(float(np.percentile(values, 97.5)), 4)]
 
 
+def query_folds(pairs: list[LabelledPair], folds: int, seed: int) -> dict[int, int]:
+    """A seeded fold per query photo: all pairs of one query are held out together, as a new query's will be."""
+    queries = sorted({p.query_annotation_id for p in pairs})
+    return {q: f for q, f in zip(np.random.default_rng(seed).permutation(queries).tolist(),
+                                 np.arange(len(queries)) % folds, strict=True)}
+
+
 def cross_fitted_fusion(pairs: list[LabelledPair], matchers: list[str], folds: int = CROSS_FIT_FOLDS,
                         seed: int = 0) -> LearnedFusion:
     """The learned fusion fitted on out-of-sample calibrated scores: each pair's calibrated scores come from
     isotonic calibrators fitted without the pairs of its query photo (grouped folds), as they will be for a
     new query. In-sample isotonic outputs are over-confident and would teach the fusion to trust them."""
-    queries = sorted({p.query_annotation_id for p in pairs})
-    fold_of = {q: f for q, f in zip(np.random.default_rng(seed).permutation(queries).tolist(),
-                                    np.arange(len(queries)) % folds, strict=True)}
+    fold_of = query_folds(pairs, folds, seed)
     calibrated = np.zeros((len(pairs), len(matchers)))
     same = np.array([p.same for p in pairs], dtype=np.float64)
     for fold in range(folds):
@@ -123,9 +128,7 @@ def out_of_sample_auc(pairs: list[LabelledPair], matchers: list[str], learned: b
     same = np.array([p.same for p in pairs], dtype=np.float64)
     if len(np.unique(same)) < 2:
         return None
-    queries = sorted({p.query_annotation_id for p in pairs})
-    fold_of = {q: f for q, f in zip(np.random.default_rng(seed).permutation(queries).tolist(),
-                                    np.arange(len(queries)) % folds, strict=True)}
+    fold_of = query_folds(pairs, folds, seed)
     raw = np.array([[p.raw[m] for m in matchers] for p in pairs])
     fused = np.zeros(len(pairs))
     for fold in range(folds):
@@ -519,7 +522,8 @@ class CalibrationService:
     def _use_second(self, kept: set[str], measured: set[str], species: str | None) -> None:
         """Put the second local matcher's measurement into the matching settings: `use_second` for the species
         that keep it, cleared for the other measured ones (every species, when all were calibrated); a registry
-        where no species keeps it stops loading it."""
+        where no species keeps it after calibrating every species stops loading it (calibrating one species
+        never changes the models the others' calibrations were fitted for)."""
         local = self.registry.settings.local
         overrides = {sp: dict(o) for sp, o in local.species.items()}
         for sp in set(overrides) | measured | kept:
@@ -528,7 +532,7 @@ class CalibrationService:
             elif species is None or sp in measured:
                 overrides.get(sp, {}).pop("use_second", None)
         overrides = {sp: o for sp, o in overrides.items() if o}
-        still = any(o.get("use_second") for o in overrides.values())
+        still = species is not None or any(o.get("use_second") for o in overrides.values())
         self._match_with(replace(local, species=overrides, second=local.second if still else ""))
 
     def _match_with(self, local: LocalMatcherSettings) -> None:
@@ -557,20 +561,22 @@ class CalibrationService:
         matchers = pipeline.matcher_names
         scored = [p for p in pairs if all(m in p.raw for m in matchers)]  # a photo gone since: its pairs left out
         unscored, pairs = len(pairs) - len(scored), scored
+        positives = sum(p.same for p in pairs)
+        if positives < 2 or len(pairs) - positives < 2:
+            raise CalibrationError(f"too few labelled pairs left to calibrate: {unscored} could not be scored (their "
+                                   "photos cannot be read); run `registry doctor`")
         policy = registry.policy
         base_kind = "learned" if policy.fusion == "verifier" else policy.fusion  # what a verifier is fitted over
         second = pipeline.second
+        with_second = matchers  # every score the pairs have
+        matchers = [m for m in matchers if second is None or m not in second.score_names]
         measured: dict[str, dict[str, Any]] = {}
         if second is not None:  # measure it per species, then keep it only where it measured better
-            base = [m for m in matchers if m not in second.score_names]
-            measured = second_matcher_gain(pairs, base, second.score_names, learned and base_kind == "learned",
+            measured = second_matcher_gain(pairs, matchers, second.score_names, learned and base_kind == "learned",
                                            [pipeline.primary.name, pipeline.local.name], second.name,
                                            registry.settings.second_matcher_margin, seed)
             self._use_second({sp for sp, r in measured.items() if r["kept"]}, set(measured), species)
-            matchers = pipeline.matcher_names if pipeline.second is not None else base
         kept = sorted(sp for sp, r in measured.items() if r["kept"])
-        with_second = matchers
-        matchers = [m for m in matchers if second is None or m not in second.score_names]
 
         def fit(group: list[LabelledPair], names: list[str]) -> tuple[dict, LearnedFusion | None]:
             fitted = fit_calibrations(group, names)
